@@ -1,0 +1,250 @@
+//! Reading, overriding and validating the configuration.
+
+use std::net::ToSocketAddrs;
+use std::path::Path;
+
+use super::Config;
+
+/// What can be wrong with a configuration. Every message names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}` is invalid: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Command-line flags that take precedence over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// Loads `path` (or the built-in defaults when `None`), applies `overrides` and validates.
+pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let mut config = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?
+        }
+        None => Config::default(),
+    };
+    if let Some(listen) = &overrides.listen {
+        config.server.listen = vec![listen.clone()];
+    }
+    if let Some(origin) = &overrides.origin {
+        config.origin.addresses = origin.split(',').map(|s| s.trim().to_string()).collect();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+impl Config {
+    /// Checks everything that would otherwise fail later, on the request path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.listen.is_empty() {
+            return Err(invalid("server.listen", "at least one address is needed"));
+        }
+        for addr in &self.server.listen {
+            check_socket_addr("server.listen", addr)?;
+        }
+        if self.origin.addresses.is_empty() {
+            return Err(invalid("origin.addresses", "at least one origin is needed"));
+        }
+        for addr in &self.origin.addresses {
+            check_socket_addr("origin.addresses", addr)?;
+        }
+        for (key, value) in [
+            (
+                "origin.connect_timeout_secs",
+                self.origin.connect_timeout_secs,
+            ),
+            (
+                "origin.first_byte_timeout_secs",
+                self.origin.first_byte_timeout_secs,
+            ),
+            (
+                "origin.health_check_interval_secs",
+                self.origin.health_check_interval_secs,
+            ),
+            (
+                "origin.health_check_timeout_secs",
+                self.origin.health_check_timeout_secs,
+            ),
+            ("cache.coalesce_wait_secs", self.cache.coalesce_wait_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1 second"));
+            }
+        }
+        if !self.origin.health_check_url.starts_with('/') {
+            return Err(invalid(
+                "origin.health_check_url",
+                "must be a path starting with '/'",
+            ));
+        }
+        if self.origin.health_window == 0 || self.origin.health_window > 64 {
+            return Err(invalid(
+                "origin.health_window",
+                "must be between 1 and 64 probes",
+            ));
+        }
+        if self.origin.health_threshold == 0
+            || self.origin.health_threshold > self.origin.health_window
+        {
+            return Err(invalid(
+                "origin.health_threshold",
+                format!(
+                    "must be between 1 and health_window ({})",
+                    self.origin.health_window
+                ),
+            ));
+        }
+        if self.cache.memory_bytes < 1 << 20 {
+            return Err(invalid(
+                "cache.memory_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.cache.max_object_bytes == 0
+            || self.cache.max_object_bytes as u64 > self.cache.memory_bytes
+            || self.cache.max_object_bytes > u32::MAX as usize / 2
+        {
+            return Err(invalid(
+                "cache.max_object_bytes",
+                "must be above 0, at most cache.memory_bytes and at most 2 GiB",
+            ));
+        }
+        if self.cache.default_ttl_secs == 0 {
+            return Err(invalid(
+                "cache.default_ttl_secs",
+                "must be at least 1 second",
+            ));
+        }
+        http::HeaderName::from_bytes(self.magento.ssl_offload_header.as_bytes()).map_err(|_| {
+            invalid(
+                "magento.ssl_offload_header",
+                format!(
+                    "`{}` is not a valid header name",
+                    self.magento.ssl_offload_header
+                ),
+            )
+        })?;
+        for param in &self.magento.marketing_params {
+            let name = param.strip_suffix('*').unwrap_or(param);
+            if name.is_empty() || name.contains(['&', '=', '?', '*']) {
+                return Err(invalid(
+                    "magento.marketing_params",
+                    format!("`{param}` is not a parameter name (a trailing `*` is allowed)"),
+                ));
+            }
+        }
+        for pattern in &self.magento.pass_url_patterns {
+            regex::Regex::new(pattern)
+                .map_err(|e| invalid("magento.pass_url_patterns", format!("`{pattern}`: {e}")))?;
+        }
+        for (i, exception) in self.magento.design_exceptions.iter().enumerate() {
+            regex::Regex::new(&exception.user_agent).map_err(|e| {
+                invalid(
+                    &format!("magento.design_exceptions[{i}].user_agent"),
+                    format!("`{}`: {e}", exception.user_agent),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `floodgate check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn check_socket_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
+    match addr.to_socket_addrs().map(|mut addrs| addrs.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(invalid(key, format!("`{addr}` resolves to no address"))),
+        Err(e) => Err(invalid(key, format!("`{addr}` is not host:port ({e})"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("floodgate-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(format!("{}.toml", text.len()));
+        std::fs::write(&path, text).expect("write temp config");
+        load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_magentos() {
+        let config = load(None, &Overrides::default()).expect("defaults are valid");
+        assert_eq!(config.cache.grace_secs, 300);
+        assert_eq!(config.cache.keep_secs, 3 * 86_400);
+        assert_eq!(config.cache.default_ttl_secs, 120);
+        assert_eq!(config.magento.ssl_offload_header, "X-Forwarded-Proto");
+        assert_eq!(config.origin.health_check_url, "/health_check.php");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[cache]\ngrace_sec = 10\n").expect_err("typo must fail");
+        assert!(err.to_string().contains("grace_sec"), "{err}");
+    }
+
+    #[test]
+    fn bad_regex_is_named() {
+        let err = parse("[magento]\npass_url_patterns = [\"(\"]\n").expect_err("bad regex");
+        assert!(
+            err.to_string().contains("magento.pass_url_patterns"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_threshold_is_named() {
+        let err = parse("[origin]\nhealth_threshold = 11\n").expect_err("threshold > window");
+        assert!(err.to_string().contains("origin.health_threshold"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:7000".into()),
+            origin: Some("127.0.0.1:7001,127.0.0.1:7002".into()),
+        };
+        let config = load(None, &overrides).expect("valid");
+        assert_eq!(config.server.listen, vec!["127.0.0.1:7000"]);
+        assert_eq!(config.origin.addresses.len(), 2);
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid_and_equals_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/floodgate.toml");
+        let config = load(Some(&path), &Overrides::default()).expect("conf/floodgate.toml");
+        assert_eq!(config, Config::default());
+    }
+}

@@ -1,0 +1,205 @@
+//! The configuration's shape. Every default here is what Magento's generated VCL does,
+//! so an empty file behaves like Varnish with `bin/magento varnish:vcl:generate`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerSection,
+    pub origin: OriginSection,
+    pub cache: CacheSection,
+    pub magento: MagentoSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Addresses the proxy listens on for client traffic.
+    pub listen: Vec<String>,
+    /// Worker threads for the proxy service; 0 means one per CPU core.
+    pub threads: usize,
+    /// Where Pingora keeps its pid file and upgrade socket (for graceful binary upgrades).
+    pub runtime_dir: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0:6081".into()],
+            threads: 0,
+            runtime_dir: "/tmp".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginSection {
+    /// Magento web servers (nginx or Apache in front of PHP-FPM), round-robin.
+    pub addresses: Vec<String>,
+    /// Connect timeout towards the origin, seconds.
+    pub connect_timeout_secs: u64,
+    /// Time to wait for the origin's first byte, seconds (Magento's VCL: 600 s).
+    pub first_byte_timeout_secs: u64,
+    /// Health probe URL, fetched with GET from every origin.
+    pub health_check_url: String,
+    /// Seconds between probes.
+    pub health_check_interval_secs: u64,
+    /// Probe timeout, seconds.
+    pub health_check_timeout_secs: u64,
+    /// Probes remembered per origin.
+    pub health_window: u32,
+    /// Successful probes (of the window) needed to call an origin healthy.
+    pub health_threshold: u32,
+}
+
+impl Default for OriginSection {
+    fn default() -> Self {
+        Self {
+            addresses: vec!["127.0.0.1:8080".into()],
+            connect_timeout_secs: 5,
+            first_byte_timeout_secs: 600,
+            health_check_url: "/health_check.php".into(),
+            health_check_interval_secs: 5,
+            health_check_timeout_secs: 2,
+            health_window: 10,
+            health_threshold: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSection {
+    /// Memory budget for cached objects (bodies + headers), bytes.
+    pub memory_bytes: u64,
+    /// Largest body that is stored, bytes; larger responses are passed through uncached.
+    pub max_object_bytes: usize,
+    /// TTL when the origin sends neither s-maxage, max-age nor Expires, seconds.
+    pub default_ttl_secs: u64,
+    /// After expiry, serve stale while one background refresh runs (healthy origin), seconds.
+    pub grace_secs: u32,
+    /// How long past its TTL an object is kept to be served while the origin is down, seconds.
+    pub keep_secs: u32,
+    /// Hit-for-miss duration after an uncacheable response (no-cache, 404, 5xx …), seconds.
+    pub uncacheable_ttl_secs: u64,
+    /// Hit-for-miss duration after a `Cache-Control: private` response, seconds.
+    pub private_uncacheable_ttl_secs: u64,
+    /// How long a request waits for another request's fetch of the same page before
+    /// going to the origin itself, seconds.
+    pub coalesce_wait_secs: u64,
+    /// Ask the origin for gzip and compress compressible bodies before storing them.
+    pub store_gzip: bool,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 1 << 30,
+            max_object_bytes: 16 << 20,
+            default_ttl_secs: 120,
+            grace_secs: 300,
+            keep_secs: 3 * 86_400,
+            uncacheable_ttl_secs: 120,
+            private_uncacheable_ttl_secs: 86_400,
+            coalesce_wait_secs: 30,
+            store_gzip: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MagentoSection {
+    /// Header set by the TLS terminator; its value is part of the cache key.
+    pub ssl_offload_header: String,
+    /// Query parameters removed before lookup; a trailing `*` matches a prefix.
+    /// Names are case-sensitive, as in Magento's VCL.
+    pub marketing_params: Vec<String>,
+    /// Extra regular expressions on the URL (path and query) that always pass.
+    pub pass_url_patterns: Vec<String>,
+    /// User-Agent regex -> value; the first match becomes part of the cache key.
+    pub design_exceptions: Vec<DesignException>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DesignException {
+    pub user_agent: String,
+    pub value: String,
+}
+
+/// The marketing parameters of Magento 2.4's generated VCL.
+pub const MAGENTO_MARKETING_PARAMS: &[&str] = &[
+    "utm_*",
+    "gclid",
+    "fbclid",
+    "gbraid",
+    "wbraid",
+    "msclkid",
+    "dclid",
+    "gclsrc",
+    "srsltid",
+    "_ga",
+    "_gl",
+    "_ke",
+    "_kx",
+    "gad_*",
+    "mc_*",
+    "_bta_*",
+    "hsa_*",
+    "trk_*",
+    "mtm_*",
+    "matomo_*",
+    "pk_*",
+    "piwik_*",
+    "campid",
+    "cof",
+    "cx",
+    "customid",
+    "dm_i",
+    "ef_id",
+    "epik",
+    "igshid",
+    "pcrid",
+    "s_kwcid",
+    "siteurl",
+    "tduid",
+    "zanpid",
+    "ScCid",
+    "clickId",
+    "ceneo_cid",
+    "_branch_match_id",
+    "sb_referer_host",
+    "snrai_*",
+    "yclid",
+    "ttclid",
+    "twclid",
+    "li_fat_id",
+    "rb_clickid",
+    "irclickid",
+    "_hsenc",
+    "_hsmi",
+    "mkt_tok",
+    "oly_anon_id",
+    "oly_enc_id",
+    "vero_id",
+    "wickedid",
+    "ml_subscriber",
+    "ml_subscriber_hash",
+];
+
+impl Default for MagentoSection {
+    fn default() -> Self {
+        Self {
+            ssl_offload_header: "X-Forwarded-Proto".into(),
+            marketing_params: MAGENTO_MARKETING_PARAMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            pass_url_patterns: Vec::new(),
+            design_exceptions: Vec::new(),
+        }
+    }
+}

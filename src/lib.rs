@@ -1,0 +1,13 @@
+//! Floodgate: a caching reverse proxy for Magento 2 on Cloudflare Pingora.
+//!
+//! The modules follow a request's way through the proxy: `config` → `policy` (Magento's
+//! rules) → `cache` (store, tags, hit-for-miss) → `upstream` (origins and their health),
+//! with `proxy` wiring them into Pingora's hooks and `server` assembling the process.
+
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,145 @@
+//! What the browser sees, following Magento's `vcl_deliver`: only the proxy caches pages,
+//! and internal headers (tags, debug, server banners) never leave it.
+
+use pingora::http::ResponseHeader;
+
+/// The `X-Magento-Cache-Debug` verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheDebug {
+    Hit,
+    Miss,
+    Uncacheable,
+}
+
+impl CacheDebug {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheDebug::Hit => "HIT",
+            CacheDebug::Miss => "MISS",
+            CacheDebug::Uncacheable => "UNCACHEABLE",
+        }
+    }
+}
+
+/// The `Grace` header on hits: fresh, stale within grace, or stale because the origin is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grace {
+    None,
+    Normal,
+    Unlimited,
+}
+
+impl Grace {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grace::None => "none",
+            Grace::Normal => "normal",
+            Grace::Unlimited => "unlimited",
+        }
+    }
+}
+
+const INTERNAL_HEADERS: &[&str] = &[
+    "x-magento-debug",
+    "x-magento-tags",
+    "x-powered-by",
+    "server",
+    "via",
+    "link",
+    "x-varnish",
+];
+
+/// Rewrites a response header for the client.
+pub fn prepare_for_client(
+    resp: &mut ResponseHeader,
+    url: &str,
+    verdict: CacheDebug,
+    grace: Option<Grace>,
+) {
+    let private = resp
+        .headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .windows(7)
+                .any(|w| w.eq_ignore_ascii_case(b"private"))
+        });
+    let static_or_media = ["/static/", "/media/", "/pub/static/", "/pub/media/"]
+        .iter()
+        .any(|p| url.starts_with(p));
+    // insert_header only fails on invalid names or values; these are constants.
+    if !private && !static_or_media {
+        let _ = resp.insert_header(http::header::PRAGMA, "no-cache");
+        let _ = resp.insert_header(http::header::EXPIRES, "-1");
+        let _ = resp.insert_header(
+            http::header::CACHE_CONTROL,
+            "no-store, no-cache, must-revalidate, max-age=0",
+        );
+    }
+    if !resp.headers.contains_key("x-magento-debug") {
+        resp.remove_header(&http::header::AGE);
+    }
+    for name in INTERNAL_HEADERS {
+        resp.remove_header(*name);
+    }
+    let _ = resp.insert_header("x-magento-cache-debug", verdict.as_str());
+    if let Some(grace) = grace {
+        let _ = resp.insert_header("grace", grace.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(pairs: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in pairs {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn pages_are_not_browser_cached_and_internals_removed() {
+        let mut r = resp(&[
+            ("cache-control", "public, max-age=86400"),
+            ("x-magento-tags", "cat_p_1"),
+            ("server", "nginx"),
+            ("x-powered-by", "PHP"),
+            ("age", "10"),
+            ("link", "<x>; rel=preload"),
+        ]);
+        prepare_for_client(&mut r, "/a.html", CacheDebug::Hit, Some(Grace::None));
+        let h = &r.headers;
+        assert_eq!(
+            h["cache-control"],
+            "no-store, no-cache, must-revalidate, max-age=0"
+        );
+        assert_eq!(h["pragma"], "no-cache");
+        assert_eq!(h["expires"], "-1");
+        assert_eq!(h["x-magento-cache-debug"], "HIT");
+        assert_eq!(h["grace"], "none");
+        for gone in ["x-magento-tags", "server", "x-powered-by", "age", "link"] {
+            assert!(!h.contains_key(gone), "{gone} must be removed");
+        }
+    }
+
+    #[test]
+    fn private_and_static_keep_their_cache_control_and_debug_keeps_age() {
+        let mut r = resp(&[("cache-control", "private, max-age=10")]);
+        prepare_for_client(&mut r, "/customer/x", CacheDebug::Uncacheable, None);
+        assert_eq!(r.headers["cache-control"], "private, max-age=10");
+        let mut r = resp(&[
+            ("cache-control", "max-age=31536000"),
+            ("x-magento-debug", "1"),
+            ("age", "5"),
+        ]);
+        prepare_for_client(&mut r, "/pub/static/a.js", CacheDebug::Uncacheable, None);
+        assert_eq!(r.headers["cache-control"], "max-age=31536000");
+        assert_eq!(r.headers["age"], "5");
+        assert!(!r.headers.contains_key("x-magento-debug"));
+        assert!(!r.headers.contains_key("grace"));
+    }
+}

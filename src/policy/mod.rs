@@ -1,0 +1,48 @@
+//! Magento's caching rules, as its generated VCL applies them, kept free of Pingora types
+//! where possible so each rule can be read, and tested, on its own.
+//!
+//! A request flows through `normalize` (the URL the cache and the origin see), `route`
+//! (purge, tunnel, pass or look up), `key` (what varies a page); a response through
+//! `storability` (stored, hit-for-miss, or neither) and `delivery` (what the browser sees).
+
+pub mod delivery;
+pub mod key;
+pub mod normalize;
+pub mod route;
+pub mod storability;
+
+use regex::Regex;
+
+use crate::config::Config;
+
+/// The compiled form of the Magento rules in the configuration, built once at start-up
+/// so the request path does no regex compilation or string parsing of the config.
+pub struct Rules {
+    pub normalizer: normalize::UrlNormalizer,
+    pub extra_pass: Option<regex::RegexSet>,
+    pub design_exceptions: Vec<(Regex, String)>,
+    pub ssl_offload_header: http::HeaderName,
+}
+
+impl Rules {
+    /// Compiles the rules; `Config::validate` has already checked every pattern.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let m = &config.magento;
+        let extra_pass = if m.pass_url_patterns.is_empty() {
+            None
+        } else {
+            Some(regex::RegexSet::new(&m.pass_url_patterns)?)
+        };
+        let design_exceptions = m
+            .design_exceptions
+            .iter()
+            .map(|d| Ok((Regex::new(&d.user_agent)?, d.value.clone())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            normalizer: normalize::UrlNormalizer::new(&m.marketing_params),
+            extra_pass,
+            design_exceptions,
+            ssl_offload_header: http::HeaderName::from_bytes(m.ssl_offload_header.as_bytes())?,
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! URL normalisation: the normalised URL is both the cache key and what the origin gets,
+//! so `?b=2&a=1` and `?a=1&b=2&utm_source=x` are one page fetched once.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+/// Strips a scheme+host prefix, removes marketing parameters and sorts the query.
+pub struct UrlNormalizer {
+    exact: HashSet<String>,
+    prefixes: Vec<String>,
+}
+
+impl UrlNormalizer {
+    /// `params` as in the config: exact names, or a prefix ending in `*`.
+    pub fn new(params: &[String]) -> Self {
+        let mut exact = HashSet::new();
+        let mut prefixes = Vec::new();
+        for p in params {
+            match p.strip_suffix('*') {
+                Some(prefix) => prefixes.push(prefix.to_string()),
+                None => {
+                    exact.insert(p.clone());
+                }
+            }
+        }
+        Self { exact, prefixes }
+    }
+
+    fn is_marketing(&self, name: &str) -> bool {
+        self.exact.contains(name) || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    }
+
+    /// Normalises a request target. Borrowed when nothing changes, which is the common case.
+    pub fn normalize<'a>(&self, target: &'a str) -> Cow<'a, str> {
+        let target = strip_scheme_and_host(target);
+        let Some((path, query)) = target.split_once('?') else {
+            return target;
+        };
+        let mut segments: Vec<&str> = query
+            .split('&')
+            .filter(|segment| !segment.is_empty())
+            .filter(|segment| {
+                let name = segment.split_once('=').map_or(*segment, |(name, _)| name);
+                !self.is_marketing(name)
+            })
+            .collect();
+        if segments.is_empty() {
+            return Cow::Owned(path.to_string());
+        }
+        if segments.len() >= 2 {
+            // Byte-wise on whole `name=value` segments, without decoding, as std.querysort.
+            segments.sort_unstable();
+        }
+        let mut out = String::with_capacity(target.len());
+        out.push_str(path);
+        out.push('?');
+        out.push_str(&segments.join("&"));
+        if out == *target {
+            target
+        } else {
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// `http://host/p?q` -> `/p?q`; an absolute target with no path becomes `/`.
+fn strip_scheme_and_host(target: &str) -> Cow<'_, str> {
+    let rest = if let Some(rest) = target.strip_prefix("http://") {
+        rest
+    } else if let Some(rest) = target.strip_prefix("https://") {
+        rest
+    } else {
+        return Cow::Borrowed(target);
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Cow::Borrowed(&rest[i..]),
+        Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+        None => Cow::Borrowed("/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MAGENTO_MARKETING_PARAMS;
+
+    fn magento() -> UrlNormalizer {
+        let params: Vec<String> = MAGENTO_MARKETING_PARAMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        UrlNormalizer::new(&params)
+    }
+
+    #[test]
+    fn untouched_url_is_borrowed() {
+        assert!(matches!(
+            magento().normalize("/shoes.html?p=2"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            magento().normalize("/shoes.html"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn strips_scheme_and_host() {
+        let n = magento();
+        assert_eq!(n.normalize("http://shop.test/a.html?x=1"), "/a.html?x=1");
+        assert_eq!(n.normalize("https://shop.test"), "/");
+        assert_eq!(n.normalize("https://shop.test?b=1"), "/?b=1");
+    }
+
+    #[test]
+    fn sorts_two_or_more_params_bytewise() {
+        let n = magento();
+        assert_eq!(
+            n.normalize("/c.html?p=2&color=red"),
+            "/c.html?color=red&p=2"
+        );
+        assert_eq!(
+            n.normalize("/c.html?b=1&B=2&a=%20"),
+            "/c.html?B=2&a=%20&b=1"
+        );
+    }
+
+    #[test]
+    fn removes_marketing_params_case_sensitively() {
+        let n = magento();
+        assert_eq!(n.normalize("/p.html?utm_source=x&gclid=1"), "/p.html");
+        assert_eq!(
+            n.normalize("/p.html?id=3&utm_medium=y&fbclid=z"),
+            "/p.html?id=3"
+        );
+        assert_eq!(n.normalize("/p.html?GCLID=1"), "/p.html?GCLID=1");
+        assert_eq!(n.normalize("/p.html?gad_source=1&q=x&"), "/p.html?q=x");
+        assert_eq!(n.normalize("/p.html?"), "/p.html");
+    }
+
+    #[test]
+    fn custom_params_are_honoured() {
+        let n = UrlNormalizer::new(&["ref".into(), "aff_*".into()]);
+        assert_eq!(n.normalize("/x?ref=1&aff_id=2&keep=3"), "/x?keep=3");
+        assert_eq!(n.normalize("/x?utm_source=1"), "/x?utm_source=1");
+    }
+}

@@ -1,0 +1,38 @@
+//! What Floodgate remembers about one request between Pingora's hooks.
+
+use crate::cache::Tags;
+use crate::policy::key::Variant;
+use crate::policy::route::Route;
+use crate::policy::storability::Decision;
+
+pub struct RequestCtx {
+    pub route: Route,
+    /// The normalised URL: the cache key's and the origin's.
+    pub url: String,
+    pub variant: Variant,
+    /// The storage decision for the origin response, taken where its headers may still
+    /// be changed (Set-Cookie stripping) and applied where Pingora asks for cacheability.
+    pub decision: Option<Decision>,
+    pub tags: Tags,
+    /// The response was (or would have been) refused by the cache.
+    pub uncacheable: bool,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        Self {
+            route: Route::Pass(crate::policy::route::PassReason::Method),
+            url: String::new(),
+            variant: Variant::default(),
+            decision: None,
+            tags: Tags::default(),
+            uncacheable: false,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

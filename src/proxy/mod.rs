@@ -1,0 +1,361 @@
+//! The request path: Pingora's `ProxyHttp` hooks, each handing its decision to `policy`,
+//! `cache` or `upstream`. Read top to bottom, the hooks are in the order Pingora calls them.
+
+mod ctx;
+mod respond;
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora::cache::lock::CacheKeyLockImpl;
+use pingora::cache::RespCacheable;
+use pingora::cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::compression::ResponseCompression;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+pub use ctx::RequestCtx;
+
+use crate::cache::hit_for_miss::REASON_NOT_STORED;
+use crate::cache::{HitForMissMarks, MemoryStore, Tags};
+use crate::config::Config;
+use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
+use crate::policy::key::{cache_key, Variant};
+use crate::policy::route::{route, Route};
+use crate::policy::storability::{decide, Decision, Storability};
+use crate::policy::Rules;
+use crate::upstream::Origins;
+
+/// Compression level for bodies compressed before they are stored.
+const STORE_GZIP_LEVEL: u32 = 6;
+/// Seconds a client is told to wait when no origin can answer.
+const RETRY_AFTER_SECS: u32 = 5;
+
+/// The proxy. Its cache parts are `'static` because Pingora's cache API takes them so;
+/// they are created once per process.
+pub struct Floodgate {
+    config: Config,
+    rules: Rules,
+    store: &'static MemoryStore,
+    marks: &'static HitForMissMarks,
+    lock: &'static CacheKeyLockImpl,
+    origins: Origins,
+}
+
+impl Floodgate {
+    pub fn new(
+        config: Config,
+        origins: Origins,
+        store: &'static MemoryStore,
+        marks: &'static HitForMissMarks,
+        lock: &'static CacheKeyLockImpl,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            rules: Rules::new(&config)?,
+            config,
+            store,
+            marks,
+            lock,
+            origins,
+        })
+    }
+
+    fn verdict(&self, session: &Session, ctx: &RequestCtx) -> (CacheDebug, Option<Grace>) {
+        if ctx.route != Route::Lookup {
+            return (CacheDebug::Uncacheable, None);
+        }
+        match session.cache.phase() {
+            CachePhase::Hit | CachePhase::Revalidated => (CacheDebug::Hit, Some(Grace::None)),
+            CachePhase::StaleUpdating => (CacheDebug::Hit, Some(Grace::Normal)),
+            CachePhase::Stale => (CacheDebug::Hit, Some(Grace::Unlimited)),
+            _ if ctx.uncacheable => (CacheDebug::Uncacheable, None),
+            _ => (CacheDebug::Miss, None),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Floodgate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Bodies are stored gzipped; clients that do not accept gzip get them inflated.
+        if let Some(compression) = session
+            .downstream_modules_ctx
+            .get_mut::<ResponseCompression>()
+        {
+            compression.adjust_decompression(true);
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let target = String::from_utf8_lossy(req.raw_path());
+        let url = match &target {
+            Cow::Borrowed(t) => self.rules.normalizer.normalize(t).into_owned(),
+            Cow::Owned(t) => t.clone(),
+        };
+        ctx.route = route(&req.method, &url, &req.headers, &self.rules);
+        if ctx.route == Route::Lookup {
+            ctx.variant = Variant::of(&url, &req.headers);
+        }
+        ctx.url = url;
+        if ctx.route == Route::Purge {
+            respond::plain(
+                session,
+                501,
+                "PURGE is not implemented in this Floodgate version; entries expire by TTL.\n",
+                &[],
+            )
+            .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.route != Route::Lookup {
+            return Ok(());
+        }
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(Duration::from_secs(self.config.cache.coalesce_wait_secs));
+        session.cache.enable(
+            self.store,
+            None,
+            Some(self.marks),
+            Some(self.lock),
+            Some(overrides),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(self.config.cache.max_object_bytes);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        Ok(cache_key(
+            &ctx.url,
+            &session.req_header().headers,
+            &ctx.variant,
+            &self.rules,
+        ))
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        match error {
+            // Within grace: serve stale and refresh in the background, if the origin can answer.
+            None => self.origins.any_healthy(),
+            // The origin failed (down, timed out, 5xx): stale for as long as it is kept.
+            Some(e) => e.esource() == &ErrorSource::Upstream,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        match self.origins.select() {
+            Some(peer) => Ok(Box::new(peer)),
+            None => {
+                let mut e = Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    "no healthy origin: every origin fails its health probe",
+                );
+                e.esource = ErrorSource::Upstream;
+                e.set_retry(false);
+                Err(e)
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = addr.ip().to_string();
+            let forwarded = match upstream_request.headers.get("x-forwarded-for") {
+                Some(prior) => format!("{}, {ip}", String::from_utf8_lossy(prior.as_bytes())),
+                None => ip,
+            };
+            upstream_request.insert_header("x-forwarded-for", forwarded)?;
+        }
+        if ctx.route != Route::Lookup {
+            return Ok(());
+        }
+        if upstream_request.raw_path() != ctx.url.as_bytes() {
+            let uri = ctx.url.parse().map_err(|e| {
+                Error::because(
+                    ErrorType::InvalidHTTPHeader,
+                    "normalised URL is not a URI",
+                    e,
+                )
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        if self.config.cache.store_gzip {
+            upstream_request.insert_header(http::header::ACCEPT_ENCODING, "gzip")?;
+            session.upstream_compression.adjust_level(STORE_GZIP_LEVEL);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.route != Route::Lookup || resp.status.is_informational() || resp.status == 304 {
+            return Ok(());
+        }
+        if resp.headers.contains_key("x-magento-debug") {
+            if let Some(cc) = resp.headers.get(http::header::CACHE_CONTROL).cloned() {
+                resp.insert_header("x-magento-cache-control", cc)?;
+            }
+        }
+        let decision = decide(
+            resp.status,
+            &resp.headers,
+            &ctx.variant,
+            Duration::from_secs(self.config.cache.default_ttl_secs),
+            SystemTime::now(),
+        );
+        if decision.strip_set_cookie {
+            resp.remove_header(&http::header::SET_COOKIE);
+        }
+        ctx.tags = Tags::from_headers(&resp.headers);
+        resp.remove_header("x-magento-tags");
+        ctx.decision = Some(decision);
+        Ok(())
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        // A 304 revalidation arrives here with the stored header merged in, undecided.
+        let decision = ctx.decision.take().unwrap_or_else(|| Decision {
+            storability: decide(
+                resp.status,
+                &resp.headers,
+                &ctx.variant,
+                Duration::from_secs(self.config.cache.default_ttl_secs),
+                SystemTime::now(),
+            )
+            .storability,
+            strip_set_cookie: false,
+        });
+        match decision.storability {
+            Storability::Store { ttl } => {
+                let now = SystemTime::now();
+                let cache = &self.config.cache;
+                let mut meta = CacheMeta::new(
+                    now + ttl,
+                    now,
+                    cache.grace_secs,
+                    cache.keep_secs,
+                    resp.clone(),
+                );
+                meta.extensions_mut().insert(ctx.tags.clone());
+                Ok(RespCacheable::Cacheable(meta))
+            }
+            Storability::HitForMiss(kind) => {
+                ctx.uncacheable = true;
+                Ok(RespCacheable::Uncacheable(kind.reason()))
+            }
+            Storability::NotStored(_) => {
+                ctx.uncacheable = true;
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+                    REASON_NOT_STORED,
+                )))
+            }
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A tunnelled request is piped as-is, as Varnish's `pipe` does.
+        if ctx.route == Route::Tunnel {
+            return Ok(());
+        }
+        let (verdict, grace) = self.verdict(session, ctx);
+        prepare_for_client(resp, &ctx.url, verdict, grace);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            // The origin is down, refused, or too slow: say when to come back, never 502.
+            _ if e.esource() == &ErrorSource::Upstream => 503,
+            _ if e.esource() == &ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            _ => 500,
+        };
+        if code == 503 {
+            let retry_after = RETRY_AFTER_SECS.to_string();
+            let _ = respond::plain(
+                session,
+                503,
+                "Service temporarily unavailable: the shop's server did not answer. Please retry shortly.\n",
+                &[("retry-after", retry_after.as_str())],
+            )
+            .await;
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |resp| resp.status.as_u16());
+        tracing::debug!(
+            method = %session.req_header().method,
+            url = %ctx.url,
+            route = ?ctx.route,
+            phase = session.cache.phase().as_str(),
+            status,
+            error = e.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}
