@@ -1,0 +1,122 @@
+//! Starts the real `floodgate` binary on a free loopback port with a generated config.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Config lines per section, appended to the harness's own.
+#[derive(Default, Clone)]
+pub struct Settings {
+    pub origin: Vec<String>,
+    pub cache: Vec<String>,
+    pub magento: Vec<String>,
+}
+
+impl Settings {
+    pub fn origin(mut self, line: &str) -> Self {
+        self.origin.push(line.into());
+        self
+    }
+    pub fn cache(mut self, line: &str) -> Self {
+        self.cache.push(line.into());
+        self
+    }
+    pub fn magento(mut self, line: &str) -> Self {
+        self.magento.push(line.into());
+        self
+    }
+}
+
+pub struct Floodgate {
+    pub addr: SocketAddr,
+    child: Child,
+    dir: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "floodgate-test-{label}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
+}
+
+impl Floodgate {
+    pub async fn start(origin: SocketAddr) -> Self {
+        Self::start_with(origin, Settings::default()).await
+    }
+
+    pub async fn start_with(origin: SocketAddr, settings: Settings) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let dir = temp_dir("proxy");
+        let config = format!(
+            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
+             [origin]\naddresses = [\"{origin}\"]\nhealth_check_interval_secs = 1\n{}\n\n\
+             [cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n",
+            settings.origin.join("\n"),
+            settings.cache.join("\n"),
+            settings.magento.join("\n"),
+            dir = dir.display(),
+        );
+        let config_path = dir.join("floodgate.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.join("floodgate.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn floodgate");
+        let floodgate = Floodgate { addr, child, dir };
+        floodgate.wait_listening().await;
+        floodgate
+    }
+
+    async fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "floodgate did not listen on {} within 15 s:\n{}",
+            self.addr,
+            self.log()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("floodgate.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Floodgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- floodgate log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

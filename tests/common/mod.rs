@@ -1,0 +1,82 @@
+//! Test harness: a Magento-like origin, a real Floodgate process, and clients.
+#![allow(dead_code)]
+
+pub mod floodgate;
+pub mod origin;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use floodgate::{Floodgate, Settings};
+pub use origin::{Page, TestOrigin};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An HTTP client that neither decompresses nor follows redirects, so tests see the wire.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A response reduced to what tests look at.
+pub struct Got {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn cache_debug(&self) -> &str {
+        self.header("x-magento-cache-debug").unwrap_or("-")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn send(req: reqwest::RequestBuilder) -> Got {
+    let resp = req.send().await.expect("request to floodgate");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.expect("response body");
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Got {
+    send(client().get(url)).await
+}
+
+/// Writes raw bytes and reads until the server closes: for request targets and framings
+/// an HTTP client library will not produce.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `cond` every 50 ms for up to `limit`.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond()
+}

@@ -1,0 +1,328 @@
+//! A Magento-like origin for tests: a real HTTP server on a loopback port.
+//!
+//! Without configuration it answers like a Magento shop (tagged cacheable catalogue
+//! pages that set a session cookie, private checkout, uncacheable customer sections,
+//! static files, GraphQL, a health check); a test can replace any URL's answer. It
+//! counts requests per URL, remembers what it received, can be slow, can cap its
+//! concurrency like a PHP-FPM pool, can fail its health check, and can be stopped.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// One canned answer.
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub delay: Duration,
+}
+
+impl Page {
+    /// What Magento sends for a cacheable page.
+    pub fn cacheable(body: impl Into<Bytes>) -> Self {
+        Page {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "text/html; charset=UTF-8".into()),
+                (
+                    "cache-control".into(),
+                    "public, max-age=86400, s-maxage=86400".into(),
+                ),
+                ("pragma".into(), "cache".into()),
+            ],
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Replaces every header of that name.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds one more header line, keeping earlier ones of the same name.
+    pub fn append(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// What the origin saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub headers: HeaderMap,
+}
+
+#[derive(Default)]
+struct State {
+    pages: Mutex<HashMap<String, Page>>,
+    counts: Mutex<HashMap<String, u64>>,
+    last: Mutex<HashMap<String, Seen>>,
+    in_flight: Mutex<HashMap<String, (u64, u64)>>,
+    renders: AtomicU64,
+    unhealthy: AtomicBool,
+    delay_ms: AtomicU64,
+}
+
+pub struct TestOrigin {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    stop: watch::Sender<bool>,
+}
+
+impl TestOrigin {
+    pub async fn start() -> Self {
+        Self::start_with_pool(usize::MAX >> 4).await
+    }
+
+    /// `pool` caps the requests being answered at once, like `pm.max_children`; the
+    /// others queue, as in PHP-FPM's listen backlog.
+    pub async fn start_with_pool(pool: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind test origin");
+        Self::serve(listener, pool)
+    }
+
+    /// Starts again on a known address (after `stop`).
+    pub async fn restart_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("rebind test origin");
+        Self::serve(listener, usize::MAX >> 4)
+    }
+
+    fn serve(listener: TcpListener, pool: usize) -> Self {
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(State::default());
+        let (stop, stopped) = watch::channel(false);
+        let pool = Arc::new(Semaphore::new(pool));
+        let accept_state = state.clone();
+        tokio::spawn(async move {
+            let mut stop_accepting = stopped.clone();
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(conn) => conn,
+                        Err(_) => continue,
+                    },
+                    _ = stop_accepting.changed() => return,
+                };
+                let state = accept_state.clone();
+                let pool = pool.clone();
+                let mut stop_conn = stopped.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        let pool = pool.clone();
+                        async move { Ok::<_, Infallible>(answer(state, pool, req).await) }
+                    });
+                    let conn = http1::Builder::new()
+                        .max_buf_size(4 << 20)
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop_conn.changed() => {}
+                    }
+                });
+            }
+        });
+        TestOrigin { addr, state, stop }
+    }
+
+    /// Stops listening and drops every open connection: the origin is down.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Sets the answer for one URL (path and query, exactly as the origin receives it).
+    pub fn set(&self, url: &str, page: Page) {
+        lock(&self.state.pages).insert(url.to_string(), page);
+    }
+
+    /// Requests the origin received for `url` (path and query).
+    pub fn hits(&self, url: &str) -> u64 {
+        lock(&self.state.counts).get(url).copied().unwrap_or(0)
+    }
+
+    /// Requests received in total, health probes excluded.
+    pub fn total_hits(&self) -> u64 {
+        lock(&self.state.counts)
+            .iter()
+            .filter(|(url, _)| !url.contains("health_check"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The most requests for `url` it was answering at the same moment.
+    pub fn max_in_flight(&self, url: &str) -> u64 {
+        lock(&self.state.in_flight)
+            .get(url)
+            .map_or(0, |(_, max)| *max)
+    }
+
+    pub fn last(&self, url: &str) -> Option<Seen> {
+        lock(&self.state.last).get(url).cloned()
+    }
+
+    /// Makes `/health_check.php` answer 503 (or 200 again).
+    pub fn set_unhealthy(&self, unhealthy: bool) {
+        self.state.unhealthy.store(unhealthy, Ordering::SeqCst);
+    }
+
+    /// A render time for every page without its own delay.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TestOrigin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn answer(
+    state: Arc<State>,
+    pool: Arc<Semaphore>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let url = req.uri().path_and_query().map_or_else(
+        || req.uri().path().to_string(),
+        |pq| pq.as_str().to_string(),
+    );
+    let seen = Seen {
+        method: req.method().to_string(),
+        headers: req.headers().clone(),
+    };
+    *lock(&state.counts).entry(url.clone()).or_default() += 1;
+    lock(&state.last).insert(url.clone(), seen.clone());
+    // Read the request body so keep-alive works for POSTs.
+    let _ = req.into_body().collect().await;
+
+    let _permit = pool.acquire().await;
+    {
+        let mut in_flight = lock(&state.in_flight);
+        let entry = in_flight.entry(url.clone()).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.max(entry.0);
+    }
+    let page = lock(&state.pages)
+        .get(&url)
+        .cloned()
+        .unwrap_or_else(|| magento_like(&state, &url, &seen));
+    let delay = if page.delay.is_zero() && !url.contains("health_check") {
+        Duration::from_millis(state.delay_ms.load(Ordering::SeqCst))
+    } else {
+        page.delay
+    };
+    tokio::time::sleep(delay).await;
+    if let Some(entry) = lock(&state.in_flight).get_mut(&url) {
+        entry.0 -= 1;
+    }
+
+    let render = state.renders.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut builder = Response::builder().status(page.status);
+    for (name, value) in &page.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder = builder.header("x-origin-render", render.to_string());
+    builder
+        .body(Full::new(page.body))
+        .expect("valid test response")
+}
+
+/// The default answers, shaped like Magento 2.4's.
+fn magento_like(state: &State, url: &str, seen: &Seen) -> Page {
+    let path = url.split('?').next().unwrap_or(url);
+    let body = format!("<html><body>{url}</body></html>");
+    if path.ends_with("health_check.php") {
+        return if state.unhealthy.load(Ordering::SeqCst) {
+            Page::cacheable("down")
+                .status(503)
+                .header("cache-control", "no-store")
+        } else {
+            Page::cacheable("OK").header("cache-control", "no-store")
+        };
+    }
+    if path.contains("/checkout") {
+        return Page::cacheable(body)
+            .header("cache-control", "private, max-age=0")
+            .append("set-cookie", "PHPSESSID=checkout; path=/");
+    }
+    if path.contains("/customer") {
+        return Page::cacheable(body)
+            .header(
+                "cache-control",
+                "no-store, no-cache, must-revalidate, max-age=0",
+            )
+            .header("pragma", "no-cache")
+            .append("set-cookie", "private_content_version=abc; path=/");
+    }
+    if path.starts_with("/static/") || path.starts_with("/media/") || path.starts_with("/pub/") {
+        return Page::cacheable(body).header("cache-control", "public, max-age=31536000");
+    }
+    if path.starts_with("/graphql") {
+        let mut page = Page::cacheable(body).header("x-magento-tags", "cat_p_1");
+        if let Some(id) = seen
+            .headers
+            .get("x-magento-cache-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            page = page.header("x-magento-cache-id", id);
+        }
+        return page;
+    }
+    if path.ends_with(".html") || path == "/" {
+        let id = path
+            .trim_end_matches(".html")
+            .rsplit(['-', '/'])
+            .next()
+            .unwrap_or("0")
+            .to_string();
+        return Page::cacheable(body)
+            .header("x-magento-tags", &format!("cat_p_{id},cat_p,store"))
+            .append("set-cookie", "PHPSESSID=first-visitor; path=/; HttpOnly")
+            .header("x-powered-by", "PHP/8.3")
+            .header("server", "nginx")
+            .header("link", "</static/app.js>; rel=preload");
+    }
+    Page::cacheable("<html><body>404</body></html>")
+        .status(404)
+        .header(
+            "cache-control",
+            "no-store, no-cache, must-revalidate, max-age=0",
+        )
+}

@@ -1,0 +1,286 @@
+//! Contract section 2: which origin responses are stored, what happens to their cookies,
+//! hit-for-miss marks, and huge `X-Magento-Tags` headers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_statuses_are_not_stored() {
+    let origin = TestOrigin::start().await;
+    origin.set("/forbidden.html", Page::cacheable("no").status(403));
+    origin.set("/gone.html", Page::cacheable("no").status(404));
+    origin.set("/broken.html", Page::cacheable("no").status(500));
+    origin.set("/busy.html", Page::cacheable("no").status(503));
+    let fg = Floodgate::start(origin.addr).await;
+    for url in [
+        "/forbidden.html",
+        "/gone.html",
+        "/broken.html",
+        "/busy.html",
+    ] {
+        for _ in 0..2 {
+            let got = get(&fg.url(url)).await;
+            assert_eq!(got.cache_debug(), "UNCACHEABLE", "{url}");
+        }
+        assert_eq!(origin.hits(url), 2, "{url} must not be stored");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hit_for_miss_is_replaced_by_a_later_cacheable_response() {
+    let origin = TestOrigin::start().await;
+    origin.set("/flip.html", Page::cacheable("maintenance").status(503));
+    let fg = Floodgate::start(origin.addr).await;
+    assert_eq!(get(&fg.url("/flip.html")).await.status, 503);
+    origin.set("/flip.html", Page::cacheable("back"));
+    let recovered = get(&fg.url("/flip.html")).await;
+    assert_eq!((recovered.status, recovered.text().as_str()), (200, "back"));
+    let hit = get(&fg.url("/flip.html")).await;
+    assert_eq!(
+        hit.cache_debug(),
+        "HIT",
+        "the cacheable response replaced the mark and was stored"
+    );
+    assert_eq!(origin.hits("/flip.html"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hit_for_miss_keys_skip_the_coalescing_queue() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/slow-private.html",
+        Page::cacheable("p")
+            .header("cache-control", "private")
+            .delay(Duration::from_millis(400)),
+    );
+    let fg = Floodgate::start(origin.addr).await;
+    get(&fg.url("/slow-private.html")).await; // marks the key
+    let url = fg.url("/slow-private.html");
+    let requests: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(get_owned(url.clone())))
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    assert_eq!(origin.hits("/slow-private.html"), 7);
+    assert!(
+        origin.max_in_flight("/slow-private.html") >= 4,
+        "marked requests must go to the origin side by side, not one after another (max in flight {})",
+        origin.max_in_flight("/slow-private.html")
+    );
+}
+
+async fn get_owned(url: String) -> Got {
+    get(&url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_is_not_stored_and_its_cookies_reach_the_client() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/mine.html",
+        Page::cacheable("mine")
+            .header("cache-control", "private, max-age=600")
+            .append("set-cookie", "cart=1; path=/"),
+    );
+    let fg = Floodgate::start(origin.addr).await;
+    for _ in 0..2 {
+        let got = get(&fg.url("/mine.html")).await;
+        assert_eq!(got.cache_debug(), "UNCACHEABLE");
+        assert_eq!(got.header("set-cookie"), Some("cart=1; path=/"));
+        assert_eq!(got.header("cache-control"), Some("private, max-age=600"));
+    }
+    assert_eq!(origin.hits("/mine.html"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cacheable_pages_never_set_cookies() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start(origin.addr).await;
+    // The Magento-like origin sets PHPSESSID on catalogue pages.
+    let miss = get(&fg.url("/product-7.html")).await;
+    let hit = get(&fg.url("/product-7.html")).await;
+    assert_eq!((miss.cache_debug(), hit.cache_debug()), ("MISS", "HIT"));
+    assert!(
+        miss.header("set-cookie").is_none(),
+        "the first visitor must not get a cookie either"
+    );
+    assert!(hit.header("set-cookie").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_setting_a_new_vary_cookie_is_not_stored() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/switch-currency.html",
+        Page::cacheable("eur").append("set-cookie", "X-Magento-Vary=eur123; path=/"),
+    );
+    let fg = Floodgate::start(origin.addr).await;
+    for _ in 0..2 {
+        let got = get(&fg.url("/switch-currency.html")).await;
+        assert_eq!(got.cache_debug(), "UNCACHEABLE");
+        assert!(
+            got.header("set-cookie").is_none(),
+            "Set-Cookie is still removed"
+        );
+    }
+    assert_eq!(origin.hits("/switch-currency.html"), 2);
+    // A request that already carries the cookie stores the page.
+    let c = client();
+    let with = || {
+        c.get(fg.url("/switch-currency.html"))
+            .header("cookie", "X-Magento-Vary=eur123")
+    };
+    assert_eq!(send(with()).await.cache_debug(), "MISS");
+    assert_eq!(send(with()).await.cache_debug(), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cache_no_store_zero_ttl_and_vary_star_are_not_stored() {
+    let origin = TestOrigin::start().await;
+    let cases = [
+        (
+            "/nc.html",
+            Page::cacheable("x").header("cache-control", "no-cache, max-age=600"),
+        ),
+        (
+            "/ns.html",
+            Page::cacheable("x").header(
+                "cache-control",
+                "no-store, no-cache, must-revalidate, max-age=0",
+            ),
+        ),
+        (
+            "/zero.html",
+            Page::cacheable("x").header("cache-control", "public, max-age=0"),
+        ),
+        ("/vary.html", Page::cacheable("x").header("vary", "*")),
+        (
+            "/surrogate.html",
+            Page::cacheable("x").header("surrogate-control", "no-store"),
+        ),
+    ];
+    for (url, page) in &cases {
+        origin.set(url, page.clone().append("set-cookie", "seen=1"));
+    }
+    let fg = Floodgate::start(origin.addr).await;
+    for (url, _) in &cases {
+        for _ in 0..2 {
+            let got = get(&fg.url(url)).await;
+            assert_eq!(got.cache_debug(), "UNCACHEABLE", "{url}");
+            assert_eq!(
+                got.header("set-cookie"),
+                Some("seen=1"),
+                "{url}: Set-Cookie reaches the client"
+            );
+        }
+        assert_eq!(origin.hits(url), 2, "{url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_comes_from_s_maxage_before_max_age() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/short.html",
+        Page::cacheable("s").header("cache-control", "public, max-age=86400, s-maxage=1"),
+    );
+    origin.set(
+        "/long.html",
+        Page::cacheable("l").header("cache-control", "public, max-age=1, s-maxage=86400"),
+    );
+    // No grace, so an expired object is fetched again at once.
+    let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 0")).await;
+    get(&fg.url("/short.html")).await;
+    get(&fg.url("/long.html")).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(get(&fg.url("/short.html")).await.cache_debug(), "MISS");
+    assert_eq!(get(&fg.url("/long.html")).await.cache_debug(), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_cache_id_mismatch_is_not_stored() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/graphql?query=m",
+        Page::cacheable("{}").header("x-magento-cache-id", "server-side"),
+    );
+    let fg = Floodgate::start(origin.addr).await;
+    let c = client();
+    for _ in 0..2 {
+        let got = send(
+            c.get(fg.url("/graphql?query=m"))
+                .header("x-magento-cache-id", "client-side"),
+        )
+        .await;
+        assert_eq!(got.cache_debug(), "UNCACHEABLE");
+    }
+    assert_eq!(origin.hits("/graphql?query=m"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_megabyte_of_tags_is_cached_and_never_sent_to_the_browser() {
+    let origin = TestOrigin::start().await;
+    let mut tags = String::with_capacity(1_000_100);
+    let mut id = 0;
+    while tags.len() < 1_000_000 {
+        if !tags.is_empty() {
+            tags.push(',');
+        }
+        tags.push_str(&format!("cat_p_{id}"));
+        id += 1;
+    }
+    origin.set(
+        "/huge-category.html",
+        Page::cacheable("big category").header("x-magento-tags", &tags),
+    );
+    // Magento may also split tags over several lines.
+    origin.set(
+        "/split.html",
+        Page::cacheable("split")
+            .append("x-magento-tags", "cat_c_1,cat_p_1")
+            .append("x-magento-tags", "cat_p_2"),
+    );
+    let fg = Floodgate::start(origin.addr).await;
+    for url in ["/huge-category.html", "/split.html"] {
+        let miss = get(&fg.url(url)).await;
+        assert_eq!(miss.status, 200, "{url}");
+        assert!(miss.header("x-magento-tags").is_none());
+        let hit = get(&fg.url(url)).await;
+        assert_eq!((hit.status, hit.cache_debug()), (200, "HIT"), "{url}");
+        assert_eq!(hit.body, miss.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_over_the_size_limit_pass_through_whole() {
+    let origin = TestOrigin::start().await;
+    // Incompressible, so the stored size is the body size (the limit applies to what is stored).
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let big: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    origin.set(
+        "/big.html",
+        Page::cacheable(big.clone()).header("content-type", "image/jpeg"),
+    );
+    let fg = Floodgate::start_with(
+        origin.addr,
+        Settings::default().cache("max_object_bytes = 1048576"),
+    )
+    .await;
+    for _ in 0..2 {
+        let got = get(&fg.url("/big.html")).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body.len(), big.len(), "the client gets the whole body");
+    }
+    assert_eq!(origin.hits("/big.html"), 2);
+}
