@@ -327,3 +327,73 @@ impl HandleMiss for Miss {
         Ok(MissFinishType::Created(size))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::trace::Span;
+
+    async fn put(
+        store: &'static MemoryStore,
+        name: &str,
+        body_len: usize,
+        ttl: Duration,
+        keep: u32,
+    ) {
+        let now = SystemTime::now();
+        let header = ResponseHeader::build(200, None).expect("header");
+        let meta = CacheMeta::new(now + ttl, now, 0, keep, header);
+        let key = CacheKey::new(name.to_string(), "");
+        let trace = Span::inactive().handle();
+        let mut miss = store
+            .get_miss_handler(&key, &meta, &trace)
+            .await
+            .expect("miss handler");
+        miss.write_body(Bytes::from(vec![b'x'; body_len]), true)
+            .await
+            .expect("write");
+        miss.finish().await.expect("finish");
+    }
+
+    async fn has(store: &'static MemoryStore, name: &str) -> bool {
+        let key = CacheKey::new(name.to_string(), "");
+        let trace = Span::inactive().handle();
+        store.lookup(&key, &trace).await.expect("lookup").is_some()
+    }
+
+    #[tokio::test]
+    async fn memory_stays_within_the_byte_budget() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(1 << 20)));
+        for i in 0..40 {
+            put(
+                store,
+                &format!("page-{i}"),
+                64 << 10,
+                Duration::from_secs(3600),
+                0,
+            )
+            .await;
+        }
+        store.sync().await;
+        let (objects, bytes) = store.usage();
+        assert!(bytes <= 1 << 20, "{bytes} bytes held for a 1 MiB budget");
+        assert!(objects > 0 && objects < 40, "{objects} objects");
+    }
+
+    #[tokio::test]
+    async fn objects_are_dropped_when_ttl_plus_keep_has_passed() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(1 << 24)));
+        put(store, "short", 10, Duration::from_millis(300), 0).await;
+        put(store, "kept", 10, Duration::from_millis(300), 3600).await;
+        assert!(has(store, "short").await && has(store, "kept").await);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !has(store, "short").await,
+            "expired and not kept: memory is given back"
+        );
+        assert!(
+            has(store, "kept").await,
+            "stale but within keep: still there to serve stale"
+        );
+    }
+}

@@ -124,6 +124,7 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 mod tests {
     use super::*;
     use crate::config::{Config, DesignException};
+    use pingora::cache::key::CacheHashKey;
 
     fn rules() -> Rules {
         let mut config = Config::default();

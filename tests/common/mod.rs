@@ -1,5 +1,5 @@
 //! Test harness: a Magento-like origin, a real Floodgate process, and clients.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod floodgate;
 pub mod origin;

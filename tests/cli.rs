@@ -1,0 +1,111 @@
+//! The `floodgate` command line: check-config and the demo a newcomer runs first.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::floodgate::{free_port, temp_dir};
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
+
+#[test]
+fn check_config_prints_the_effective_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/floodgate.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", "-c", path])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("grace_secs = 300"), "{text}");
+    assert!(
+        text.contains("ssl_offload_header = \"X-Forwarded-Proto\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_fails() {
+    let dir = temp_dir("cli");
+    let cases = [
+        ("[cache]\ngrace = 1\n", "grace"),
+        ("[origin]\naddresses = [\"no-port\"]\n", "origin.addresses"),
+        (
+            "[magento]\ndesign_exceptions = [{ user_agent = \"(\", value = \"x\" }]\n",
+            "magento.design_exceptions[0].user_agent",
+        ),
+        ("[cache]\nmemory_bytes = 10\n", "cache.memory_bytes"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(key),
+            "error for {text:?} must name {key}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn run_refuses_a_bad_config_without_starting() {
+    let out = Command::new(BIN)
+        .args(["run", "--listen", "not-an-address"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_a_miss_then_a_hit_from_its_built_in_origin() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let origin = format!("127.0.0.1:{}", free_port());
+    let dir = temp_dir("demo");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", &listen, "--origin", &origin])
+        .env("TMPDIR", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let url = format!("http://{listen}/product-1.html");
+    let mut first = None;
+    for _ in 0..150 {
+        if let Ok(resp) = client().get(&url).send().await {
+            first = Some(resp.headers().get("x-magento-cache-debug").cloned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = get(&url).await;
+    let checkout = get(&format!("http://{listen}/checkout/cart/")).await;
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("demo output");
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(
+        first.flatten().as_ref().map(|v| v.to_str().unwrap()),
+        Some("MISS")
+    );
+    assert_eq!(second.cache_debug(), "HIT");
+    assert_eq!(checkout.cache_debug(), "UNCACHEABLE");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains(&format!("curl -si http://{listen}/product-1.html")),
+        "{help}"
+    );
+}
