@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Floodgate vs Varnish, side by side, in front of the same origin, in one run.
+#
+#   bench/run.sh [duration_secs]
+#
+# Measures (1) cache-hit throughput and latency with wrk over 1,000 cached ~40 KB
+# product pages (clients accept gzip, as browsers do), and (2) origin requests when 500
+# clients ask for one cold page at once, and again for an expired one. Prints a
+# Markdown table with Floodgate/Varnish ratios. Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-15}
+CONNECTIONS=${CONNECTIONS:-64}
+ORIGIN_PORT=6092 FG_PORT=6093 VARNISH_PORT=6094
+work=$(mktemp -d /tmp/floodgate-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$work"; }
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: needs $1 (apt-get install -y $2)" >&2; exit 1; }; }
+need wrk wrk; need varnishd varnish; need python3 python3
+packaging/install-build-deps.sh
+cargo build --release --quiet
+
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: nothing on port $1" >&2; exit 1; }
+
+python3 bench/origin.py "$ORIGIN_PORT" & pids+=($!)
+wait_port "$ORIGIN_PORT"
+
+cat > "$work/floodgate.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$FG_PORT"]
+threads = 2
+runtime_dir = "$work"
+[origin]
+addresses = ["127.0.0.1:$ORIGIN_PORT"]
+CONF
+RUST_LOG=warn target/release/floodgate run -c "$work/floodgate.toml" 2>"$work/floodgate.log" & pids+=($!)
+FG_PID=$!
+sed "s/ORIGIN_PORT/$ORIGIN_PORT/" bench/magento.vcl > "$work/magento.vcl"
+varnishd -F -n "$work/varnish" -a "127.0.0.1:$VARNISH_PORT" -f "$work/magento.vcl" \
+  -s malloc,1G -p thread_pool_min=50 >"$work/varnish.log" 2>&1 & pids+=($!)
+wait_port "$FG_PORT"; wait_port "$VARNISH_PORT"
+
+warm() { # fill 1,000 pages, 50 at a time
+  seq 1 1000 | xargs -P 50 -I{} curl -s -o /dev/null -H 'Accept-Encoding: gzip' "http://127.0.0.1:$1/product-{}.html"
+}
+warm "$FG_PORT"; warm "$VARNISH_PORT"
+
+hits() { # port -> "rps p50_ms p99_ms"
+  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/urls.lua "http://127.0.0.1:$1" > "$work/wrk-$1.txt"
+  python3 - "$work/wrk-$1.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(label):
+    m = re.search(r"^\s*" + label + r"%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f} {errors.group(1) if errors else 0}")
+PY
+}
+# Alternate, so neither always runs on a warmer machine.
+read -r fg_rps fg_p50 fg_p99 fg_err < <(hits "$FG_PORT")
+read -r v_rps v_p50 v_p99 v_err < <(hits "$VARNISH_PORT")
+read -r fg_rps2 fg_p50b fg_p99b _ < <(hits "$FG_PORT")
+read -r v_rps2 v_p50b v_p99b _ < <(hits "$VARNISH_PORT")
+best() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(max(a,b) if sys.argv[3]=='max' else min(a,b))" "$@"; }
+fg_rps=$(best "$fg_rps" "$fg_rps2" max); v_rps=$(best "$v_rps" "$v_rps2" max)
+fg_p50=$(best "$fg_p50" "$fg_p50b" min); v_p50=$(best "$v_p50" "$v_p50b" min)
+fg_p99=$(best "$fg_p99" "$fg_p99b" min); v_p99=$(best "$v_p99" "$v_p99b" min)
+
+origin_count() { curl -s "http://127.0.0.1:$ORIGIN_PORT/__count?url=$1" | python3 -c "import json,sys; print(json.load(sys.stdin)['count'])"; }
+stampede() { # port url -> origin requests caused
+  local before; before=$(origin_count "$2")
+  python3 bench/stampede.py "http://127.0.0.1:$1$2" 500 > "$work/ok"
+  sleep 0.5
+  echo "$(( $(origin_count "$2") - before )) $(cat "$work/ok")"
+}
+read -r fg_cold fg_cold_ok < <(stampede "$FG_PORT" /stampede-fg.html)
+read -r v_cold v_cold_ok < <(stampede "$VARNISH_PORT" /stampede-varnish.html)
+curl -s -o /dev/null "http://127.0.0.1:$FG_PORT/expiring-fg.html"
+curl -s -o /dev/null "http://127.0.0.1:$VARNISH_PORT/expiring-varnish.html"
+sleep 2.2
+read -r fg_exp fg_exp_ok < <(stampede "$FG_PORT" /expiring-fg.html)
+read -r v_exp v_exp_ok < <(stampede "$VARNISH_PORT" /expiring-varnish.html)
+sleep 1.5 # let background refreshes land in the counts
+fg_exp=$(( $(origin_count /expiring-fg.html) - 1 )); v_exp=$(( $(origin_count /expiring-varnish.html) - 1 ))
+
+fg_rss=$(awk '/VmRSS/ {print $2}' "/proc/$FG_PID/status")
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+cat <<TABLE
+Measured $(date -u +%Y-%m-%d) on $(nproc) cores, wrk -t2 -c$CONNECTIONS -d${DURATION}s (best of 2 alternating runs each), Floodgate threads = 2.
+
+| measure | Floodgate | Varnish $(varnishd -V 2>&1 | grep -o 'varnish-[0-9.]*' | head -1 | cut -d- -f2) | Floodgate/Varnish |
+|---|---|---|---|
+| hit throughput, req/s (1,000 pages × ~40 KB, gzip) | $fg_rps | $v_rps | $(ratio "$fg_rps" "$v_rps") |
+| hit latency p50, ms | $fg_p50 | $v_p50 | $(ratio "$fg_p50" "$v_p50") |
+| hit latency p99, ms | $fg_p99 | $v_p99 | $(ratio "$fg_p99" "$v_p99") |
+| non-2xx during the hit runs | $fg_err | $v_err | |
+| origin requests, 500 clients on one cold page (200s) | $fg_cold ($fg_cold_ok/500) | $v_cold ($v_cold_ok/500) | |
+| origin requests, 500 clients on one expired page (200s) | $fg_exp ($fg_exp_ok/500) | $v_exp ($v_exp_ok/500) | |
+| Floodgate resident memory after the run | $((fg_rss / 1024)) MiB | | |
+TABLE
