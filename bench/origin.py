@@ -3,6 +3,8 @@
 tags, Cache-Control, Set-Cookie), counts requests per URL, and can be slow on purpose.
 
   GET /product-N.html        cacheable page (s-maxage 86400)
+  GET /page-N.html           cacheable page of varied text that gzips about 3:1, like
+                             real HTML (for the memory measurement)
   GET /stampede-X.html       cacheable page that takes 1 s to render
   GET /expiring-X.html       like stampede, but s-maxage=1 (for expiry stampedes)
   GET /health_check.php      200
@@ -22,6 +24,31 @@ FILLER = ("<div class=\"product-info\"><span class=\"price\">$19.99</span>"
           "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</p></div>\n")
 
 
+WORDS = ("shirt jacket cotton blue red green size small medium large price sale new "
+         "stock delivery return review stars brand leather wool summer winter shoe boot "
+         "sock hat bag belt watch ring gold silver steel glass table chair lamp sofa bed").split()
+
+
+def varied_blob(seed):
+    import random
+    rng = random.Random(seed)
+    parts, size = [], 0
+    while size < 40_000:
+        w = rng.choice(WORDS) + (str(rng.randint(0, 9999)) if rng.random() < 0.3 else "")
+        parts.append(w)
+        size += len(w) + 1
+    return " ".join(parts)
+
+
+# Distinct bodies, built once: each response is compressed on its own, so reuse across
+# pages does not help gzip, and serving stays cheap.
+BLOBS = [varied_blob(i) for i in range(64)]
+
+
+def varied_page(n):
+    return (f"<html><body><h1>Page {n}</h1><p>" + BLOBS[int(n) % 64] + "</p></body></html>\n").encode()
+
+
 def page(n):
     head = f"<html><head><title>Product {n}</title></head><body><h1>Product {n}</h1>\n"
     body = FILLER * (40_000 // len(FILLER))
@@ -30,6 +57,13 @@ def page(n):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle's algorithm and
+        # delayed ACKs add 40 ms to every response on a kept-alive connection.
+        import socket
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args):
         pass
@@ -51,7 +85,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if parsed.path.startswith("/expiring-"):
                 ttl = 1
         n = parsed.path.strip("/").split("-")[-1].split(".")[0]
-        self.reply(200, page(n), {
+        body = varied_page(n) if parsed.path.startswith("/page-") else page(n)
+        self.reply(200, body, {
             "Content-Type": "text/html; charset=UTF-8",
             "Cache-Control": f"public, max-age={ttl}, s-maxage={ttl}",
             "Pragma": "cache",

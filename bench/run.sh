@@ -3,6 +3,10 @@
 #
 #   bench/run.sh [duration_secs]
 #
+# The servers under test share the first half of the cores (one core on a 2-core box)
+# and the load generator runs on the other half, so neither proxy competes with wrk for
+# CPU: sharing cores with the load generator measures the scheduler, not the proxy.
+#
 # Measures (1) cache-hit throughput and latency with wrk over 1,000 cached ~40 KB
 # product pages (clients accept gzip, as browsers do), and (2) origin requests when 500
 # clients ask for one cold page at once, and again for an expired one. Prints a
@@ -13,32 +17,41 @@ DURATION=${1:-15}
 CONNECTIONS=${CONNECTIONS:-64}
 ORIGIN_PORT=6092 FG_PORT=6093 VARNISH_PORT=6094
 work=$(mktemp -d /tmp/floodgate-bench.XXXXXX)
+chmod 755 "$work" # varnishd's worker runs as an unprivileged user
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$work"; }
 trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: needs $1 (apt-get install -y $2)" >&2; exit 1; }; }
 need wrk wrk; need varnishd varnish; need python3 python3
+need taskset util-linux
 packaging/install-build-deps.sh
 cargo build --release --quiet
 
+cores=$(nproc)
+half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+SERVER_CPUS="0-$((half - 1))"
+LOAD_CPUS="$half-$((cores - 1))"
+[ "$cores" -ge 2 ] || LOAD_CPUS="0"
+LOAD_THREADS=$(( cores - half > 0 ? cores - half : 1 ))
+
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: nothing on port $1" >&2; exit 1; }
 
-python3 bench/origin.py "$ORIGIN_PORT" & pids+=($!)
+taskset -c "$LOAD_CPUS" python3 bench/origin.py "$ORIGIN_PORT" & pids+=($!)
 wait_port "$ORIGIN_PORT"
 
 cat > "$work/floodgate.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$FG_PORT"]
-threads = 2
+threads = $half
 runtime_dir = "$work"
 [origin]
 addresses = ["127.0.0.1:$ORIGIN_PORT"]
 CONF
-RUST_LOG=warn target/release/floodgate run -c "$work/floodgate.toml" 2>"$work/floodgate.log" & pids+=($!)
+RUST_LOG=warn taskset -c "$SERVER_CPUS" target/release/floodgate run -c "$work/floodgate.toml" 2>"$work/floodgate.log" & pids+=($!)
 FG_PID=$!
 sed "s/ORIGIN_PORT/$ORIGIN_PORT/" bench/magento.vcl > "$work/magento.vcl"
-varnishd -F -n "$work/varnish" -a "127.0.0.1:$VARNISH_PORT" -f "$work/magento.vcl" \
+taskset -c "$SERVER_CPUS" varnishd -F -n "$work/varnish" -a "127.0.0.1:$VARNISH_PORT" -f "$work/magento.vcl" \
   -s malloc,1G -p thread_pool_min=50 >"$work/varnish.log" 2>&1 & pids+=($!)
 wait_port "$FG_PORT"; wait_port "$VARNISH_PORT"
 
@@ -48,7 +61,7 @@ warm() { # fill 1,000 pages, 50 at a time
 warm "$FG_PORT"; warm "$VARNISH_PORT"
 
 hits() { # port -> "rps p50_ms p99_ms"
-  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/urls.lua "http://127.0.0.1:$1" > "$work/wrk-$1.txt"
+  taskset -c "$LOAD_CPUS" wrk -t"$LOAD_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/urls.lua "http://127.0.0.1:$1" > "$work/wrk-$1.txt"
   python3 - "$work/wrk-$1.txt" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
@@ -61,20 +74,25 @@ errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f} {errors.group(1) if errors else 0}")
 PY
 }
-# Alternate, so neither always runs on a warmer machine.
-read -r fg_rps fg_p50 fg_p99 fg_err < <(hits "$FG_PORT")
-read -r v_rps v_p50 v_p99 v_err < <(hits "$VARNISH_PORT")
-read -r fg_rps2 fg_p50b fg_p99b _ < <(hits "$FG_PORT")
-read -r v_rps2 v_p50b v_p99b _ < <(hits "$VARNISH_PORT")
-best() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(max(a,b) if sys.argv[3]=='max' else min(a,b))" "$@"; }
-fg_rps=$(best "$fg_rps" "$fg_rps2" max); v_rps=$(best "$v_rps" "$v_rps2" max)
-fg_p50=$(best "$fg_p50" "$fg_p50b" min); v_p50=$(best "$v_p50" "$v_p50b" min)
-fg_p99=$(best "$fg_p99" "$fg_p99b" min); v_p99=$(best "$v_p99" "$v_p99b" min)
+# Alternate rounds, so neither always runs on a warmer machine; report the median round.
+ROUNDS=${ROUNDS:-3}
+: > "$work/fg.runs"; : > "$work/v.runs"
+for _ in $(seq 1 "$ROUNDS"); do
+  hits "$FG_PORT" >> "$work/fg.runs"
+  hits "$VARNISH_PORT" >> "$work/v.runs"
+done
+median() { # file column
+  sort -n -k"$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print v[int((NR + 1) / 2)] }'
+}
+fg_rps=$(median "$work/fg.runs" 1); v_rps=$(median "$work/v.runs" 1)
+fg_p50=$(median "$work/fg.runs" 2); v_p50=$(median "$work/v.runs" 2)
+fg_p99=$(median "$work/fg.runs" 3); v_p99=$(median "$work/v.runs" 3)
+fg_err=$(awk '{ s += $4 } END { print s }' "$work/fg.runs"); v_err=$(awk '{ s += $4 } END { print s }' "$work/v.runs")
 
 origin_count() { curl -s "http://127.0.0.1:$ORIGIN_PORT/__count?url=$1" | python3 -c "import json,sys; print(json.load(sys.stdin)['count'])"; }
 stampede() { # port url -> origin requests caused
   local before; before=$(origin_count "$2")
-  python3 bench/stampede.py "http://127.0.0.1:$1$2" 500 > "$work/ok"
+  taskset -c "$LOAD_CPUS" python3 bench/stampede.py "http://127.0.0.1:$1$2" 500 > "$work/ok"
   sleep 0.5
   echo "$(( $(origin_count "$2") - before )) $(cat "$work/ok")"
 }
@@ -88,10 +106,25 @@ read -r v_exp v_exp_ok < <(stampede "$VARNISH_PORT" /expiring-varnish.html)
 sleep 1.5 # let background refreshes land in the counts
 fg_exp=$(( $(origin_count /expiring-fg.html) - 1 )); v_exp=$(( $(origin_count /expiring-varnish.html) - 1 ))
 
-fg_rss=$(awk '/VmRSS/ {print $2}' "/proc/$FG_PID/status")
+# Memory: a fresh Floodgate filled with MEMORY_PAGES distinct pages of varied text;
+# resident size against the bytes of the bodies it stores (gzipped, as served to gzip
+# clients, so summed from what the fill downloaded).
+MEMORY_PAGES=${MEMORY_PAGES:-50000}
+kill "$FG_PID"; wait "$FG_PID" 2>/dev/null || true
+sed -i "s/^memory_bytes = .*//; s/^\[origin\]/[cache]\nmemory_bytes = 8589934592\n[origin]/" "$work/floodgate.toml"
+RUST_LOG=warn taskset -c "$SERVER_CPUS" target/release/floodgate run -c "$work/floodgate.toml" 2>>"$work/floodgate.log" & pids+=($!)
+FG_PID=$!
+wait_port "$FG_PORT"
+seq 1 "$MEMORY_PAGES" | taskset -c "$LOAD_CPUS" xargs -n 500 -P 4 sh -c '
+  for n in "$@"; do printf "url = \"http://127.0.0.1:'"$FG_PORT"'/page-%s.html\"\noutput = \"/dev/null\"\n" "$n"; done |
+  curl -s -H "Accept-Encoding: gzip" -w "%{size_download}\n" -K -' _ > "$work/sizes"
+stored_bytes=$(awk '{ s += $1 } END { print s }' "$work/sizes")
+fetched=$(wc -l < "$work/sizes")
+sleep 2
+fg_rss=$(( $(awk '/VmRSS/ {print $2}' "/proc/$FG_PID/status") * 1024 ))
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 cat <<TABLE
-Measured $(date -u +%Y-%m-%d) on $(nproc) cores, wrk -t2 -c$CONNECTIONS -d${DURATION}s (best of 2 alternating runs each), Floodgate threads = 2.
+Measured $(date -u +%Y-%m-%d) on $cores cores: proxies on CPU $SERVER_CPUS (Floodgate threads = $half), load on CPU $LOAD_CPUS; wrk -t$LOAD_THREADS -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS alternating rounds each.
 
 | measure | Floodgate | Varnish $(varnishd -V 2>&1 | grep -o 'varnish-[0-9.]*' | head -1 | cut -d- -f2) | Floodgate/Varnish |
 |---|---|---|---|
@@ -101,5 +134,5 @@ Measured $(date -u +%Y-%m-%d) on $(nproc) cores, wrk -t2 -c$CONNECTIONS -d${DURA
 | non-2xx during the hit runs | $fg_err | $v_err | |
 | origin requests, 500 clients on one cold page (200s) | $fg_cold ($fg_cold_ok/500) | $v_cold ($v_cold_ok/500) | |
 | origin requests, 500 clients on one expired page (200s) | $fg_exp ($fg_exp_ok/500) | $v_exp ($v_exp_ok/500) | |
-| Floodgate resident memory after the run | $((fg_rss / 1024)) MiB | | |
+| Floodgate resident memory, $fetched pages cached | $((fg_rss / 1048576)) MiB for $((stored_bytes / 1048576)) MiB of stored bodies: $(ratio "$fg_rss" "$stored_bytes") × | | |
 TABLE

@@ -26,7 +26,7 @@ use pingora::cache::{
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
-use super::Tags;
+use super::{CompactHeader, Tags};
 
 /// Bookkeeping bytes per object beyond body, header and tags (key, Arc, moka node).
 const ENTRY_OVERHEAD: usize = 256;
@@ -38,32 +38,47 @@ pub struct StoredObject {
     pub updated: SystemTime,
     pub grace_secs: u32,
     pub keep_secs: u32,
-    pub header: ResponseHeader,
+    pub header: CompactHeader,
     pub body: Bytes,
     pub tags: Tags,
 }
 
+/// Headers that are never stored: tags live beside the object, and the body's framing
+/// is decided again from its exact length.
+const NOT_STORED: &[&str] = &["x-magento-tags", "transfer-encoding", "content-length"];
+
 impl StoredObject {
-    fn from_meta(meta: &CacheMeta, body: Bytes, tags: Tags) -> Self {
-        Self {
-            fresh_until: meta.fresh_until(),
-            updated: meta.updated(),
-            grace_secs: meta.stale_while_revalidate_sec(),
-            keep_secs: meta.stale_if_error_sec(),
-            header: meta.response_header_copy(),
+    /// Stores `header` with the freshness of `freshness`; `body` is complete.
+    fn new(
+        freshness: &CacheMeta,
+        header: &ResponseHeader,
+        body: Bytes,
+        tags: Tags,
+    ) -> Result<Self> {
+        // The stored body is complete, so its length is known: hits go out with
+        // Content-Length rather than chunked (gzipping before storing had removed the
+        // origin's length), which saves a write and the chunk framing on every hit.
+        let length = body.len().to_string();
+        let header = CompactHeader::pack(header, NOT_STORED, &[("content-length", &length)]);
+        Ok(Self {
+            fresh_until: freshness.fresh_until(),
+            updated: freshness.updated(),
+            grace_secs: freshness.stale_while_revalidate_sec(),
+            keep_secs: freshness.stale_if_error_sec(),
+            header,
             body,
             tags,
-        }
+        })
     }
 
-    fn meta(&self) -> CacheMeta {
-        CacheMeta::new(
+    fn meta(&self) -> Result<CacheMeta> {
+        Ok(CacheMeta::new(
             self.fresh_until,
             self.updated,
             self.grace_secs,
             self.keep_secs,
-            self.header.clone(),
-        )
+            self.header.unpack()?,
+        ))
     }
 
     /// When nobody may be served this object any more, stale or not.
@@ -72,13 +87,8 @@ impl StoredObject {
     }
 
     fn weight(&self) -> u32 {
-        let header: usize = self
-            .header
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum();
-        let total = ENTRY_OVERHEAD + header + self.body.len() + self.tags.len_bytes();
+        let total =
+            ENTRY_OVERHEAD + self.header.len_bytes() + self.body.len() + self.tags.len_bytes();
         total.min(u32::MAX as usize) as u32
     }
 }
@@ -157,7 +167,7 @@ impl Storage for MemoryStore {
         let Some(object) = self.objects.get(&key.combined_bin()).await else {
             return Ok(None);
         };
-        let meta = object.meta();
+        let meta = object.meta()?;
         let end = object.body.len();
         Ok(Some((
             meta,
@@ -177,15 +187,15 @@ impl Storage for MemoryStore {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let tags = meta.extensions().get::<Tags>().cloned().unwrap_or_default();
-        let mut header = meta.response_header_copy();
-        header.remove_header("x-magento-tags");
         Ok(Box::new(Miss {
             key: key.combined_bin(),
-            fresh_until: meta.fresh_until(),
-            updated: meta.updated(),
-            grace_secs: meta.stale_while_revalidate_sec(),
-            keep_secs: meta.stale_if_error_sec(),
-            header: Some(header),
+            meta: Some(CacheMeta::new(
+                meta.fresh_until(),
+                meta.updated(),
+                meta.stale_while_revalidate_sec(),
+                meta.stale_if_error_sec(),
+                meta.response_header_copy(),
+            )),
             tags,
             body: BytesMut::new(),
             store: self,
@@ -217,7 +227,12 @@ impl Storage for MemoryStore {
         let Some(old) = self.objects.get(&hash).await else {
             return Ok(false);
         };
-        let object = StoredObject::from_meta(meta, old.body.clone(), old.tags.clone());
+        let object = StoredObject::new(
+            meta,
+            meta.response_header(),
+            old.body.clone(),
+            old.tags.clone(),
+        )?;
         self.objects.insert(hash, Arc::new(object)).await;
         Ok(true)
     }
@@ -291,11 +306,8 @@ impl HandleHit for Hit {
 /// failed or cut fetch never leaves a truncated page behind.
 struct Miss {
     key: HashBinary,
-    fresh_until: SystemTime,
-    updated: SystemTime,
-    grace_secs: u32,
-    keep_secs: u32,
-    header: Option<ResponseHeader>,
+    /// The response's freshness and header; taken when the object is stored.
+    meta: Option<CacheMeta>,
     tags: Tags,
     body: BytesMut,
     store: &'static MemoryStore,
@@ -309,20 +321,22 @@ impl HandleMiss for Miss {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        let header = self.header.take().ok_or_else(|| {
+        let meta = self.meta.take().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "miss handler finished twice")
         })?;
-        let body = std::mem::take(&mut self.body).freeze();
-        let size = body.len();
-        let object = StoredObject {
-            fresh_until: self.fresh_until,
-            updated: self.updated,
-            grace_secs: self.grace_secs,
-            keep_secs: self.keep_secs,
-            header,
-            body,
-            tags: std::mem::take(&mut self.tags),
+        let collected = std::mem::take(&mut self.body);
+        // The buffer grew by doubling; keeping its slack would cost up to twice the body
+        // for as long as the object lives, so store an exact-size copy instead.
+        let body = if collected.capacity() > collected.len() + collected.len() / 16 {
+            Bytes::copy_from_slice(&collected)
+        } else {
+            collected.freeze()
         };
+        let size = body.len();
+        let tags = std::mem::take(&mut self.tags);
+        // Packing copies the header out of Pingora's socket read buffer, which it would
+        // otherwise keep alive (about 8 KB) for as long as the object lives.
+        let object = StoredObject::new(&meta, meta.response_header(), body, tags)?;
         self.store.objects.insert(self.key, Arc::new(object)).await;
         Ok(MissFinishType::Created(size))
     }
