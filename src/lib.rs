@@ -2,11 +2,14 @@
 //!
 //! The modules follow a request's way through the proxy: `config` → `policy` (Magento's
 //! rules) → `cache` (store, tags, hit-for-miss) → `upstream` (origins and their health),
-//! with `proxy` wiring them into Pingora's hooks and `server` assembling the process.
+//! with `proxy` wiring them into Pingora's hooks, `metrics`/`admin` reporting, and
+//! `server` assembling the process.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server;

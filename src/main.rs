@@ -38,6 +38,9 @@ enum Command {
         /// Origin address(es), comma-separated, overriding `origin.addresses`.
         #[arg(long)]
         origin: Option<String>,
+        /// Admin listener (/metrics, /health), overriding `server.admin_listen`.
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig {
@@ -52,6 +55,9 @@ enum Command {
         /// Where the demo origin listens.
         #[arg(long, default_value = "127.0.0.1:6091")]
         origin: String,
+        /// Where the admin listener (/metrics, /health) listens.
+        #[arg(long, default_value = "127.0.0.1:6085")]
+        admin: String,
     },
 }
 
@@ -68,8 +74,13 @@ fn main() -> ExitCode {
             config,
             listen,
             origin,
+            admin,
         } => {
-            let overrides = Overrides { listen, origin };
+            let overrides = Overrides {
+                listen,
+                origin,
+                admin,
+            };
             run(config, &overrides, false)
         }
         Command::CheckConfig { config } => match config::load(Some(&config), &Overrides::default())
@@ -83,10 +94,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Demo { listen, origin } => {
+        Command::Demo {
+            listen,
+            origin,
+            admin,
+        } => {
             let overrides = Overrides {
                 listen: Some(listen),
                 origin: Some(origin),
+                admin: Some(admin),
             };
             run(None, &overrides, true)
         }
@@ -103,6 +119,7 @@ fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool) -> ExitCode {
     };
     let listen = config.server.listen[0].clone();
     let origin = config.origin.addresses[0].clone();
+    let admin = config.server.admin_listen.clone();
     let mut server = match floodgate::server::build(config) {
         Ok(server) => server,
         Err(e) => {
@@ -114,13 +131,13 @@ fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool) -> ExitCode {
         let mut demo_origin = Service::new("demo origin".to_string(), DemoOrigin::default());
         demo_origin.add_tcp(&origin);
         server.add_service(demo_origin);
-        print_demo_help(&listen, &origin);
+        print_demo_help(&listen, &origin, &admin);
     }
     tracing::info!(%listen, %origin, "floodgate starting");
     server.run_forever()
 }
 
-fn print_demo_help(listen: &str, origin: &str) {
+fn print_demo_help(listen: &str, origin: &str, admin: &str) {
     let base = format!("http://{listen}");
     println!(
         "Floodgate demo: proxy on {base}, Magento-like demo origin on http://{origin} (150 ms per page).
@@ -131,6 +148,7 @@ Try, in another terminal:
   curl -si '{base}/product-1.html?utm_source=mail' | grep -i x-magento-cache-debug  # HIT: marketing parameters are ignored
   curl -si {base}/checkout/cart/ | grep -i x-magento-cache-debug                    # UNCACHEABLE: checkout always passes
   curl -s -o /dev/null -w '%{{time_total}}s\\n' {base}/category-7.html             # first time ~0.15 s, then ~0.001 s
+  curl -s http://{admin}/metrics | grep floodgate_requests_total                     # hits, misses, passes so far
 
 Stop with Ctrl-C."
     );

@@ -8,8 +8,14 @@ use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
+use std::sync::Arc;
+
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
 use crate::cache::{HitForMissMarks, MemoryStore};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::Floodgate;
 use crate::upstream::Origins;
 
@@ -50,7 +56,9 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
     server.bootstrap();
 
     let (origins, health_probe) = Origins::new(&config.origin)?;
+    let origins = Arc::new(origins);
     server.add_service(health_probe);
+    let metrics = Arc::new(Metrics::new()?);
 
     // Pingora's cache API takes `&'static`; these live for the whole process anyway.
     let store: &'static MemoryStore =
@@ -65,8 +73,16 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
         config.origin.first_byte_timeout_secs,
     )));
 
+    if !config.server.admin_listen.is_empty() {
+        let admin = Admin::new(metrics.clone(), store, origins.clone());
+        let mut admin_service = Service::new("admin".to_string(), admin);
+        admin_service.add_tcp(&config.server.admin_listen);
+        admin_service.threads = Some(1);
+        server.add_service(admin_service);
+    }
+
     let listen = config.server.listen.clone();
-    let proxy = Floodgate::new(config, origins, store, marks, lock)?;
+    let proxy = Floodgate::new(config, origins, store, marks, lock, metrics)?;
     let mut service = http_proxy_service(&server.configuration, proxy);
     for addr in &listen {
         service.add_tcp(addr);

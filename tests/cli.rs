@@ -75,9 +75,12 @@ fn run_refuses_a_bad_config_without_starting() {
 async fn demo_serves_a_miss_then_a_hit_from_its_built_in_origin() {
     let listen = format!("127.0.0.1:{}", free_port());
     let origin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let dir = temp_dir("demo");
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", &listen, "--origin", &origin])
+        .args([
+            "demo", "--listen", &listen, "--origin", &origin, "--admin", &admin,
+        ])
         .env("TMPDIR", &dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -94,6 +97,7 @@ async fn demo_serves_a_miss_then_a_hit_from_its_built_in_origin() {
     }
     let second = get(&url).await;
     let checkout = get(&format!("http://{listen}/checkout/cart/")).await;
+    let metrics = get(&format!("http://{admin}/metrics")).await.text();
     let _ = child.kill();
     let output = child.wait_with_output().expect("demo output");
     let _ = std::fs::remove_dir_all(dir);
@@ -103,6 +107,10 @@ async fn demo_serves_a_miss_then_a_hit_from_its_built_in_origin() {
     );
     assert_eq!(second.cache_debug(), "HIT");
     assert_eq!(checkout.cache_debug(), "UNCACHEABLE");
+    assert!(
+        metrics.contains("floodgate_requests_total{outcome=\"hit\"} 1"),
+        "{metrics}"
+    );
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(
         help.contains(&format!("curl -si http://{listen}/product-1.html")),

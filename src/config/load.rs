@@ -31,6 +31,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 pub struct Overrides {
     pub listen: Option<String>,
     pub origin: Option<String>,
+    pub admin: Option<String>,
 }
 
 /// Loads `path` (or the built-in defaults when `None`), applies `overrides` and validates.
@@ -51,6 +52,9 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
     if let Some(listen) = &overrides.listen {
         config.server.listen = vec![listen.clone()];
     }
+    if let Some(admin) = &overrides.admin {
+        config.server.admin_listen = admin.clone();
+    }
     if let Some(origin) = &overrides.origin {
         config.origin.addresses = origin.split(',').map(|s| s.trim().to_string()).collect();
     }
@@ -66,6 +70,9 @@ impl Config {
         }
         for addr in &self.server.listen {
             check_socket_addr("server.listen", addr)?;
+        }
+        if !self.server.admin_listen.is_empty() {
+            check_socket_addr("server.admin_listen", &self.server.admin_listen)?;
         }
         if self.origin.addresses.is_empty() {
             return Err(invalid("origin.addresses", "at least one origin is needed"));
@@ -235,10 +242,15 @@ mod tests {
         let overrides = Overrides {
             listen: Some("127.0.0.1:7000".into()),
             origin: Some("127.0.0.1:7001,127.0.0.1:7002".into()),
+            admin: Some(String::new()),
         };
         let config = load(None, &overrides).expect("valid");
         assert_eq!(config.server.listen, vec!["127.0.0.1:7000"]);
         assert_eq!(config.origin.addresses.len(), 2);
+        assert_eq!(
+            config.server.admin_listen, "",
+            "an empty admin address disables it"
+        );
     }
 
     #[test]

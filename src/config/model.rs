@@ -17,6 +17,8 @@ pub struct Config {
 pub struct ServerSection {
     /// Addresses the proxy listens on for client traffic.
     pub listen: Vec<String>,
+    /// Admin listener (`/metrics`, `/health`); empty disables it. Keep it private.
+    pub admin_listen: String,
     /// Worker threads for the proxy service; 0 means one per CPU core.
     pub threads: usize,
     /// Where Pingora keeps its pid file and upgrade socket (for graceful binary upgrades).
@@ -27,6 +29,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         Self {
             listen: vec!["0.0.0.0:6081".into()],
+            admin_listen: "127.0.0.1:6085".into(),
             threads: 0,
             runtime_dir: "/tmp".into(),
         }

@@ -1,5 +1,7 @@
 //! What Floodgate remembers about one request between Pingora's hooks.
 
+use std::time::Instant;
+
 use crate::cache::Tags;
 use crate::policy::key::Variant;
 use crate::policy::route::Route;
@@ -16,6 +18,8 @@ pub struct RequestCtx {
     pub tags: Tags,
     /// The response was (or would have been) refused by the cache.
     pub uncacheable: bool,
+    /// When the request left for the origin, for the upstream latency histogram.
+    pub upstream_sent: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -27,6 +31,7 @@ impl RequestCtx {
             decision: None,
             tags: Tags::default(),
             uncacheable: false,
+            upstream_sent: None,
         }
     }
 }

@@ -5,7 +5,8 @@ mod ctx;
 mod respond;
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use pingora::cache::lock::CacheKeyLockImpl;
@@ -22,6 +23,7 @@ pub use ctx::RequestCtx;
 use crate::cache::hit_for_miss::REASON_NOT_STORED;
 use crate::cache::{HitForMissMarks, MemoryStore, Tags};
 use crate::config::Config;
+use crate::metrics::{Metrics, Outcome};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
 use crate::policy::key::{cache_key, Variant};
 use crate::policy::route::{route, Route};
@@ -42,16 +44,18 @@ pub struct Floodgate {
     store: &'static MemoryStore,
     marks: &'static HitForMissMarks,
     lock: &'static CacheKeyLockImpl,
-    origins: Origins,
+    origins: Arc<Origins>,
+    metrics: Arc<Metrics>,
 }
 
 impl Floodgate {
     pub fn new(
         config: Config,
-        origins: Origins,
+        origins: Arc<Origins>,
         store: &'static MemoryStore,
         marks: &'static HitForMissMarks,
         lock: &'static CacheKeyLockImpl,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             rules: Rules::new(&config)?,
@@ -60,7 +64,22 @@ impl Floodgate {
             marks,
             lock,
             origins,
+            metrics,
         })
+    }
+
+    fn outcome(&self, session: &Session, ctx: &RequestCtx) -> Outcome {
+        match ctx.route {
+            Route::Purge => Outcome::Purge,
+            Route::Tunnel => Outcome::Tunnel,
+            Route::Pass(_) => Outcome::Pass,
+            Route::Lookup => match session.cache.phase() {
+                CachePhase::Hit | CachePhase::Revalidated => Outcome::Hit,
+                CachePhase::Stale | CachePhase::StaleUpdating => Outcome::Stale,
+                _ if ctx.uncacheable => Outcome::Uncacheable,
+                _ => Outcome::Miss,
+            },
+        }
     }
 
     fn verdict(&self, session: &Session, ctx: &RequestCtx) -> (CacheDebug, Option<Grace>) {
@@ -201,6 +220,7 @@ impl ProxyHttp for Floodgate {
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         if ctx.route != Route::Lookup {
+            ctx.upstream_sent = Some(Instant::now());
             return Ok(());
         }
         if upstream_request.raw_path() != ctx.url.as_bytes() {
@@ -217,6 +237,7 @@ impl ProxyHttp for Floodgate {
             upstream_request.insert_header(http::header::ACCEPT_ENCODING, "gzip")?;
             session.upstream_compression.adjust_level(STORE_GZIP_LEVEL);
         }
+        ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
 
@@ -226,6 +247,9 @@ impl ProxyHttp for Floodgate {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(sent) = ctx.upstream_sent.take() {
+            self.metrics.upstream_latency(sent.elapsed());
+        }
         if ctx.route != Route::Lookup || resp.status.is_informational() || resp.status == 304 {
             return Ok(());
         }
@@ -327,6 +351,7 @@ impl ProxyHttp for Floodgate {
             _ => 500,
         };
         if code == 503 {
+            self.metrics.origin_unavailable();
             let retry_after = RETRY_AFTER_SECS.to_string();
             let _ = respond::plain(
                 session,
@@ -345,6 +370,16 @@ impl ProxyHttp for Floodgate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // A background refresh is Floodgate's own request, not a client's.
+        if session.subrequest_ctx.is_some() {
+            self.metrics.background_refresh();
+        } else {
+            let outcome = self.outcome(session, ctx);
+            self.metrics.request(outcome);
+            if outcome == Outcome::Hit && session.cache.lock_duration().is_some() {
+                self.metrics.coalesced();
+            }
+        }
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());

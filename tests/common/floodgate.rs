@@ -30,6 +30,7 @@ impl Settings {
 
 pub struct Floodgate {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     child: Child,
     dir: PathBuf,
 }
@@ -59,9 +60,10 @@ impl Floodgate {
     pub async fn start_with(origin: SocketAddr, settings: Settings) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let dir = temp_dir("proxy");
         let config = format!(
-            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
+            "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
              [origin]\naddresses = [\"{origin}\"]\nhealth_check_interval_secs = 1\n{}\n\n\
              [cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n",
             settings.origin.join("\n"),
@@ -81,7 +83,12 @@ impl Floodgate {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn floodgate");
-        let floodgate = Floodgate { addr, child, dir };
+        let floodgate = Floodgate {
+            addr,
+            admin,
+            child,
+            dir,
+        };
         floodgate.wait_listening().await;
         floodgate
     }
@@ -99,6 +106,24 @@ impl Floodgate {
             self.addr,
             self.log()
         );
+    }
+
+    /// The Prometheus text from the admin listener.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("admin listener answers")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// One sample's value from `/metrics`, e.g. `floodgate_requests_total{outcome="hit"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
     }
 
     pub fn url(&self, path: &str) -> String {

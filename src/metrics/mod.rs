@@ -1,0 +1,156 @@
+//! Prometheus metrics: what an operator replacing varnishstat watches.
+//!
+//! One registry per process, owned here and exposed by `admin`. Counters are recorded
+//! once per client request in the proxy's `logging` hook, where the request's route and
+//! final cache phase are both known.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// How a client request was served, the label of `floodgate_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    /// Served stale: within grace while refreshing, or because the origin failed.
+    Stale,
+    Miss,
+    /// Looked up, but the response was not stored (or the key is hit-for-miss).
+    Uncacheable,
+    Pass,
+    Tunnel,
+    Purge,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Stale => "stale",
+            Outcome::Miss => "miss",
+            Outcome::Uncacheable => "uncacheable",
+            Outcome::Pass => "pass",
+            Outcome::Tunnel => "tunnel",
+            Outcome::Purge => "purge",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    coalesced: IntCounter,
+    background_refreshes: IntCounter,
+    origin_unavailable: IntCounter,
+    upstream_latency: Histogram,
+    pub cache_objects: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub origin_healthy: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "floodgate_requests_total",
+                "Client requests by how they were served",
+            ),
+            &["outcome"],
+        )?;
+        let coalesced = IntCounter::new(
+            "floodgate_coalesced_total",
+            "Requests that waited for another request's origin fetch instead of making their own",
+        )?;
+        let background_refreshes = IntCounter::new(
+            "floodgate_background_refreshes_total",
+            "Origin fetches that refreshed a stale object while it was being served",
+        )?;
+        let origin_unavailable = IntCounter::new(
+            "floodgate_origin_unavailable_total",
+            "Client requests answered 503 because no origin could answer and nothing was stored",
+        )?;
+        let upstream_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "floodgate_upstream_response_seconds",
+                "Time from sending a request to the origin to its response header",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )?;
+        let cache_objects =
+            IntGauge::new("floodgate_cache_objects", "Objects in the memory store")?;
+        let cache_bytes = IntGauge::new(
+            "floodgate_cache_bytes",
+            "Bytes held by the memory store (bodies, headers, tags, bookkeeping)",
+        )?;
+        let origin_healthy = IntGauge::new(
+            "floodgate_origin_healthy",
+            "1 while at least one origin passes its health probe",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(coalesced.clone()))?;
+        registry.register(Box::new(background_refreshes.clone()))?;
+        registry.register(Box::new(origin_unavailable.clone()))?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(cache_objects.clone()))?;
+        registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(origin_healthy.clone()))?;
+        // Every outcome appears from the start, at 0, so rates work before the first event.
+        for outcome in [
+            Outcome::Hit,
+            Outcome::Stale,
+            Outcome::Miss,
+            Outcome::Uncacheable,
+            Outcome::Pass,
+            Outcome::Tunnel,
+            Outcome::Purge,
+        ] {
+            requests.with_label_values(&[outcome.label()]);
+        }
+        Ok(Self {
+            registry,
+            requests,
+            coalesced,
+            background_refreshes,
+            origin_unavailable,
+            upstream_latency,
+            cache_objects,
+            cache_bytes,
+            origin_healthy,
+        })
+    }
+
+    pub fn request(&self, outcome: Outcome) {
+        self.requests.with_label_values(&[outcome.label()]).inc();
+    }
+
+    pub fn coalesced(&self) {
+        self.coalesced.inc();
+    }
+
+    pub fn background_refresh(&self) {
+        self.background_refreshes.inc();
+    }
+
+    pub fn origin_unavailable(&self) {
+        self.origin_unavailable.inc();
+    }
+
+    pub fn upstream_latency(&self, elapsed: Duration) {
+        self.upstream_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4096);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            out.extend_from_slice(format!("# metrics encoding failed: {e}\n").as_bytes());
+        }
+        out
+    }
+}
