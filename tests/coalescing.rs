@@ -6,20 +6,6 @@ use std::time::Duration;
 
 use common::*;
 
-async fn burst(url: String, n: usize) -> Vec<Got> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&url).await })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(n);
-    for t in tasks {
-        out.push(t.await.expect("request task"));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_misses_make_one_origin_request() {
     let origin = TestOrigin::start().await;
@@ -28,7 +14,7 @@ async fn concurrent_cold_misses_make_one_origin_request() {
         Page::cacheable("cold page").delay(Duration::from_millis(700)),
     );
     let fg = Floodgate::start(origin.addr).await;
-    let responses = burst(fg.url("/cold.html"), 100).await;
+    let responses = burst(&fg.url("/cold.html"), 100).await;
     assert!(responses
         .iter()
         .all(|r| r.status == 200 && r.text() == "cold page"));
@@ -44,7 +30,7 @@ async fn expiry_triggers_one_refresh_while_the_others_get_stale() {
     let origin = TestOrigin::start().await;
     let page = |body: &str| {
         Page::cacheable(body.to_string())
-            .header("cache-control", "public, max-age=1, s-maxage=1")
+            .ttl(1)
             .delay(Duration::from_millis(500))
     };
     origin.set("/hot.html", page("old"));
@@ -52,7 +38,7 @@ async fn expiry_triggers_one_refresh_while_the_others_get_stale() {
     get(&fg.url("/hot.html")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     origin.set("/hot.html", page("new"));
-    let responses = burst(fg.url("/hot.html"), 100).await;
+    let responses = burst(&fg.url("/hot.html"), 100).await;
     assert!(
         responses
             .iter()
@@ -71,7 +57,7 @@ async fn expiry_past_grace_coalesces_the_synchronous_fetch() {
     let origin = TestOrigin::start().await;
     let page = |body: &str| {
         Page::cacheable(body.to_string())
-            .header("cache-control", "public, max-age=1, s-maxage=1")
+            .ttl(1)
             .delay(Duration::from_millis(500))
     };
     origin.set("/sync.html", page("old"));
@@ -79,7 +65,7 @@ async fn expiry_past_grace_coalesces_the_synchronous_fetch() {
     get(&fg.url("/sync.html")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     origin.set("/sync.html", page("new"));
-    let responses = burst(fg.url("/sync.html"), 100).await;
+    let responses = burst(&fg.url("/sync.html"), 100).await;
     assert!(responses
         .iter()
         .all(|r| r.status == 200 && r.text() == "new"));

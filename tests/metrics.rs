@@ -75,16 +75,7 @@ async fn coalesced_stale_and_unavailable_are_counted() {
         Page::cacheable("v1").header("cache-control", "public, max-age=1"),
     );
     let fg = Floodgate::start(origin.addr).await;
-    let url = fg.url("/slow.html");
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&url).await })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    burst(&fg.url("/slow.html"), 10).await;
     assert_eq!(origin.hits("/slow.html"), 1);
     assert_eq!(fg.metric("floodgate_coalesced_total").await, 9.0);
 

@@ -58,12 +58,8 @@ async fn hit_for_miss_keys_skip_the_coalescing_queue() {
     );
     let fg = Floodgate::start(origin.addr).await;
     get(&fg.url("/slow-private.html")).await; // marks the key
-    let url = fg.url("/slow-private.html");
-    let requests: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(get_owned(url.clone())))
-        .collect();
-    for r in requests {
-        assert_eq!(r.await.unwrap().status, 200);
+    for got in burst(&fg.url("/slow-private.html"), 6).await {
+        assert_eq!(got.status, 200);
     }
     assert_eq!(origin.hits("/slow-private.html"), 7);
     assert!(
@@ -71,10 +67,6 @@ async fn hit_for_miss_keys_skip_the_coalescing_queue() {
         "marked requests must go to the origin side by side, not one after another (max in flight {})",
         origin.max_in_flight("/slow-private.html")
     );
-}
-
-async fn get_owned(url: String) -> Got {
-    get(&url).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,20 +7,18 @@ use std::time::Duration;
 
 use common::*;
 
-fn one_second(body: &str) -> Page {
-    Page::cacheable(body.to_string()).header("cache-control", "public, max-age=1, s-maxage=1")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn within_grace_stale_is_served_at_once_and_refreshed_once_in_the_background() {
     let origin = TestOrigin::start().await;
-    origin.set("/g.html", one_second("v1"));
+    origin.set("/g.html", Page::cacheable("v1").ttl(1));
     let fg = Floodgate::start(origin.addr).await;
     assert_eq!(get(&fg.url("/g.html")).await.text(), "v1");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     origin.set(
         "/g.html",
-        one_second("v2").delay(Duration::from_millis(500)),
+        Page::cacheable("v2")
+            .ttl(1)
+            .delay(Duration::from_millis(500)),
     );
 
     let started = std::time::Instant::now();
@@ -49,11 +47,11 @@ async fn within_grace_stale_is_served_at_once_and_refreshed_once_in_the_backgrou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_grace_with_a_healthy_origin_fetches_synchronously() {
     let origin = TestOrigin::start().await;
-    origin.set("/past.html", one_second("v1"));
+    origin.set("/past.html", Page::cacheable("v1").ttl(1));
     let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 1")).await;
     get(&fg.url("/past.html")).await;
     tokio::time::sleep(Duration::from_millis(2600)).await;
-    origin.set("/past.html", one_second("v2"));
+    origin.set("/past.html", Page::cacheable("v2").ttl(1));
     let got = get(&fg.url("/past.html")).await;
     assert_eq!((got.text().as_str(), got.cache_debug()), ("v2", "MISS"));
 }
@@ -61,7 +59,7 @@ async fn past_grace_with_a_healthy_origin_fetches_synchronously() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_origin_gets_stale_pages_served_and_503_with_retry_after_for_the_rest() {
     let origin = TestOrigin::start().await;
-    origin.set("/kept.html", one_second("kept"));
+    origin.set("/kept.html", Page::cacheable("kept").ttl(1));
     let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 0")).await;
     get(&fg.url("/kept.html")).await;
     origin.stop();
@@ -82,7 +80,7 @@ async fn a_dead_origin_gets_stale_pages_served_and_503_with_retry_after_for_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erroring_origin_gets_stale_pages_served() {
     let origin = TestOrigin::start().await;
-    origin.set("/err.html", one_second("good"));
+    origin.set("/err.html", Page::cacheable("good").ttl(1));
     let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 0")).await;
     get(&fg.url("/err.html")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -99,7 +97,7 @@ async fn an_erroring_origin_gets_stale_pages_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_health_probes_mark_the_origin_unhealthy() {
     let origin = TestOrigin::start().await;
-    origin.set("/probe.html", one_second("probe"));
+    origin.set("/probe.html", Page::cacheable("probe").ttl(1));
     let settings = Settings::default()
         .origin("health_window = 2")
         .origin("health_threshold = 2")

@@ -50,6 +50,12 @@ impl Page {
         }
     }
 
+    /// A cacheable page that expires after `secs` seconds.
+    pub fn ttl(self, secs: u32) -> Self {
+        let cc = format!("public, max-age={secs}, s-maxage={secs}");
+        self.header("cache-control", &cc)
+    }
+
     pub fn status(mut self, status: u16) -> Self {
         self.status = status;
         self
