@@ -12,5 +12,7 @@ pub mod demo;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod purge;
 pub mod server;
 pub mod upstream;
+pub mod warm;

@@ -8,6 +8,7 @@ use pingora::services::listening::Service;
 
 use floodgate::config::{self, Overrides};
 use floodgate::demo::DemoOrigin;
+use floodgate::warm;
 
 // The hit path allocates many small header strings; mimalloc handles that pattern
 // markedly better than glibc malloc (measured with bench/run.sh).
@@ -46,6 +47,44 @@ enum Command {
     CheckConfig {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
+    },
+    /// Purge by tags, everything, a pattern or a pool, as Magento does.
+    Purge {
+        /// Comma-separated tags, e.g. cat_p_1,cat_c_5.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["all", "pattern"])]
+        tags: Vec<String>,
+        /// Every object that carries a tag (Magento's "Flush Magento Cache").
+        #[arg(long, conflicts_with = "pattern")]
+        all: bool,
+        /// A regular expression over tags.
+        #[arg(long)]
+        pattern: Option<String>,
+        /// An X-Pool value (regular expression).
+        #[arg(long)]
+        pool: Option<String>,
+        /// Expire instead of remove: served stale while one refresh runs.
+        #[arg(long)]
+        soft: bool,
+        /// Floodgate's address.
+        #[arg(long, default_value = "http://127.0.0.1:6081")]
+        url: String,
+    },
+    /// Pre-warm the cache from a Magento sitemap.xml (a file, or a URL fetched through Floodgate).
+    Warm {
+        #[arg(long)]
+        sitemap: String,
+        /// Requests per second at most.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Floodgate's address.
+        #[arg(long, default_value = "http://127.0.0.1:6081")]
+        url: String,
+        /// Header the TLS terminator sets for https pages (part of the cache key).
+        #[arg(long, default_value = "X-Forwarded-Proto")]
+        offload_header: String,
     },
     /// Run Floodgate in front of a built-in Magento-like origin on loopback.
     Demo {
@@ -92,6 +131,75 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("floodgate: {e}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Purge {
+            tags,
+            all,
+            pattern,
+            pool,
+            soft,
+            url,
+        } => {
+            let pattern = if all {
+                Some(".*".to_string())
+            } else if !tags.is_empty() {
+                Some(warm::cli::magento_pattern(&tags))
+            } else {
+                pattern
+            };
+            if pattern.is_none() && pool.is_none() {
+                eprintln!("floodgate: say what to purge: --tags, --all, --pattern or --pool");
+                return ExitCode::from(2);
+            }
+            let result = block_on(warm::cli::purge(
+                &url,
+                pattern.as_deref(),
+                pool.as_deref(),
+                soft,
+            ));
+            match result {
+                Ok((200, body)) => {
+                    print!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Ok((status, body)) => {
+                    eprint!("floodgate: purge refused ({status}): {body}");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("floodgate: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Warm {
+            sitemap,
+            rate,
+            concurrency,
+            url,
+            offload_header,
+        } => match block_on(warm::cli::warm(
+            &url,
+            &sitemap,
+            rate,
+            concurrency,
+            &offload_header,
+        )) {
+            Ok(summary) => {
+                println!(
+                    "fetched {}, already warm {}, failed {}",
+                    summary.fetched, summary.already_warm, summary.failed
+                );
+                if summary.failed > 0 {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("floodgate: {e}");
+                ExitCode::from(1)
             }
         },
         Command::Demo {
@@ -152,4 +260,13 @@ Try, in another terminal:
 
 Stop with Ctrl-C."
     );
+}
+
+/// The CLI's own small runtime for the commands that speak HTTP.
+fn block_on<T>(work: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?
+        .block_on(work)
 }

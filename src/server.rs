@@ -1,23 +1,24 @@
 //! Assembles the Pingora server: the proxy service, the origin health probe and, for the
 //! demo, a Magento-like origin in the same process.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
-
-use std::sync::Arc;
-
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::cache::{HitForMissMarks, MemoryStore};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::Floodgate;
+use crate::proxy::{Floodgate, Shared};
+use crate::purge::Purger;
 use crate::upstream::Origins;
+use crate::warm::{WarmQueue, Warmer};
 
 /// Keys remembered as hit-for-miss at most (about 100 bytes each).
 const HIT_FOR_MISS_CAPACITY: u64 = 1_000_000;
@@ -61,8 +62,11 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new()?);
 
     // Pingora's cache API takes `&'static`; these live for the whole process anyway.
-    let store: &'static MemoryStore =
-        Box::leak(Box::new(MemoryStore::new(config.cache.memory_bytes)));
+    let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(
+        config.cache.memory_bytes,
+        // A fetch can run for the first-byte timeout, plus time for its body.
+        Duration::from_secs(config.origin.first_byte_timeout_secs + 60),
+    )));
     let marks: &'static HitForMissMarks = Box::leak(Box::new(HitForMissMarks::new(
         HIT_FOR_MISS_CAPACITY,
         Duration::from_secs(config.cache.uncacheable_ttl_secs),
@@ -73,8 +77,28 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
         config.origin.first_byte_timeout_secs,
     )));
 
+    let warm_queue = config
+        .warm
+        .enabled
+        .then(|| Arc::new(WarmQueue::new(config.warm.queue_size)));
+    if let Some(queue) = &warm_queue {
+        let warmer = Warmer::new(
+            queue.clone(),
+            format!("http://{}", loopback_for(&config.server.listen[0])),
+            config.warm.rate_per_sec,
+            config.warm.concurrency,
+            metrics.clone(),
+        );
+        server.add_service(background_service("re-warmer", warmer));
+    }
+    let purger = Purger::new(
+        store,
+        warm_queue.clone(),
+        Duration::from_secs(config.warm.hot_window_secs),
+    );
+
     if !config.server.admin_listen.is_empty() {
-        let admin = Admin::new(metrics.clone(), store, origins.clone());
+        let admin = Admin::new(metrics.clone(), store, origins.clone(), warm_queue);
         let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&config.server.admin_listen);
         admin_service.threads = Some(1);
@@ -82,7 +106,15 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
     }
 
     let listen = config.server.listen.clone();
-    let proxy = Floodgate::new(config, origins, store, marks, lock, metrics)?;
+    let shared = Shared {
+        store,
+        marks,
+        lock,
+        origins,
+        metrics,
+        purger,
+    };
+    let proxy = Floodgate::new(config, shared)?;
     let mut service = http_proxy_service(&server.configuration, proxy);
     for addr in &listen {
         service.add_tcp(addr);
@@ -90,4 +122,13 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
     service.threads = Some(threads);
     server.add_service(service);
     Ok(server)
+}
+
+/// Where Floodgate can reach its own listener: a wildcard address becomes loopback.
+fn loopback_for(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => listen.to_string(),
+    }
 }

@@ -11,19 +11,27 @@ use pingora::protocols::http::ServerSession;
 use crate::cache::MemoryStore;
 use crate::metrics::Metrics;
 use crate::upstream::Origins;
+use crate::warm::WarmQueue;
 
 pub struct Admin {
     metrics: Arc<Metrics>,
     store: &'static MemoryStore,
     origins: Arc<Origins>,
+    warm_queue: Option<Arc<WarmQueue>>,
 }
 
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>, store: &'static MemoryStore, origins: Arc<Origins>) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        store: &'static MemoryStore,
+        origins: Arc<Origins>,
+        warm_queue: Option<Arc<WarmQueue>>,
+    ) -> Self {
         Self {
             metrics,
             store,
             origins,
+            warm_queue,
         }
     }
 }
@@ -41,6 +49,10 @@ impl ServeHttp for Admin {
                 self.metrics
                     .origin_healthy
                     .set(i64::from(self.origins.any_healthy()));
+                if let Some(queue) = &self.warm_queue {
+                    self.metrics.warm_queue_depth.set(queue.len() as i64);
+                    self.metrics.warm_dropped.set(queue.dropped() as i64);
+                }
                 reply(200, "text/plain; version=0.0.4", self.metrics.render())
             }
             "/health" => reply(200, "text/plain", b"ok\n".to_vec()),

@@ -1,13 +1,17 @@
 //! Where pages live: the in-memory store Pingora reads and fills, the tags each object
-//! carries, and the hit-for-miss marks that keep uncacheable pages out of the coalescing
-//! queue.
+//! carries and the index from tag to objects, the memory of recent purges, and the
+//! hit-for-miss marks that keep uncacheable pages out of the coalescing queue.
 
 pub mod compact_header;
 pub mod hit_for_miss;
+pub mod identity;
+pub mod recent_purges;
 pub mod store;
+pub mod tag_index;
 pub mod tags;
 
 pub use compact_header::CompactHeader;
 pub use hit_for_miss::HitForMissMarks;
-pub use store::MemoryStore;
+pub use identity::RequestIdentity;
+pub use store::{FetchStarted, MemoryStore, StoredObject};
 pub use tags::Tags;

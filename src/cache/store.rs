@@ -5,17 +5,20 @@
 //! why no Pingora eviction manager runs on top: two accountants would disagree.
 //!
 //! Objects are kept as their parts (freshness, header, body, tags) instead of the
-//! serialised `CacheMeta`, so a hit clones a header map rather than decompressing and
-//! re-parsing it. A shared tier (Redis) attaches behind `lookup`/`finish` and a tag
-//! index behind insert/eviction; neither changes this file's interface to Pingora.
+//! serialised `CacheMeta`, so a hit does not decompress and re-parse a header. Every
+//! object enters through `put` and leaves through moka's removal listener, which is
+//! where the tag index is kept in step: eviction, expiry, replacement and purge alike.
+//! A shared tier (Redis) attaches behind `lookup`/`finish` without changing Pingora's view.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::Expiry;
 use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType};
@@ -25,11 +28,49 @@ use pingora::cache::{
 };
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
+use regex::Regex;
 
-use super::{CompactHeader, Tags};
+use super::recent_purges::RecentPurges;
+use super::tag_index::TagIndex;
+use super::{CompactHeader, RequestIdentity, Tags};
 
 /// Bookkeeping bytes per object beyond body, header and tags (key, Arc, moka node).
 const ENTRY_OVERHEAD: usize = 256;
+/// Tag-index bytes per tag of an object (map slot, key copy, generation).
+const INDEX_BYTES_PER_TAG: usize = 48;
+
+/// When the fetch that produced an object started; purges after it make it unstorable.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchStarted(pub SystemTime);
+
+/// How often and how lately an object was served, for the re-warmer's "hottest first".
+#[derive(Debug, Default)]
+pub struct Heat {
+    hits: AtomicU32,
+    last_hit_secs: AtomicU64,
+}
+
+impl Heat {
+    fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.last_hit_secs
+            .store(unix_secs(SystemTime::now()), Ordering::Relaxed);
+    }
+
+    pub fn hits(&self) -> u32 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Whether it was served within `window` of now.
+    pub fn recent(&self, window: Duration) -> bool {
+        let last = self.last_hit_secs.load(Ordering::Relaxed);
+        last > 0 && unix_secs(SystemTime::now()).saturating_sub(last) <= window.as_secs()
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 /// One stored response.
 pub struct StoredObject {
@@ -41,6 +82,12 @@ pub struct StoredObject {
     pub header: CompactHeader,
     pub body: Bytes,
     pub tags: Tags,
+    /// The response's `X-Pool` header, for Magento's pool purges.
+    pub pool: Option<Box<str>>,
+    pub identity: Option<Arc<RequestIdentity>>,
+    pub heat: Heat,
+    /// Set by `MemoryStore::put`; tells index entries of successive objects apart.
+    generation: u64,
 }
 
 /// Headers that are never stored: tags live beside the object, and the body's framing
@@ -54,7 +101,13 @@ impl StoredObject {
         header: &ResponseHeader,
         body: Bytes,
         tags: Tags,
+        identity: Option<Arc<RequestIdentity>>,
     ) -> Result<Self> {
+        let pool = header
+            .headers
+            .get("x-pool")
+            .and_then(|v| v.to_str().ok())
+            .map(Into::into);
         // The stored body is complete, so its length is known: hits go out with
         // Content-Length rather than chunked (gzipping before storing had removed the
         // origin's length), which saves a write and the chunk framing on every hit.
@@ -68,7 +121,33 @@ impl StoredObject {
             header,
             body,
             tags,
+            pool,
+            identity,
+            heat: Heat::default(),
+            generation: 0,
         })
+    }
+
+    /// The same object, expired now: served stale within grace while one refresh runs.
+    fn expired(&self) -> Self {
+        let now = SystemTime::now() - Duration::from_secs(1);
+        Self {
+            fresh_until: self.fresh_until.min(now),
+            updated: self.updated.min(now),
+            grace_secs: self.grace_secs,
+            keep_secs: self.keep_secs,
+            header: self.header.clone(),
+            body: self.body.clone(),
+            tags: self.tags.clone(),
+            pool: self.pool.clone(),
+            identity: self.identity.clone(),
+            heat: Heat::default(),
+            generation: 0,
+        }
+    }
+
+    pub fn is_fresh(&self) -> bool {
+        self.fresh_until >= SystemTime::now()
     }
 
     fn meta(&self) -> Result<CacheMeta> {
@@ -87,8 +166,11 @@ impl StoredObject {
     }
 
     fn weight(&self) -> u32 {
-        let total =
-            ENTRY_OVERHEAD + self.header.len_bytes() + self.body.len() + self.tags.len_bytes();
+        let total = ENTRY_OVERHEAD
+            + self.header.len_bytes()
+            + self.body.len()
+            + self.tags.len_bytes()
+            + self.tags.iter().count() * INDEX_BYTES_PER_TAG;
         total.min(u32::MAX as usize) as u32
     }
 }
@@ -130,16 +212,108 @@ impl Expiry<HashBinary, Arc<StoredObject>> for ExpireWhenUnusable {
 /// The memory tier. Leaked once at start-up: Pingora wants `&'static dyn Storage`.
 pub struct MemoryStore {
     objects: Cache<HashBinary, Arc<StoredObject>>,
+    tags: Arc<TagIndex>,
+    pools: Arc<TagIndex>,
+    recent_purges: RecentPurges,
+    generation: AtomicU64,
 }
 
 impl MemoryStore {
-    pub fn new(memory_bytes: u64) -> Self {
+    /// `longest_fetch` bounds how long a fetch can run, so how long purges are remembered.
+    pub fn new(memory_bytes: u64, longest_fetch: Duration) -> Self {
+        let tags = Arc::new(TagIndex::default());
+        let pools = Arc::new(TagIndex::default());
+        let (tag_index, pool_index) = (tags.clone(), pools.clone());
         let objects = Cache::builder()
             .max_capacity(memory_bytes)
             .weigher(|_, object: &Arc<StoredObject>| object.weight())
             .expire_after(ExpireWhenUnusable)
+            .eviction_listener(
+                move |key: Arc<HashBinary>, object: Arc<StoredObject>, _: RemovalCause| {
+                    tag_index.remove(&key, object.generation, object.tags.iter());
+                    if let Some(pool) = &object.pool {
+                        pool_index.remove(&key, object.generation, std::iter::once(&**pool));
+                    }
+                },
+            )
             .build();
-        Self { objects }
+        Self {
+            objects,
+            tags,
+            pools,
+            recent_purges: RecentPurges::new(longest_fetch),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// The one way in: indexes the object's tags and pool, then stores it.
+    async fn put(&self, key: HashBinary, mut object: StoredObject) {
+        object.generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        self.tags.insert(key, object.generation, object.tags.iter());
+        if let Some(pool) = &object.pool {
+            self.pools
+                .insert(key, object.generation, std::iter::once(&**pool));
+        }
+        self.objects.insert(key, Arc::new(object)).await;
+    }
+
+    /// Objects carrying any of `tags`, each once.
+    pub fn tagged(&self, tags: &[&str]) -> Vec<HashBinary> {
+        let mut keys: Vec<HashBinary> = tags.iter().flat_map(|t| self.tags.objects(t)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Tags known to the index that `pattern` matches.
+    pub fn tags_matching(&self, pattern: &Regex) -> Vec<String> {
+        self.tags
+            .known_tags()
+            .into_iter()
+            .filter(|t| pattern.is_match(t))
+            .collect()
+    }
+
+    /// Objects whose `X-Pool` matches `pattern`.
+    pub fn pooled(&self, pattern: &Regex) -> Vec<HashBinary> {
+        let mut keys: Vec<HashBinary> = self
+            .pools
+            .known_tags()
+            .iter()
+            .filter(|p| pattern.is_match(p))
+            .flat_map(|p| self.pools.objects(p))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Every object that carries a tag (Magento's `.*` leaves the untagged ones).
+    pub fn all_tagged(&self) -> Vec<HashBinary> {
+        self.tags.all_tagged()
+    }
+
+    /// What was purged recently, for in-flight fetches to be checked against.
+    pub fn recent_purges(&self) -> &RecentPurges {
+        &self.recent_purges
+    }
+
+    /// Removes (hard) or expires (soft) `keys`; returns the objects as they were.
+    pub async fn invalidate(&self, keys: &[HashBinary], soft: bool) -> Vec<Arc<StoredObject>> {
+        let mut invalidated = Vec::with_capacity(keys.len());
+        for key in keys {
+            if soft {
+                if let Some(object) = self.objects.get(key).await {
+                    if object.is_fresh() {
+                        self.put(*key, object.expired()).await;
+                    }
+                    invalidated.push(object);
+                }
+            } else if let Some(object) = self.objects.remove(key).await {
+                invalidated.push(object);
+            }
+        }
+        invalidated
     }
 
     /// Objects and bytes held now (moka's counters lag slightly behind inserts).
@@ -167,6 +341,7 @@ impl Storage for MemoryStore {
         let Some(object) = self.objects.get(&key.combined_bin()).await else {
             return Ok(None);
         };
+        object.heat.hit();
         let meta = object.meta()?;
         let end = object.body.len();
         Ok(Some((
@@ -187,7 +362,14 @@ impl Storage for MemoryStore {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let tags = meta.extensions().get::<Tags>().cloned().unwrap_or_default();
+        let identity = meta.extensions().get::<Arc<RequestIdentity>>().cloned();
+        let started = meta
+            .extensions()
+            .get::<FetchStarted>()
+            .map_or_else(|| meta.created(), |s| s.0);
         Ok(Box::new(Miss {
+            identity,
+            started,
             key: key.combined_bin(),
             meta: Some(CacheMeta::new(
                 meta.fresh_until(),
@@ -232,8 +414,9 @@ impl Storage for MemoryStore {
             meta.response_header(),
             old.body.clone(),
             old.tags.clone(),
+            old.identity.clone(),
         )?;
-        self.objects.insert(hash, Arc::new(object)).await;
+        self.put(hash, object).await;
         Ok(true)
     }
 
@@ -309,6 +492,8 @@ struct Miss {
     /// The response's freshness and header; taken when the object is stored.
     meta: Option<CacheMeta>,
     tags: Tags,
+    identity: Option<Arc<RequestIdentity>>,
+    started: SystemTime,
     body: BytesMut,
     store: &'static MemoryStore,
 }
@@ -336,8 +521,23 @@ impl HandleMiss for Miss {
         let tags = std::mem::take(&mut self.tags);
         // Packing copies the header out of Pingora's socket read buffer, which it would
         // otherwise keep alive (about 8 KB) for as long as the object lives.
-        let object = StoredObject::new(&meta, meta.response_header(), body, tags)?;
-        self.store.objects.insert(self.key, Arc::new(object)).await;
+        let object = StoredObject::new(
+            &meta,
+            meta.response_header(),
+            body,
+            tags,
+            self.identity.take(),
+        )?;
+        if self
+            .store
+            .recent_purges
+            .purged_since(&object.tags, object.pool.as_deref(), self.started)
+        {
+            // Fetched before a purge of one of its tags: it may show what was purged.
+            tracing::debug!("not storing a response whose tags were purged during its fetch");
+            return Ok(MissFinishType::Created(size));
+        }
+        self.store.put(self.key, object).await;
         Ok(MissFinishType::Created(size))
     }
 }
@@ -377,7 +577,10 @@ mod tests {
 
     #[tokio::test]
     async fn memory_stays_within_the_byte_budget() {
-        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(1 << 20)));
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(
+            1 << 20,
+            Duration::from_secs(600),
+        )));
         for i in 0..40 {
             put(
                 store,
@@ -396,7 +599,10 @@ mod tests {
 
     #[tokio::test]
     async fn objects_are_dropped_when_ttl_plus_keep_has_passed() {
-        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(1 << 24)));
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(
+            1 << 24,
+            Duration::from_secs(600),
+        )));
         put(store, "short", 10, Duration::from_millis(300), 0).await;
         put(store, "kept", 10, Duration::from_millis(300), 3600).await;
         assert!(has(store, "short").await && has(store, "kept").await);

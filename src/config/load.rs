@@ -165,6 +165,19 @@ impl Config {
                 ));
             }
         }
+        crate::purge::PurgeAcl::new(&self.purge.allow).map_err(|e| invalid("purge.allow", e))?;
+        if !(self.warm.rate_per_sec > 0.0 && self.warm.rate_per_sec <= 100_000.0) {
+            return Err(invalid(
+                "warm.rate_per_sec",
+                "must be above 0 and at most 100000",
+            ));
+        }
+        if self.warm.concurrency == 0 {
+            return Err(invalid("warm.concurrency", "must be at least 1"));
+        }
+        if self.warm.queue_size == 0 {
+            return Err(invalid("warm.queue_size", "must be at least 1"));
+        }
         for pattern in &self.magento.pass_url_patterns {
             regex::Regex::new(pattern)
                 .map_err(|e| invalid("magento.pass_url_patterns", format!("`{pattern}`: {e}")))?;

@@ -10,6 +10,54 @@ pub struct Config {
     pub origin: OriginSection,
     pub cache: CacheSection,
     pub magento: MagentoSection,
+    pub purge: PurgeSection,
+    pub warm: WarmSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PurgeSection {
+    /// Clients allowed to send PURGE: addresses or CIDR networks.
+    pub allow: Vec<String>,
+    /// Expire instead of remove: the next visitor gets the page stale while one refresh
+    /// runs. A request can ask for it with `X-Floodgate-Purge: soft`.
+    pub soft: bool,
+}
+
+impl Default for PurgeSection {
+    fn default() -> Self {
+        Self {
+            allow: vec!["127.0.0.1".into(), "::1".into()],
+            soft: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarmSection {
+    /// Re-fetch purged pages that visitors requested recently.
+    pub enabled: bool,
+    /// Re-warm fetches per second at most.
+    pub rate_per_sec: f64,
+    /// Re-warm fetches in flight at most.
+    pub concurrency: usize,
+    /// Pages waiting at most; beyond it the coldest are dropped.
+    pub queue_size: usize,
+    /// A page served within this many seconds before its purge counts as hot.
+    pub hot_window_secs: u64,
+}
+
+impl Default for WarmSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate_per_sec: 20.0,
+            concurrency: 4,
+            queue_size: 10_000,
+            hot_window_secs: 600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -39,6 +39,26 @@ impl Outcome {
     }
 }
 
+/// What one re-warm request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmResult {
+    /// It was missing and is stored now.
+    Fetched,
+    /// Someone else had already filled it.
+    AlreadyWarm,
+    Failed,
+}
+
+impl WarmResult {
+    fn label(self) -> &'static str {
+        match self {
+            WarmResult::Fetched => "fetched",
+            WarmResult::AlreadyWarm => "already_warm",
+            WarmResult::Failed => "failed",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -46,6 +66,10 @@ pub struct Metrics {
     background_refreshes: IntCounter,
     origin_unavailable: IntCounter,
     upstream_latency: Histogram,
+    purged_objects: IntCounter,
+    warmed: IntCounterVec,
+    pub warm_queue_depth: IntGauge,
+    pub warm_dropped: IntGauge,
     pub cache_objects: IntGauge,
     pub cache_bytes: IntGauge,
     pub origin_healthy: IntGauge,
@@ -82,6 +106,25 @@ impl Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ]),
         )?;
+        let purged_objects = IntCounter::new(
+            "floodgate_purged_objects_total",
+            "Objects removed or expired by PURGE requests",
+        )?;
+        let warmed = IntCounterVec::new(
+            Opts::new(
+                "floodgate_warm_requests_total",
+                "Re-warm fetches of purged hot pages by result",
+            ),
+            &["result"],
+        )?;
+        let warm_queue_depth = IntGauge::new(
+            "floodgate_warm_queue_depth",
+            "Pages waiting to be re-warmed",
+        )?;
+        let warm_dropped = IntGauge::new(
+            "floodgate_warm_dropped_total",
+            "Pages dropped from the full re-warm queue (the coldest go first)",
+        )?;
         let cache_objects =
             IntGauge::new("floodgate_cache_objects", "Objects in the memory store")?;
         let cache_bytes = IntGauge::new(
@@ -97,6 +140,10 @@ impl Metrics {
         registry.register(Box::new(background_refreshes.clone()))?;
         registry.register(Box::new(origin_unavailable.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(purged_objects.clone()))?;
+        registry.register(Box::new(warmed.clone()))?;
+        registry.register(Box::new(warm_queue_depth.clone()))?;
+        registry.register(Box::new(warm_dropped.clone()))?;
         registry.register(Box::new(cache_objects.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
         registry.register(Box::new(origin_healthy.clone()))?;
@@ -112,6 +159,13 @@ impl Metrics {
         ] {
             requests.with_label_values(&[outcome.label()]);
         }
+        for result in [
+            WarmResult::Fetched,
+            WarmResult::AlreadyWarm,
+            WarmResult::Failed,
+        ] {
+            warmed.with_label_values(&[result.label()]);
+        }
         Ok(Self {
             registry,
             requests,
@@ -119,6 +173,10 @@ impl Metrics {
             background_refreshes,
             origin_unavailable,
             upstream_latency,
+            purged_objects,
+            warmed,
+            warm_queue_depth,
+            warm_dropped,
             cache_objects,
             cache_bytes,
             origin_healthy,
@@ -139,6 +197,14 @@ impl Metrics {
 
     pub fn origin_unavailable(&self) {
         self.origin_unavailable.inc();
+    }
+
+    pub fn purged(&self, objects: usize) {
+        self.purged_objects.inc_by(objects as u64);
+    }
+
+    pub fn warmed(&self, result: WarmResult) {
+        self.warmed.with_label_values(&[result.label()]).inc();
     }
 
     pub fn upstream_latency(&self, elapsed: Duration) {

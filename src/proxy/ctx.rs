@@ -1,6 +1,6 @@
 //! What Floodgate remembers about one request between Pingora's hooks.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::cache::Tags;
 use crate::policy::key::Variant;
@@ -20,6 +20,8 @@ pub struct RequestCtx {
     pub uncacheable: bool,
     /// When the request left for the origin, for the upstream latency histogram.
     pub upstream_sent: Option<Instant>,
+    /// The same moment as wall-clock time: purges after it make the response unstorable.
+    pub fetch_started: Option<SystemTime>,
 }
 
 impl RequestCtx {
@@ -32,6 +34,7 @@ impl RequestCtx {
             tags: Tags::default(),
             uncacheable: false,
             upstream_sent: None,
+            fetch_started: None,
         }
     }
 }

@@ -21,14 +21,15 @@ use pingora::{ErrorSource, ErrorType};
 pub use ctx::RequestCtx;
 
 use crate::cache::hit_for_miss::REASON_NOT_STORED;
-use crate::cache::{HitForMissMarks, MemoryStore, Tags};
+use crate::cache::{FetchStarted, HitForMissMarks, MemoryStore, RequestIdentity, Tags};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
 use crate::policy::key::{cache_key, Variant};
-use crate::policy::route::{route, Route};
+use crate::policy::route::{has_bearer, route, Route};
 use crate::policy::storability::{decide, Decision, Storability};
 use crate::policy::Rules;
+use crate::purge::{PurgeAcl, Purger};
 use crate::upstream::Origins;
 
 /// Compression level for bodies compressed before they are stored.
@@ -46,26 +47,126 @@ pub struct Floodgate {
     lock: &'static CacheKeyLockImpl,
     origins: Arc<Origins>,
     metrics: Arc<Metrics>,
+    purger: Purger,
+    purge_acl: PurgeAcl,
+}
+
+/// The parts the proxy shares with the rest of the process, built once in `server`.
+pub struct Shared {
+    pub store: &'static MemoryStore,
+    pub marks: &'static HitForMissMarks,
+    pub lock: &'static CacheKeyLockImpl,
+    pub origins: Arc<Origins>,
+    pub metrics: Arc<Metrics>,
+    pub purger: Purger,
 }
 
 impl Floodgate {
-    pub fn new(
-        config: Config,
-        origins: Arc<Origins>,
-        store: &'static MemoryStore,
-        marks: &'static HitForMissMarks,
-        lock: &'static CacheKeyLockImpl,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(config: Config, shared: Shared) -> anyhow::Result<Self> {
         Ok(Self {
             rules: Rules::new(&config)?,
+            purge_acl: PurgeAcl::new(&config.purge.allow)
+                .map_err(|e| anyhow::anyhow!("purge.allow: {e}"))?,
             config,
-            store,
-            marks,
-            lock,
-            origins,
-            metrics,
+            store: shared.store,
+            marks: shared.marks,
+            lock: shared.lock,
+            origins: shared.origins,
+            metrics: shared.metrics,
+            purger: shared.purger,
         })
+    }
+
+    /// Answers Magento's PURGE (contract section 3).
+    async fn purge(&self, session: &mut Session) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if !client.is_some_and(|ip| self.purge_acl.allows(ip)) {
+            let who = client.map_or_else(|| "this client".to_string(), |ip| ip.to_string());
+            let body = format!("PURGE is not allowed from {who}: add it to purge.allow\n");
+            return respond::plain(session, 405, &body, &[]).await;
+        }
+        let headers = &session.req_header().headers;
+        let value = |name: &str| -> std::result::Result<Option<String>, String> {
+            let values: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().map_err(|_| format!("{name} is not ASCII")))
+                .collect::<std::result::Result<_, _>>()?;
+            Ok((!values.is_empty()).then(|| values.join("|")))
+        };
+        let (pattern, pool) = match (value("x-magento-tags-pattern"), value("x-pool")) {
+            (Ok(pattern), Ok(pool)) => (pattern, pool),
+            (Err(reason), _) | (_, Err(reason)) => {
+                return respond::plain(session, 400, &format!("{reason}\n"), &[]).await;
+            }
+        };
+        if pattern.is_none() && pool.is_none() {
+            let body = "PURGE needs an X-Magento-Tags-Pattern or X-Pool header\n";
+            return respond::plain(session, 400, body, &[]).await;
+        }
+        let soft = self.config.purge.soft
+            || headers
+                .get("x-floodgate-purge")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"soft"));
+        match self
+            .purger
+            .purge(pattern.as_deref(), pool.as_deref(), soft)
+            .await
+        {
+            Ok(report) => {
+                self.metrics.purged(report.objects);
+                let body = format!(
+                    "{} {} objects, {} queued for re-warming\n",
+                    if soft { "expired" } else { "purged" },
+                    report.objects,
+                    report.queued_for_warming
+                );
+                respond::plain(session, 200, &body, &[]).await
+            }
+            Err(reason) => {
+                respond::plain(
+                    session,
+                    400,
+                    &format!("{reason}; nothing was purged\n"),
+                    &[],
+                )
+                .await
+            }
+        }
+    }
+
+    /// The request a re-warm replays: only what chose this variant, never credentials.
+    fn identity(&self, session: &Session, ctx: &RequestCtx) -> Option<Arc<RequestIdentity>> {
+        let headers = &session.req_header().headers;
+        if has_bearer(headers) {
+            return None;
+        }
+        let mut replay = Vec::with_capacity(4);
+        let mut copy = |name: &str| {
+            if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                replay.push((name.to_string(), value.to_string()));
+            }
+        };
+        copy("host");
+        copy(self.rules.ssl_offload_header.as_str());
+        if !self.rules.design_exceptions.is_empty() {
+            copy("user-agent");
+        }
+        if ctx.variant.is_graphql {
+            copy("x-magento-cache-id");
+            copy("store");
+            copy("content-currency");
+        }
+        if let Some(vary) = &ctx.variant.vary_cookie {
+            replay.push(("cookie".to_string(), format!("X-Magento-Vary={vary}")));
+        }
+        Some(Arc::new(RequestIdentity {
+            url: ctx.url.clone(),
+            headers: replay,
+        }))
     }
 
     fn outcome(&self, session: &Session, ctx: &RequestCtx) -> Outcome {
@@ -132,13 +233,7 @@ impl ProxyHttp for Floodgate {
         }
         ctx.url = url;
         if ctx.route == Route::Purge {
-            respond::plain(
-                session,
-                501,
-                "PURGE is not implemented in this Floodgate version; entries expire by TTL.\n",
-                &[],
-            )
-            .await?;
+            self.purge(session).await?;
             return Ok(true);
         }
         Ok(false)
@@ -238,6 +333,7 @@ impl ProxyHttp for Floodgate {
             session.upstream_compression.adjust_level(STORE_GZIP_LEVEL);
         }
         ctx.upstream_sent = Some(Instant::now());
+        ctx.fetch_started = Some(SystemTime::now());
         Ok(())
     }
 
@@ -276,7 +372,7 @@ impl ProxyHttp for Floodgate {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
@@ -304,6 +400,11 @@ impl ProxyHttp for Floodgate {
                     resp.clone(),
                 );
                 meta.extensions_mut().insert(ctx.tags.clone());
+                meta.extensions_mut()
+                    .insert(FetchStarted(ctx.fetch_started.unwrap_or(now)));
+                if let Some(identity) = self.identity(session, ctx) {
+                    meta.extensions_mut().insert(identity);
+                }
                 Ok(RespCacheable::Cacheable(meta))
             }
             Storability::HitForMiss(kind) => {

@@ -11,6 +11,8 @@ pub struct Settings {
     pub origin: Vec<String>,
     pub cache: Vec<String>,
     pub magento: Vec<String>,
+    pub purge: Vec<String>,
+    pub warm: Vec<String>,
 }
 
 impl Settings {
@@ -24,6 +26,14 @@ impl Settings {
     }
     pub fn magento(mut self, line: &str) -> Self {
         self.magento.push(line.into());
+        self
+    }
+    pub fn purge(mut self, line: &str) -> Self {
+        self.purge.push(line.into());
+        self
+    }
+    pub fn warm(mut self, line: &str) -> Self {
+        self.warm.push(line.into());
         self
     }
 }
@@ -65,10 +75,12 @@ impl Floodgate {
         let config = format!(
             "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
              [origin]\naddresses = [\"{origin}\"]\nhealth_check_interval_secs = 1\n{}\n\n\
-             [cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n",
+             [cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n",
             settings.origin.join("\n"),
             settings.cache.join("\n"),
             settings.magento.join("\n"),
+            settings.purge.join("\n"),
+            settings.warm.join("\n"),
             dir = dir.display(),
         );
         let config_path = dir.join("floodgate.toml");

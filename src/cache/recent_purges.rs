@@ -1,0 +1,154 @@
+//! What was purged in the last few minutes, so a response that was already on its way
+//! when a purge arrived is not stored as fresh under a purged tag.
+//!
+//! A fetch that started before a purge may carry the old price; the purge could not
+//! remove it because it was not stored yet. The store asks here before storing, with the
+//! time its fetch started. Entries older than the longest possible fetch are forgotten.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use regex::Regex;
+
+use super::Tags;
+
+#[derive(Default)]
+struct Log {
+    tags: HashMap<Box<str>, SystemTime>,
+    patterns: Vec<(Regex, SystemTime)>,
+    pools: Vec<(Regex, SystemTime)>,
+    all_tagged: Option<SystemTime>,
+}
+
+impl Log {
+    fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+            && self.patterns.is_empty()
+            && self.pools.is_empty()
+            && self.all_tagged.is_none()
+    }
+
+    fn forget_before(&mut self, horizon: SystemTime) {
+        self.tags.retain(|_, at| *at >= horizon);
+        self.patterns.retain(|(_, at)| *at >= horizon);
+        self.pools.retain(|(_, at)| *at >= horizon);
+        if self.all_tagged.is_some_and(|at| at < horizon) {
+            self.all_tagged = None;
+        }
+    }
+}
+
+pub struct RecentPurges {
+    log: Mutex<Log>,
+    /// How long a fetch can take (the origin's first-byte timeout, plus the body).
+    remember: Duration,
+}
+
+impl RecentPurges {
+    pub fn new(remember: Duration) -> Self {
+        Self {
+            log: Mutex::new(Log::default()),
+            remember,
+        }
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record(&self, at: SystemTime, change: impl FnOnce(&mut Log)) {
+        let mut log = self.log();
+        change(&mut log);
+        log.forget_before(
+            at.checked_sub(self.remember)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+    }
+
+    pub fn tags<'t>(&self, tags: impl Iterator<Item = &'t str>, at: SystemTime) {
+        self.record(at, |log| log.tags.extend(tags.map(|t| (t.into(), at))));
+    }
+
+    pub fn pattern(&self, pattern: Regex, at: SystemTime) {
+        self.record(at, |log| log.patterns.push((pattern, at)));
+    }
+
+    pub fn pool(&self, pattern: Regex, at: SystemTime) {
+        self.record(at, |log| log.pools.push((pattern, at)));
+    }
+
+    pub fn all_tagged(&self, at: SystemTime) {
+        self.record(at, |log| log.all_tagged = Some(at));
+    }
+
+    /// Whether an object fetched from `started` on was purged since.
+    pub fn purged_since(&self, tags: &Tags, pool: Option<&str>, started: SystemTime) -> bool {
+        let log = self.log();
+        if log.is_empty() {
+            return false;
+        }
+        let after = |at: &SystemTime| *at >= started;
+        if !tags.is_empty() && log.all_tagged.as_ref().is_some_and(after) {
+            return true;
+        }
+        if tags.iter().any(|t| log.tags.get(t).is_some_and(after)) {
+            return true;
+        }
+        if log
+            .patterns
+            .iter()
+            .any(|(re, at)| after(at) && tags.iter().any(|t| re.is_match(t)))
+        {
+            return true;
+        }
+        pool.is_some_and(|pool| {
+            log.pools
+                .iter()
+                .any(|(re, at)| after(at) && re.is_match(pool))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(s: &str) -> Tags {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-magento-tags", s.parse().unwrap());
+        Tags::from_headers(&h)
+    }
+
+    #[test]
+    fn only_purges_after_the_fetch_started_count() {
+        let recent = RecentPurges::new(Duration::from_secs(600));
+        let t0 = SystemTime::now();
+        recent.tags(["cat_p_1"].into_iter(), t0);
+        assert!(recent.purged_since(&tags("cat_p_1,store"), None, t0 - Duration::from_secs(1)));
+        assert!(!recent.purged_since(&tags("cat_p_1,store"), None, t0 + Duration::from_secs(1)));
+        assert!(!recent.purged_since(&tags("cat_p_11"), None, t0 - Duration::from_secs(1)));
+        recent.pattern(Regex::new("^cms_").unwrap(), t0);
+        assert!(recent.purged_since(&tags("cms_b_3"), None, t0 - Duration::from_secs(1)));
+        recent.pool(Regex::new("pool-a").unwrap(), t0);
+        assert!(recent.purged_since(
+            &Tags::default(),
+            Some("pool-a"),
+            t0 - Duration::from_secs(1)
+        ));
+        recent.all_tagged(t0);
+        assert!(recent.purged_since(&tags("x"), None, t0 - Duration::from_secs(1)));
+        assert!(!recent.purged_since(&Tags::default(), None, t0 - Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn old_purges_are_forgotten() {
+        let recent = RecentPurges::new(Duration::from_secs(10));
+        let t0 = SystemTime::now();
+        recent.tags(["a"].into_iter(), t0 - Duration::from_secs(60));
+        recent.tags(["b"].into_iter(), t0);
+        assert!(!recent.purged_since(&tags("a"), None, t0 - Duration::from_secs(120)));
+    }
+}

@@ -1,0 +1,103 @@
+//! Magento's cache invalidation: `PURGE` with `X-Magento-Tags-Pattern` and/or `X-Pool`,
+//! answered from the tag index in time proportional to the objects purged.
+
+pub mod acl;
+pub mod pattern;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::cache::MemoryStore;
+use crate::warm::WarmQueue;
+
+pub use acl::PurgeAcl;
+use pattern::Selector;
+
+/// What one purge did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub objects: usize,
+    /// Invalidated objects that were requested recently, queued for re-warming.
+    pub queued_for_warming: usize,
+}
+
+pub struct Purger {
+    store: &'static MemoryStore,
+    warm: Option<Arc<WarmQueue>>,
+    /// An object served within this window counts as hot enough to re-warm.
+    hot_window: Duration,
+}
+
+impl Purger {
+    pub fn new(
+        store: &'static MemoryStore,
+        warm: Option<Arc<WarmQueue>>,
+        hot_window: Duration,
+    ) -> Self {
+        Self {
+            store,
+            warm,
+            hot_window,
+        }
+    }
+
+    /// Invalidates what `tags_pattern` and `pool` select: removed, or with `soft`
+    /// expired so the next visitor gets it stale while one refresh runs. Both are
+    /// parsed before anything happens, so an invalid one purges nothing (`Err` says why).
+    pub async fn purge(
+        &self,
+        tags_pattern: Option<&str>,
+        pool: Option<&str>,
+        soft: bool,
+    ) -> Result<PurgeReport, String> {
+        let selector = tags_pattern.map(pattern::parse).transpose()?;
+        let pool = pool.map(pattern::pool).transpose()?;
+        let now = SystemTime::now();
+        let recent = self.store.recent_purges();
+        // Recorded before the objects are collected: a fetch that lands in between is
+        // then refused by the store instead of slipping past both.
+        let mut keys = Vec::new();
+        match selector {
+            Some(Selector::Tags(tags)) => {
+                recent.tags(tags.iter().map(String::as_str), now);
+                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                keys.extend(self.store.tagged(&tags));
+            }
+            Some(Selector::AllTagged) => {
+                recent.all_tagged(now);
+                keys.extend(self.store.all_tagged());
+            }
+            Some(Selector::Pattern(re)) => {
+                recent.pattern(re.clone(), now);
+                let tags = self.store.tags_matching(&re);
+                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                keys.extend(self.store.tagged(&tags));
+            }
+            None => {}
+        }
+        if let Some(pool) = pool {
+            recent.pool(pool.clone(), now);
+            keys.extend(self.store.pooled(&pool));
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let invalidated = self.store.invalidate(&keys, soft).await;
+        let mut queued = 0;
+        if let Some(warm) = &self.warm {
+            for object in &invalidated {
+                if let Some(identity) = object
+                    .identity
+                    .as_ref()
+                    .filter(|_| object.heat.recent(self.hot_window))
+                {
+                    warm.push(identity.clone(), object.heat.hits());
+                    queued += 1;
+                }
+            }
+        }
+        Ok(PurgeReport {
+            objects: invalidated.len(),
+            queued_for_warming: queued,
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! What a `X-Magento-Tags-Pattern` asks for.
+//!
+//! Magento wraps every tag as `((^|,)TAG(,|$))` and joins them with `|`, never escaping
+//! the tag. That shape is read back into the exact tag set and answered from the tag
+//! index; `.*` is the full flush; anything else is a regular expression, matched against
+//! the known tags (not against every object).
+
+use regex::Regex;
+
+/// Purges of unusual patterns compile at most this much regex program.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+#[derive(Debug)]
+pub enum Selector {
+    /// Magento's own shape: these exact tags.
+    Tags(Vec<String>),
+    /// `.*`: every object that carries a tag.
+    AllTagged,
+    /// Any other pattern.
+    Pattern(Regex),
+}
+
+/// Reads a pattern; `Err` says why it is not a valid regular expression.
+pub fn parse(pattern: &str) -> Result<Selector, String> {
+    let pattern = pattern.trim();
+    if pattern == ".*" {
+        return Ok(Selector::AllTagged);
+    }
+    if let Some(tags) = magento_tags(pattern) {
+        return Ok(Selector::Tags(tags));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map(Selector::Pattern)
+        .map_err(|e| format!("X-Magento-Tags-Pattern is not a valid regular expression: {e}"))
+}
+
+/// A pool (`X-Pool`) is always a regular expression against the stored `X-Pool` value.
+pub fn pool(pattern: &str) -> Result<Regex, String> {
+    regex::RegexBuilder::new(pattern.trim())
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("X-Pool is not a valid regular expression: {e}"))
+}
+
+/// `((^|,)a(,|$))|((^|,)b(,|$))` -> `["a", "b"]`; `None` for anything else.
+fn magento_tags(pattern: &str) -> Option<Vec<String>> {
+    const OPEN: &str = "((^|,)";
+    const CLOSE: &str = "(,|$))";
+    let mut tags = Vec::new();
+    let mut rest = pattern;
+    loop {
+        rest = rest.strip_prefix(OPEN)?;
+        let end = rest.find(CLOSE)?;
+        let tag = &rest[..end];
+        // A tag with regex syntax in it is left to the regex path, which reads it as
+        // Varnish would.
+        if tag.is_empty()
+            || tag.contains([
+                '(', ')', '|', '^', '$', ',', '*', '+', '?', '[', '\\', '.', '{',
+            ])
+        {
+            return None;
+        }
+        tags.push(tag.to_string());
+        rest = &rest[end + CLOSE.len()..];
+        if rest.is_empty() {
+            return Some(tags);
+        }
+        rest = rest.strip_prefix('|')?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magentos_shape_becomes_exact_tags() {
+        match parse("((^|,)cat_p_1(,|$))|((^|,)cat_c_22(,|$))").unwrap() {
+            Selector::Tags(tags) => assert_eq!(tags, vec!["cat_p_1", "cat_c_22"]),
+            other => panic!("{other:?}"),
+        }
+        match parse("((^|,)store(,|$))").unwrap() {
+            Selector::Tags(tags) => assert_eq!(tags, vec!["store"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flush_regex_and_errors() {
+        assert!(matches!(parse(".*").unwrap(), Selector::AllTagged));
+        assert!(matches!(
+            parse("^cat_p_1[0-9]$").unwrap(),
+            Selector::Pattern(_)
+        ));
+        assert!(matches!(
+            parse("((^|,)cat.p(,|$))").unwrap(),
+            Selector::Pattern(_)
+        ));
+        let err = parse("((^|,)cat_p_1(,|$)").unwrap_err();
+        assert!(err.contains("not a valid regular expression"), "{err}");
+        assert!(pool("(").is_err());
+    }
+
+    #[test]
+    fn a_thousand_tags_parse() {
+        let pattern: Vec<String> = (0..1000)
+            .map(|i| format!("((^|,)cat_p_{i}(,|$))"))
+            .collect();
+        match parse(&pattern.join("|")).unwrap() {
+            Selector::Tags(tags) => assert_eq!(tags.len(), 1000),
+            other => panic!("{other:?}"),
+        }
+    }
+}

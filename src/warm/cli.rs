@@ -1,0 +1,117 @@
+//! The operator's `floodgate purge` and `floodgate warm` commands, speaking HTTP to a
+//! running Floodgate as Magento and visitors do.
+
+use std::time::Duration;
+
+use super::sitemap::{self, Summary};
+
+/// Magento's wire form of a tag list: `((^|,)a(,|$))|((^|,)b(,|$))`.
+pub fn magento_pattern(tags: &[String]) -> String {
+    tags.iter()
+        .map(|t| format!("((^|,){}(,|$))", t.trim()))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// Sends one PURGE; returns Floodgate's status and answer.
+pub async fn purge(
+    target: &str,
+    pattern: Option<&str>,
+    pool: Option<&str>,
+    soft: bool,
+) -> Result<(u16, String), String> {
+    let method = reqwest::Method::from_bytes(b"PURGE").map_err(|e| e.to_string())?;
+    let mut request = client()?.request(method, format!("{target}/"));
+    if let Some(pattern) = pattern {
+        request = request.header("X-Magento-Tags-Pattern", pattern);
+    }
+    if let Some(pool) = pool {
+        request = request.header("X-Pool", pool);
+    }
+    if soft {
+        request = request.header("X-Floodgate-Purge", "soft");
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach Floodgate at {target}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Loads a sitemap from a file, or from a URL through Floodgate itself (so an `https`
+/// shop needs no TLS here), following one level of sitemap index.
+async fn load(client: &reqwest::Client, target: &str, source: &str) -> Result<String, String> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let page = sitemap::identity(source, "X-Forwarded-Proto")?;
+        let mut request = client.get(format!("{target}{}", page.url));
+        for (name, value) in &page.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("cannot fetch {source} through {target}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("{source}: {}", response.status()));
+        }
+        response.text().await.map_err(|e| format!("{source}: {e}"))
+    } else {
+        std::fs::read_to_string(source).map_err(|e| format!("cannot read {source}: {e}"))
+    }
+}
+
+/// `floodgate warm --sitemap`: every page of the sitemap, once, at `rate` per second.
+pub async fn warm(
+    target: &str,
+    source: &str,
+    rate: f64,
+    concurrency: usize,
+    offload_header: &str,
+) -> Result<Summary, String> {
+    if rate.is_nan() || rate <= 0.0 {
+        return Err("--rate must be above 0".into());
+    }
+    let client = client()?;
+    let xml = load(&client, target, source).await?;
+    let mut locations = Vec::new();
+    if sitemap::is_index(&xml) {
+        for child in sitemap::locations(&xml)? {
+            locations.extend(sitemap::locations(&load(&client, target, &child).await?)?);
+        }
+    } else {
+        locations = sitemap::locations(&xml)?;
+    }
+    let pages = locations
+        .iter()
+        .map(|loc| sitemap::identity(loc, offload_header))
+        .collect::<Result<Vec<_>, _>>()?;
+    eprintln!(
+        "warming {} pages from {source} through {target} at {rate}/s",
+        pages.len()
+    );
+    Ok(sitemap::warm(&client, target, pages, rate, concurrency, true).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_become_magentos_pattern() {
+        let tags = vec!["cat_p_1".to_string(), "store".to_string()];
+        assert_eq!(
+            magento_pattern(&tags),
+            "((^|,)cat_p_1(,|$))|((^|,)store(,|$))"
+        );
+    }
+}
