@@ -256,7 +256,9 @@ Try, in another terminal:
   curl -si '{base}/product-1.html?utm_source=mail' | grep -i x-magento-cache-debug  # HIT: marketing parameters are ignored
   curl -si {base}/checkout/cart/ | grep -i x-magento-cache-debug                    # UNCACHEABLE: checkout always passes
   curl -s -o /dev/null -w '%{{time_total}}s\\n' {base}/category-7.html             # first time ~0.15 s, then ~0.001 s
-  curl -s http://{admin}/metrics | grep floodgate_requests_total                     # hits, misses, passes so far
+  curl -s -X PURGE -H 'X-Magento-Tags-Pattern: ((^|,)cat_p_1(,|$))' {base}/            # what Magento sends on a product save
+  curl -si {base}/product-1.html | grep -i x-magento-cache-debug                    # HIT again: it was hot, so it was re-warmed
+  curl -s http://{admin}/metrics | grep -E 'floodgate_(requests|purged|warm)'        # hits, misses, purges, re-warms so far
 
 Stop with Ctrl-C."
     );
