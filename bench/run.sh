@@ -15,65 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-15}
 CONNECTIONS=${CONNECTIONS:-64}
-ORIGIN_PORT=6092 FG_PORT=6093 VARNISH_PORT=6094
-work=$(mktemp -d /tmp/floodgate-bench.XXXXXX)
-chmod 755 "$work" # varnishd's worker runs as an unprivileged user
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/lib.sh
 
-need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: needs $1 (apt-get install -y $2)" >&2; exit 1; }; }
-need wrk wrk; need varnishd varnish; need python3 python3
-need taskset util-linux
-packaging/install-build-deps.sh
-cargo build --release --quiet
+start_origin
+start_floodgate
+start_varnish
+fill "$FG_PORT" product 1 1000 > /dev/null
+fill "$VARNISH_PORT" product 1 1000 > /dev/null
 
-cores=$(nproc)
-half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
-SERVER_CPUS="0-$((half - 1))"
-LOAD_CPUS="$half-$((cores - 1))"
-[ "$cores" -ge 2 ] || LOAD_CPUS="0"
-LOAD_THREADS=$(( cores - half > 0 ? cores - half : 1 ))
-
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: nothing on port $1" >&2; exit 1; }
-
-taskset -c "$LOAD_CPUS" python3 bench/origin.py "$ORIGIN_PORT" & pids+=($!)
-wait_port "$ORIGIN_PORT"
-
-cat > "$work/floodgate.toml" <<CONF
-[server]
-listen = ["127.0.0.1:$FG_PORT"]
-threads = $half
-runtime_dir = "$work"
-[origin]
-addresses = ["127.0.0.1:$ORIGIN_PORT"]
-CONF
-RUST_LOG=warn taskset -c "$SERVER_CPUS" target/release/floodgate run -c "$work/floodgate.toml" 2>"$work/floodgate.log" & pids+=($!)
-FG_PID=$!
-sed "s/ORIGIN_PORT/$ORIGIN_PORT/" bench/magento.vcl > "$work/magento.vcl"
-taskset -c "$SERVER_CPUS" varnishd -F -n "$work/varnish" -a "127.0.0.1:$VARNISH_PORT" -f "$work/magento.vcl" \
-  -s malloc,1G -p thread_pool_min=50 >"$work/varnish.log" 2>&1 & pids+=($!)
-wait_port "$FG_PORT"; wait_port "$VARNISH_PORT"
-
-warm() { # fill 1,000 pages, 50 at a time
-  seq 1 1000 | xargs -P 50 -I{} curl -s -o /dev/null -H 'Accept-Encoding: gzip' "http://127.0.0.1:$1/product-{}.html"
-}
-warm "$FG_PORT"; warm "$VARNISH_PORT"
-
-hits() { # port -> "rps p50_ms p99_ms"
-  taskset -c "$LOAD_CPUS" wrk -t"$LOAD_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/urls.lua "http://127.0.0.1:$1" > "$work/wrk-$1.txt"
-  python3 - "$work/wrk-$1.txt" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def ms(label):
-    m = re.search(r"^\s*" + label + r"%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f} {errors.group(1) if errors else 0}")
-PY
-}
 # Alternate rounds, so neither always runs on a warmer machine; report the median round.
 ROUNDS=${ROUNDS:-3}
 : > "$work/fg.runs"; : > "$work/v.runs"
@@ -111,18 +60,12 @@ fg_exp=$(( $(origin_count /expiring-fg.html) - 1 )); v_exp=$(( $(origin_count /e
 # clients, so summed from what the fill downloaded).
 MEMORY_PAGES=${MEMORY_PAGES:-50000}
 kill "$FG_PID"; wait "$FG_PID" 2>/dev/null || true
-sed -i "s/^memory_bytes = .*//; s/^\[origin\]/[cache]\nmemory_bytes = 8589934592\n[origin]/" "$work/floodgate.toml"
-RUST_LOG=warn taskset -c "$SERVER_CPUS" target/release/floodgate run -c "$work/floodgate.toml" 2>>"$work/floodgate.log" & pids+=($!)
-FG_PID=$!
-wait_port "$FG_PORT"
-seq 1 "$MEMORY_PAGES" | taskset -c "$LOAD_CPUS" xargs -n 500 -P 4 sh -c '
-  for n in "$@"; do printf "url = \"http://127.0.0.1:'"$FG_PORT"'/page-%s.html\"\noutput = \"/dev/null\"\n" "$n"; done |
-  curl -s -H "Accept-Encoding: gzip" -w "%{size_download}\n" -K -' _ > "$work/sizes"
+start_floodgate "$(printf '[cache]\nmemory_bytes = 8589934592')"
+fill "$FG_PORT" page 1 "$MEMORY_PAGES" > "$work/sizes"
 stored_bytes=$(awk '{ s += $1 } END { print s }' "$work/sizes")
 fetched=$(wc -l < "$work/sizes")
 sleep 2
 fg_rss=$(( $(awk '/VmRSS/ {print $2}' "/proc/$FG_PID/status") * 1024 ))
-ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 cat <<TABLE
 Measured $(date -u +%Y-%m-%d) on $cores cores: proxies on CPU $SERVER_CPUS (Floodgate threads = $half), load on CPU $LOAD_CPUS; wrk -t$LOAD_THREADS -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS alternating rounds each.
 

@@ -1,6 +1,7 @@
--- wrk script: cycles over the 1,000 product pages, as a browser would ask for them.
+-- wrk script: cycles over 1,000 product pages (from FIRST, default 1), as browsers ask.
+local first = tonumber(os.getenv("FIRST") or "1")
 local n = 0
 request = function()
   n = (n % 1000) + 1
-  return wrk.format("GET", "/product-" .. n .. ".html", { ["Accept-Encoding"] = "gzip" })
+  return wrk.format("GET", "/product-" .. (first + n - 1) .. ".html", { ["Accept-Encoding"] = "gzip" })
 end

@@ -13,5 +13,5 @@ pub mod tags;
 pub use compact_header::CompactHeader;
 pub use hit_for_miss::HitForMissMarks;
 pub use identity::RequestIdentity;
-pub use store::{FetchStarted, MemoryStore, StoredObject};
+pub use store::{FetchStarted, MemoryStore, StoredObject, VisitorFetch};
 pub use tags::Tags;

@@ -43,6 +43,11 @@ const INDEX_BYTES_PER_TAG: usize = 48;
 #[derive(Debug, Clone, Copy)]
 pub struct FetchStarted(pub SystemTime);
 
+/// The object was fetched for a visitor (not by a warmer), which counts as a request
+/// for "requested recently".
+#[derive(Debug, Clone, Copy)]
+pub struct VisitorFetch;
+
 /// How often and how lately an object was served, for the re-warmer's "hottest first".
 #[derive(Debug, Default)]
 pub struct Heat {
@@ -367,9 +372,11 @@ impl Storage for MemoryStore {
             .extensions()
             .get::<FetchStarted>()
             .map_or_else(|| meta.created(), |s| s.0);
+        let visitor = meta.extensions().get::<VisitorFetch>().is_some();
         Ok(Box::new(Miss {
             identity,
             started,
+            visitor,
             key: key.combined_bin(),
             meta: Some(CacheMeta::new(
                 meta.fresh_until(),
@@ -494,6 +501,7 @@ struct Miss {
     tags: Tags,
     identity: Option<Arc<RequestIdentity>>,
     started: SystemTime,
+    visitor: bool,
     body: BytesMut,
     store: &'static MemoryStore,
 }
@@ -536,6 +544,9 @@ impl HandleMiss for Miss {
             // Fetched before a purge of one of its tags: it may show what was purged.
             tracing::debug!("not storing a response whose tags were purged during its fetch");
             return Ok(MissFinishType::Created(size));
+        }
+        if self.visitor {
+            object.heat.hit();
         }
         self.store.put(self.key, object).await;
         Ok(MissFinishType::Created(size))

@@ -21,7 +21,9 @@ use pingora::{ErrorSource, ErrorType};
 pub use ctx::RequestCtx;
 
 use crate::cache::hit_for_miss::REASON_NOT_STORED;
-use crate::cache::{FetchStarted, HitForMissMarks, MemoryStore, RequestIdentity, Tags};
+use crate::cache::{
+    FetchStarted, HitForMissMarks, MemoryStore, RequestIdentity, Tags, VisitorFetch,
+};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
@@ -31,6 +33,7 @@ use crate::policy::storability::{decide, Decision, Storability};
 use crate::policy::Rules;
 use crate::purge::{PurgeAcl, Purger};
 use crate::upstream::Origins;
+use crate::warm::worker::WARM_HEADER;
 
 /// Compression level for bodies compressed before they are stored.
 const STORE_GZIP_LEVEL: u32 = 6;
@@ -404,6 +407,10 @@ impl ProxyHttp for Floodgate {
                     .insert(FetchStarted(ctx.fetch_started.unwrap_or(now)));
                 if let Some(identity) = self.identity(session, ctx) {
                     meta.extensions_mut().insert(identity);
+                }
+                // The warmer's own fetches do not make a page hot.
+                if !session.req_header().headers.contains_key(WARM_HEADER) {
+                    meta.extensions_mut().insert(VisitorFetch);
                 }
                 Ok(RespCacheable::Cacheable(meta))
             }

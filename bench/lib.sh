@@ -1,0 +1,87 @@
+# Shared by the bench scripts: Floodgate and Varnish side by side on one origin, the
+# proxies pinned to the first half of the cores and every load generator to the other
+# half (on a shared core the measure would be the scheduler's time slices).
+# Sourced after `set -euo pipefail`; expects to run from the repository root.
+
+ORIGIN_PORT=${ORIGIN_PORT:-6092} FG_PORT=${FG_PORT:-6093} VARNISH_PORT=${VARNISH_PORT:-6094}
+work=$(mktemp -d /tmp/floodgate-bench.XXXXXX)
+chmod 755 "$work" # varnishd's worker runs as an unprivileged user
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$work"; }
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: needs $1 (apt-get install -y $2)" >&2; exit 1; }; }
+need wrk wrk; need varnishd varnish; need python3 python3; need taskset util-linux; need curl curl
+packaging/install-build-deps.sh
+cargo build --release --quiet
+
+cores=$(nproc)
+half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+SERVER_CPUS="0-$((half - 1))"
+LOAD_CPUS="$half-$((cores - 1))"
+[ "$cores" -ge 2 ] || LOAD_CPUS="0"
+LOAD_THREADS=$(( cores - half > 0 ? cores - half : 1 ))
+
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: nothing on port $1" >&2; exit 1; }
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+on_load_cpus() { taskset -c "$LOAD_CPUS" "$@"; }
+
+start_origin() {
+  on_load_cpus python3 bench/origin.py "$ORIGIN_PORT" & pids+=($!)
+  wait_port "$ORIGIN_PORT"
+}
+
+# start_floodgate [extra TOML appended to the config]; sets FG_PID.
+start_floodgate() {
+  cat > "$work/floodgate.toml" <<CONF
+${1:-}
+[server]
+listen = ["127.0.0.1:$FG_PORT"]
+admin_listen = "127.0.0.1:$((FG_PORT + 100))"
+threads = $half
+runtime_dir = "$work"
+[origin]
+addresses = ["127.0.0.1:$ORIGIN_PORT"]
+CONF
+  RUST_LOG=warn taskset -c "$SERVER_CPUS" target/release/floodgate run -c "$work/floodgate.toml" 2>>"$work/floodgate.log" & pids+=($!)
+  FG_PID=$!
+  wait_port "$FG_PORT"
+}
+
+start_varnish() {
+  sed "s/ORIGIN_PORT/$ORIGIN_PORT/" bench/magento.vcl > "$work/magento.vcl"
+  taskset -c "$SERVER_CPUS" varnishd -F -n "$work/varnish" -a "127.0.0.1:$VARNISH_PORT" -f "$work/magento.vcl" \
+    -s malloc,2G -p thread_pool_min=50 >"$work/varnish.log" 2>&1 & pids+=($!)
+  wait_port "$VARNISH_PORT"
+}
+
+# fill PORT PREFIX FIRST LAST: requests /PREFIX-N.html for every N, 4 kept-alive clients;
+# prints the bytes downloaded per page, one a line.
+fill() {
+  seq "$3" "$4" | on_load_cpus xargs -n 500 -P 4 sh -c '
+    port=$1 prefix=$2; shift 2
+    for n in "$@"; do printf "url = \"http://127.0.0.1:%s/%s-%s.html\"\noutput = \"/dev/null\"\n" "$port" "$prefix" "$n"; done |
+    curl -s -H "Accept-Encoding: gzip" -w "%{size_download}\n" -K -' _ "$1" "$2"
+}
+
+# hits PORT [FIRST]: wrk over 1,000 product pages -> "rps p50_ms p99_ms non2xx"
+hits() {
+  FIRST=${2:-1} on_load_cpus wrk -t"$LOAD_THREADS" -c"${CONNECTIONS:-64}" -d"${DURATION}s" --latency \
+    -s bench/urls.lua "http://127.0.0.1:$1" > "$work/wrk-$1.txt"
+  python3 - "$work/wrk-$1.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(label):
+    m = re.search(r"^\s*" + label + r"%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f} {errors.group(1) if errors else 0}")
+PY
+}
+
+# tags_pattern FIRST LAST: Magento's pattern for cat_p_FIRST..cat_p_LAST
+tags_pattern() {
+  python3 -c "import sys; print('|'.join(f'((^|,)cat_p_{n}(,|\$))' for n in range(int(sys.argv[1]), int(sys.argv[2]) + 1)))" "$1" "$2"
+}
