@@ -27,7 +27,8 @@ ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2])
 on_load_cpus() { taskset -c "$LOAD_CPUS" "$@"; }
 
 start_origin() {
-  on_load_cpus python3 bench/origin.py "$ORIGIN_PORT" & pids+=($!)
+  # taskset directly (not a shell function) so that $! is python itself and cleanup stops it.
+  taskset -c "$LOAD_CPUS" python3 bench/origin.py "$ORIGIN_PORT" & pids+=($!)
   wait_port "$ORIGIN_PORT"
 }
 

@@ -2,8 +2,9 @@
 """Purges the way Magento does: patterns of at most 7,680 bytes, each on a new connection.
 
   magento_purge.py HOST:PORT FIRST LAST
-      purges cat_p_FIRST..cat_p_LAST once; prints "seconds objects_purged batches"
-      (objects as Floodgate reports them; Varnish does not say, so 0)
+      purges cat_p_FIRST..cat_p_LAST once; prints "seconds objects_purged batches
+      server_seconds" (objects and server time as Floodgate reports them in its
+      answers; Varnish does not say, so 0)
   magento_purge.py HOST:PORT FIRST LAST --stream RATE TAGS
       until killed: RATE purges a second of TAGS tags each, cycling through the range
 """
@@ -33,15 +34,17 @@ def send(host, port, pattern):
     conn.request("PURGE", "/", headers={"X-Magento-Tags-Pattern": pattern})
     body = conn.getresponse().read().decode(errors="replace")
     conn.close()
-    m = re.search(r"purged (\d+) objects", body)
-    return int(m.group(1)) if m else 0
+    m = re.search(r"purged (\d+) objects.* in ([\d.]+) ms", body)
+    return (int(m.group(1)), float(m.group(2)) / 1000) if m else (0, 0.0)
 
 
 def purge(host, port, first, last):
     start = time.monotonic()
     parts = batches(first, last)
-    purged = sum(send(host, port, p) for p in parts)
-    return time.monotonic() - start, purged, len(parts)
+    answers = [send(host, port, p) for p in parts]
+    purged = sum(n for n, _ in answers)
+    server_time = sum(t for _, t in answers)
+    return time.monotonic() - start, purged, len(parts), server_time
 
 
 if __name__ == "__main__":
@@ -55,5 +58,5 @@ if __name__ == "__main__":
             n = n + tags if n + 2 * tags <= last else first
             i += 1
             time.sleep(max(0.0, start + i / rate - time.monotonic()))
-    elapsed, purged, count = purge(host, port, first, last)
-    print(f"{elapsed:.4f} {purged} {count}")
+    elapsed, purged, count, server = purge(host, port, first, last)
+    print(f"{elapsed:.4f} {purged} {count} {server:.6f}")

@@ -3,7 +3,7 @@
 #
 #   bench/purge.sh [seconds]
 #
-# 1. With 50,000 pages cached: the time a PURGE of 100 tags and of 10,000 tags takes
+# 1. With 50,000 pages cached: the time a purge of 100 tags and of 10,000 tags takes
 #    (Floodgate removes the objects before answering; Varnish only records a ban, whose
 #    cost every later lookup pays).
 # 2. Hit throughput while Magento-style purges arrive (20 a second, 50 tags each, i.e.
@@ -24,21 +24,26 @@ echo "filling $PAGES pages into each proxy..." >&2
 fill "$FG_PORT" product 1 "$PAGES" > /dev/null
 fill "$VARNISH_PORT" product 1 "$PAGES" > /dev/null
 
-# Time for Magento-shaped purges: batches of at most 7,680 bytes, a connection each.
-purge_time() { on_load_cpus python3 bench/magento_purge.py "127.0.0.1:$1" "$2" "$3"; }
-read -r fg_t100 fg_n100 _ < <(purge_time "$FG_PORT" 40001 40100)
-read -r v_t100 _ _ < <(purge_time "$VARNISH_PORT" 40001 40100)
-read -r fg_t10k fg_n10k batches10k < <(purge_time "$FG_PORT" 30001 40000)
-read -r v_t10k _ _ < <(purge_time "$VARNISH_PORT" 30001 40000)
-ms() { python3 -c "import sys; print(f'{float(sys.argv[1]) * 1000:.1f}')" "$1"; }
-per100() { python3 -c "import sys; print(f'{float(sys.argv[1]) * 1000 * 100 / max(int(sys.argv[2]), 1):.2f}')" "$1" "$2"; }
+# 2 (baseline first, before any purge has touched either proxy).
+read -r fg_quiet _ fg_quiet_p99 _ < <(hits "$FG_PORT")
+read -r v_quiet _ v_quiet_p99 _ < <(hits "$VARNISH_PORT")
 
-# 2. Throughput with and without a stream of purges (pages 1..1,000 are visited;
-#    purges go to pages 10,001.. so the visited set stays cached).
+# 1. Magento-shaped purges: batches of at most 7,680 bytes, a connection each.
+purge_time() { on_load_cpus python3 bench/magento_purge.py "127.0.0.1:$1" "$2" "$3"; }
+read -r fg_t100 fg_n100 _ fg_s100 < <(purge_time "$FG_PORT" 40001 40100)
+read -r v_t100 _ _ _ < <(purge_time "$VARNISH_PORT" 40001 40100)
+read -r fg_t10k fg_n10k batches10k fg_s10k < <(purge_time "$FG_PORT" 30001 40000)
+read -r v_t10k _ _ _ < <(purge_time "$VARNISH_PORT" 30001 40000)
+ms() { python3 -c "import sys; print(f'{float(sys.argv[1]) * 1000:.2f}')" "$1"; }
+per100() { python3 -c "import sys; print(f'{float(sys.argv[1]) * 1000 * 100 / max(int(sys.argv[2]), 1):.3f}')" "$1" "$2"; }
+
+# Right after those purges: Varnish's bans are now tested by lookups and its ban lurker.
+read -r fg_after _ fg_after_p99 _ < <(hits "$FG_PORT")
+read -r v_after _ v_after_p99 _ < <(hits "$VARNISH_PORT")
+
+# 2. With 1,200 purges a minute of other cached pages (10,001..29,000) arriving.
 # taskset execs python, so $! is the purger itself and `kill` stops it.
 purger() { taskset -c "$LOAD_CPUS" python3 bench/magento_purge.py "127.0.0.1:$1" 10001 29000 --stream 20 50 & p=$!; pids+=("$p"); }
-read -r fg_quiet _ _ _ < <(hits "$FG_PORT")
-read -r v_quiet _ _ _ < <(hits "$VARNISH_PORT")
 purger "$FG_PORT"; read -r fg_busy _ fg_busy_p99 fg_busy_err < <(hits "$FG_PORT"); kill "$p"; wait "$p" 2>/dev/null || true
 purger "$VARNISH_PORT"; read -r v_busy _ v_busy_p99 v_busy_err < <(hits "$VARNISH_PORT"); kill "$p"; wait "$p" 2>/dev/null || true
 
@@ -53,10 +58,10 @@ Measured $(date -u +%Y-%m-%d), $PAGES pages cached in each; proxies on CPU $SERV
 
 | measure | Floodgate | Varnish | Floodgate/Varnish |
 |---|---|---|---|
-| purge of 100 tags (1 PURGE), answered in | $(ms "$fg_t100") ms ($fg_n100 objects removed: $(per100 "$fg_t100" "$fg_n100") ms per 100) | $(ms "$v_t100") ms (ban recorded) | $(ratio "$fg_t100" "$v_t100") |
-| purge of 10,000 tags ($batches10k PURGEs of ≤ 7,680 bytes, as Magento sends), answered in | $(ms "$fg_t10k") ms ($fg_n10k objects removed: $(per100 "$fg_t10k" "$fg_n10k") ms per 100) | $(ms "$v_t10k") ms (bans recorded) | $(ratio "$fg_t10k" "$v_t10k") |
-| hit throughput, no purges, req/s | $fg_quiet | $v_quiet | $(ratio "$fg_quiet" "$v_quiet") |
-| hit throughput, 1,200 purges/min arriving, req/s | $fg_busy (p99 $fg_busy_p99 ms, $fg_busy_err non-2xx) | $v_busy (p99 $v_busy_p99 ms, $v_busy_err non-2xx) | $(ratio "$fg_busy" "$v_busy") |
-| throughput kept while purging | $(ratio "$fg_busy" "$fg_quiet") | $(ratio "$v_busy" "$v_quiet") | |
+| purge of 100 tags (1 PURGE): time Floodgate spent / round trip | $(ms "$fg_s100") ms / $(ms "$fg_t100") ms, $fg_n100 objects removed ($(per100 "$fg_s100" "$fg_n100") ms per 100) | – / $(ms "$v_t100") ms (ban recorded, objects not yet touched) | |
+| purge of 10,000 tags ($batches10k PURGEs of ≤ 7,680 bytes, as Magento sends) | $(ms "$fg_s10k") ms / $(ms "$fg_t10k") ms, $fg_n10k objects removed ($(per100 "$fg_s10k" "$fg_n10k") ms per 100) | – / $(ms "$v_t10k") ms (bans recorded) | |
+| hit throughput before any purge, req/s (p99 ms) | $fg_quiet ($fg_quiet_p99) | $v_quiet ($v_quiet_p99) | $(ratio "$fg_quiet" "$v_quiet") |
+| hit throughput just after those purges, req/s (p99 ms) | $fg_after ($fg_after_p99) | $v_after ($v_after_p99) | $(ratio "$fg_after" "$v_after") |
+| hit throughput with 1,200 purges/min arriving, req/s (p99 ms) | $fg_busy ($fg_busy_p99, $fg_busy_err non-2xx) | $v_busy ($v_busy_p99, $v_busy_err non-2xx) | $(ratio "$fg_busy" "$v_busy") |
 | visitor requests that missed, 30 s after purging the 1,000 hottest pages | $(pct "$(share "$fg_visit")") ($fg_visit) | $(pct "$(share "$v_visit")") ($v_visit) | |
 TABLE

@@ -67,6 +67,7 @@ pub struct Metrics {
     origin_unavailable: IntCounter,
     upstream_latency: Histogram,
     purged_objects: IntCounter,
+    purge_time: Histogram,
     warmed: IntCounterVec,
     pub warm_queue_depth: IntGauge,
     pub warm_dropped: IntGauge,
@@ -110,6 +111,13 @@ impl Metrics {
             "floodgate_purged_objects_total",
             "Objects removed or expired by PURGE requests",
         )?;
+        let purge_time = Histogram::with_opts(
+            HistogramOpts::new(
+                "floodgate_purge_seconds",
+                "Time a PURGE took to find and invalidate its objects",
+            )
+            .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+        )?;
         let warmed = IntCounterVec::new(
             Opts::new(
                 "floodgate_warm_requests_total",
@@ -141,6 +149,7 @@ impl Metrics {
         registry.register(Box::new(origin_unavailable.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(purged_objects.clone()))?;
+        registry.register(Box::new(purge_time.clone()))?;
         registry.register(Box::new(warmed.clone()))?;
         registry.register(Box::new(warm_queue_depth.clone()))?;
         registry.register(Box::new(warm_dropped.clone()))?;
@@ -174,6 +183,7 @@ impl Metrics {
             origin_unavailable,
             upstream_latency,
             purged_objects,
+            purge_time,
             warmed,
             warm_queue_depth,
             warm_dropped,
@@ -199,8 +209,9 @@ impl Metrics {
         self.origin_unavailable.inc();
     }
 
-    pub fn purged(&self, objects: usize) {
+    pub fn purged(&self, objects: usize, took: Duration) {
         self.purged_objects.inc_by(objects as u64);
+        self.purge_time.observe(took.as_secs_f64());
     }
 
     pub fn warmed(&self, result: WarmResult) {

@@ -120,12 +120,13 @@ impl Floodgate {
             .await
         {
             Ok(report) => {
-                self.metrics.purged(report.objects);
+                self.metrics.purged(report.objects, report.took);
                 let body = format!(
-                    "{} {} objects, {} queued for re-warming\n",
+                    "{} {} objects, {} queued for re-warming, in {:.3} ms\n",
                     if soft { "expired" } else { "purged" },
                     report.objects,
-                    report.queued_for_warming
+                    report.queued_for_warming,
+                    report.took.as_secs_f64() * 1000.0
                 );
                 respond::plain(session, 200, &body, &[]).await
             }

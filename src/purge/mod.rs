@@ -5,7 +5,7 @@ pub mod acl;
 pub mod pattern;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::MemoryStore;
 use crate::warm::WarmQueue;
@@ -19,6 +19,8 @@ pub struct PurgeReport {
     pub objects: usize,
     /// Invalidated objects that were requested recently, queued for re-warming.
     pub queued_for_warming: usize,
+    /// Time spent finding and invalidating the objects.
+    pub took: Duration,
 }
 
 pub struct Purger {
@@ -50,6 +52,7 @@ impl Purger {
         pool: Option<&str>,
         soft: bool,
     ) -> Result<PurgeReport, String> {
+        let started = Instant::now();
         let selector = tags_pattern.map(pattern::parse).transpose()?;
         let pool = pool.map(pattern::pool).transpose()?;
         let now = SystemTime::now();
@@ -98,6 +101,7 @@ impl Purger {
         Ok(PurgeReport {
             objects: invalidated.len(),
             queued_for_warming: queued,
+            took: started.elapsed(),
         })
     }
 }
