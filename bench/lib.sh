@@ -32,21 +32,22 @@ start_origin() {
   wait_port "$ORIGIN_PORT"
 }
 
-# start_floodgate [extra TOML appended to the config]; sets FG_PID.
+# start_floodgate [extra TOML] [port, default FG_PORT]; sets FG_PID.
 start_floodgate() {
-  cat > "$work/floodgate.toml" <<CONF
+  local port=${2:-$FG_PORT}
+  cat > "$work/floodgate-$port.toml" <<CONF
 ${1:-}
 [server]
-listen = ["127.0.0.1:$FG_PORT"]
-admin_listen = "127.0.0.1:$((FG_PORT + 100))"
+listen = ["127.0.0.1:$port"]
+admin_listen = "127.0.0.1:$((port + 100))"
 threads = $half
 runtime_dir = "$work"
 [origin]
 addresses = ["127.0.0.1:$ORIGIN_PORT"]
 CONF
-  RUST_LOG=warn taskset -c "$SERVER_CPUS" target/release/floodgate run -c "$work/floodgate.toml" 2>>"$work/floodgate.log" & pids+=($!)
+  RUST_LOG=warn taskset -c "$SERVER_CPUS" target/release/floodgate run -c "$work/floodgate-$port.toml" 2>>"$work/floodgate.log" & pids+=($!)
   FG_PID=$!
-  wait_port "$FG_PORT"
+  wait_port "$port"
 }
 
 start_varnish() {
