@@ -116,7 +116,9 @@ impl Metrics {
                 "floodgate_purge_seconds",
                 "Time a PURGE took to find and invalidate its objects",
             )
-            .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
         )?;
         let warmed = IntCounterVec::new(
             Opts::new(
