@@ -23,12 +23,6 @@ LOAD_CPUS="$half-$((cores - 1))"
 LOAD_THREADS=$(( cores - half > 0 ? cores - half : 1 ))
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: nothing on port $1" >&2; exit 1; }
-# freeze PID... / thaw PID...: stop a proxy while the other one is measured, so that
-# background work of one (Varnish's ban lurker, a re-warmer) does not take the shared
-# server core from the other during its measurement.
-freeze() { for p in "$@"; do kill -STOP "$p" 2>/dev/null || true; done; }
-thaw() { for p in "$@"; do kill -CONT "$p" 2>/dev/null || true; done; }
-varnish_pids() { pgrep -f -- "-n $work/varnish" || true; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 on_load_cpus() { taskset -c "$LOAD_CPUS" "$@"; }
 

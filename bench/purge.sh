@@ -8,9 +8,6 @@
 #    cost every later lookup pays).
 # 2. Hit throughput while Magento-style purges arrive (20 a second, 50 tags each, i.e.
 #    1,200 a minute, of cached pages outside the visited set), against a run without.
-# Each proxy is measured with the other one frozen (SIGSTOP), so that neither's
-# background work (Varnish's ban lurker, Floodgate's re-warmer) takes the shared core.
-#
 # 3. Visitors (open loop, 200 a second over 1,000 pages, Zipf-like popularity); at 10 s
 #    all 1,000 are purged as Magento would (batches of at most 7,680 bytes); the share of visitor requests in the next 30 s that were not hits.
 #    Floodgate's re-warmer runs at 500 pages/s with 16 in flight for this, in a second
@@ -25,9 +22,7 @@ source bench/lib.sh
 start_origin
 FG_WARM_PORT=$((FG_PORT + 10))
 start_floodgate "$(printf '[cache]\nmemory_bytes = 4294967296\n')"
-FG_MAIN_PID=$FG_PID
 start_floodgate "$(printf '[warm]\nrate_per_sec = 500.0\nconcurrency = 16\n')" "$FG_WARM_PORT"
-FG_WARM_PID=$FG_PID
 start_varnish
 echo "filling $PAGES pages into each proxy..." >&2
 fill "$FG_PORT" product 1 "$PAGES" > /dev/null
@@ -35,11 +30,8 @@ fill "$VARNISH_PORT" product 1 "$PAGES" > /dev/null
 fill "$FG_WARM_PORT" product 41001 42000 > /dev/null
 
 # 2 (baseline first, before any purge has touched either proxy).
-only_floodgate() { freeze $(varnish_pids); }
-only_varnish() { thaw $(varnish_pids); freeze "$FG_MAIN_PID" "$FG_WARM_PID"; }
-both() { thaw $(varnish_pids) "$FG_MAIN_PID" "$FG_WARM_PID"; }
-only_floodgate; read -r fg_quiet _ fg_quiet_p99 _ < <(hits "$FG_PORT")
-only_varnish; read -r v_quiet _ v_quiet_p99 _ < <(hits "$VARNISH_PORT"); both
+read -r fg_quiet _ fg_quiet_p99 _ < <(hits "$FG_PORT")
+read -r v_quiet _ v_quiet_p99 _ < <(hits "$VARNISH_PORT")
 
 # 1. Magento-shaped purges: batches of at most 7,680 bytes, a connection each.
 purge_time() { on_load_cpus python3 bench/magento_purge.py "127.0.0.1:$1" "$2" "$3"; }
@@ -51,19 +43,18 @@ ms() { python3 -c "import sys; print(f'{float(sys.argv[1]) * 1000:.2f}')" "$1"; 
 per100() { python3 -c "import sys; print(f'{float(sys.argv[1]) * 1000 * 100 / max(int(sys.argv[2]), 1):.3f}')" "$1" "$2"; }
 
 # Right after those purges: Varnish's bans are now tested by lookups and its ban lurker.
-only_floodgate; read -r fg_after _ fg_after_p99 _ < <(hits "$FG_PORT")
-only_varnish; read -r v_after _ v_after_p99 _ < <(hits "$VARNISH_PORT"); both
+read -r fg_after _ fg_after_p99 _ < <(hits "$FG_PORT")
+read -r v_after _ v_after_p99 _ < <(hits "$VARNISH_PORT")
 
 # 2. With 1,200 purges a minute of other cached pages (10,001..29,000) arriving.
 # taskset execs python, so $! is the purger itself and `kill` stops it.
 purger() { taskset -c "$LOAD_CPUS" python3 bench/magento_purge.py "127.0.0.1:$1" 10001 29000 --stream 20 50 & p=$!; pids+=("$p"); }
-only_floodgate; purger "$FG_PORT"; read -r fg_busy _ fg_busy_p99 fg_busy_err < <(hits "$FG_PORT"); kill "$p"; wait "$p" 2>/dev/null || true
-only_varnish; purger "$VARNISH_PORT"; read -r v_busy _ v_busy_p99 v_busy_err < <(hits "$VARNISH_PORT"); kill "$p"; wait "$p" 2>/dev/null || true; both
+purger "$FG_PORT"; read -r fg_busy _ fg_busy_p99 fg_busy_err < <(hits "$FG_PORT"); kill "$p"; wait "$p" 2>/dev/null || true
+purger "$VARNISH_PORT"; read -r v_busy _ v_busy_p99 v_busy_err < <(hits "$VARNISH_PORT"); kill "$p"; wait "$p" 2>/dev/null || true
 
 # 3. Misses after purging the 1,000 hottest pages (pages 41,001..42,000, visited first).
 visit() { on_load_cpus python3 bench/visitors.py "127.0.0.1:$1" 41001 1000 200 40 10 30; }
-only_floodgate; fg_visit=$(visit "$FG_WARM_PORT")
-only_varnish; v_visit=$(visit "$VARNISH_PORT"); both
+fg_visit=$(visit "$FG_WARM_PORT"); v_visit=$(visit "$VARNISH_PORT")
 share() { echo "$1" | grep -o 'miss_share=[0-9.]*' | cut -d= -f2; }
 pct() { python3 -c "import sys; print(f'{float(sys.argv[1]) * 100:.1f} %')" "$1"; }
 
