@@ -13,12 +13,15 @@ use regex::Regex;
 
 use super::Tags;
 
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct Log {
     tags: HashMap<Box<str>, SystemTime>,
     patterns: Vec<(Regex, SystemTime)>,
     pools: Vec<(Regex, SystemTime)>,
     all_tagged: Option<SystemTime>,
+    last_pruned: Option<SystemTime>,
 }
 
 impl Log {
@@ -62,10 +65,17 @@ impl RecentPurges {
     fn record(&self, at: SystemTime, change: impl FnOnce(&mut Log)) {
         let mut log = self.log();
         change(&mut log);
-        log.forget_before(
-            at.checked_sub(self.remember)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-        );
+        // Pruning walks the whole log; at 1,000 purges a minute once a second is plenty.
+        let due = log
+            .last_pruned
+            .is_none_or(|last| at.duration_since(last).unwrap_or_default() >= PRUNE_EVERY);
+        if due {
+            log.forget_before(
+                at.checked_sub(self.remember)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            );
+            log.last_pruned = Some(at);
+        }
     }
 
     pub fn tags<'t>(&self, tags: impl Iterator<Item = &'t str>, at: SystemTime) {
