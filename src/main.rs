@@ -86,6 +86,15 @@ enum Command {
         #[arg(long, default_value = "X-Forwarded-Proto")]
         offload_header: String,
     },
+    /// Switch maintenance mode: stale pages for everything cached, the maintenance page
+    /// (503) for the rest, without a restart. Without an argument, print the state.
+    Maintenance {
+        #[arg(value_enum)]
+        state: Option<Switch>,
+        /// Floodgate's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:6085")]
+        admin: String,
+    },
     /// Run Floodgate in front of a built-in Magento-like origin on loopback.
     Demo {
         /// Where Floodgate listens.
@@ -98,6 +107,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:6085")]
         admin: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -202,6 +217,19 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Maintenance { state, admin } => {
+            let on = state.map(|s| matches!(s, Switch::On));
+            match block_on(floodgate::admin::client::maintenance(&admin, on)) {
+                Ok(body) => {
+                    print!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("floodgate: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Demo {
             listen,
             origin,

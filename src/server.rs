@@ -56,10 +56,10 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let (origins, health_probe) = Origins::new(&config.origin)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let (origins, health_probe) = Origins::new(&config, metrics.clone())?;
     let origins = Arc::new(origins);
     server.add_service(health_probe);
-    let metrics = Arc::new(Metrics::new()?);
 
     // Pingora's cache API takes `&'static`; these live for the whole process anyway.
     let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(

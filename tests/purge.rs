@@ -238,7 +238,7 @@ async fn soft_purge_serves_stale_while_one_refresh_runs() {
     let stale = get(&fg.url("/soft.html")).await;
     assert_eq!(
         (stale.text().as_str(), stale.header("grace")),
-        ("v1", Some("normal"))
+        ("v1", Some("normal (healthy server)"))
     );
     assert!(eventually(Duration::from_secs(3), || origin.hits("/soft.html") == 2).await);
     tokio::time::sleep(Duration::from_millis(200)).await;

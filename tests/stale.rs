@@ -28,7 +28,7 @@ async fn within_grace_stale_is_served_at_once_and_refreshed_once_in_the_backgrou
         "stale is served without waiting for the origin"
     );
     assert_eq!((stale.text().as_str(), stale.cache_debug()), ("v1", "HIT"));
-    assert_eq!(stale.header("grace"), Some("normal"));
+    assert_eq!(stale.header("grace"), Some("normal (healthy server)"));
     // More visitors during the refresh are served stale too and cause no extra fetch.
     for _ in 0..5 {
         assert_eq!(get(&fg.url("/g.html")).await.text(), "v1");
@@ -68,7 +68,7 @@ async fn a_dead_origin_gets_stale_pages_served_and_503_with_retry_after_for_the_
     let stale = get(&fg.url("/kept.html")).await;
     assert_eq!((stale.status, stale.text().as_str()), (200, "kept"));
     assert_eq!(stale.cache_debug(), "HIT");
-    assert_eq!(stale.header("grace"), Some("unlimited"));
+    assert_eq!(stale.header("grace"), Some("unlimited (unhealthy server)"));
 
     for url in ["/never-seen.html", "/checkout/cart/"] {
         let down = get(&fg.url(url)).await;
@@ -111,7 +111,7 @@ async fn failing_health_probes_mark_the_origin_unhealthy() {
     assert_eq!(got.text(), "probe");
     assert_eq!(
         got.header("grace"),
-        Some("unlimited"),
+        Some("unlimited (unhealthy server)"),
         "stale because the origin is unhealthy"
     );
     // Unhealthy means no traffic is sent: a page never seen gets 503, not a fetch.

@@ -1,5 +1,8 @@
-//! The admin listener: `/metrics` for Prometheus and `/health` for load balancers.
+//! The admin listener: `/metrics` for Prometheus, `/health` for load balancers and
+//! `/maintenance` to switch maintenance mode.
 //! Keep it on a private address; it answers anyone who can reach it.
+
+pub mod client;
 
 use std::sync::Arc;
 
@@ -36,10 +39,31 @@ impl Admin {
     }
 }
 
+impl Admin {
+    fn maintenance_state(&self) -> Response<Vec<u8>> {
+        let body = format!("{{\"maintenance\":{}}}\n", self.origins.in_maintenance());
+        reply(200, "application/json", body.into_bytes())
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
         match session.req_header().uri.path() {
+            "/maintenance" if method == http::Method::GET => self.maintenance_state(),
+            "/maintenance/on" | "/maintenance/off" if method == http::Method::POST => {
+                let on = session.req_header().uri.path().ends_with("/on");
+                self.origins.set_maintenance(on);
+                self.metrics.maintenance.set(i64::from(on));
+                tracing::warn!(on, "maintenance mode switched through the admin API");
+                self.maintenance_state()
+            }
+            "/maintenance" | "/maintenance/on" | "/maintenance/off" => reply(
+                405,
+                "text/plain",
+                b"use GET /maintenance, POST /maintenance/on or POST /maintenance/off\n".to_vec(),
+            ),
             "/metrics" => {
                 // Gauges are read at scrape time rather than kept up to date per request.
                 self.store.sync().await;
@@ -59,7 +83,7 @@ impl ServeHttp for Admin {
             _ => reply(
                 404,
                 "text/plain",
-                b"not found: try /metrics or /health\n".to_vec(),
+                b"not found: try /metrics, /health or /maintenance\n".to_vec(),
             ),
         }
     }

@@ -178,6 +178,32 @@ impl Config {
         if self.warm.queue_size == 0 {
             return Err(invalid("warm.queue_size", "must be at least 1"));
         }
+        let limits = &self.limits;
+        if limits.max_inflight == 0 {
+            return Err(invalid(
+                "limits.max_inflight",
+                "must be at least 1 (PHP-FPM's pm.max_children)",
+            ));
+        }
+        if limits.max_wait_ms == 0 {
+            return Err(invalid("limits.max_wait_ms", "must be at least 1 ms"));
+        }
+        if limits.adaptive
+            && (limits.min_inflight == 0 || limits.min_inflight > limits.max_inflight)
+        {
+            return Err(invalid(
+                "limits.min_inflight",
+                format!(
+                    "must be between 1 and limits.max_inflight ({})",
+                    limits.max_inflight
+                ),
+            ));
+        }
+        if limits.adaptive && limits.slow_response_ms == 0 {
+            return Err(invalid("limits.slow_response_ms", "must be at least 1 ms"));
+        }
+        crate::upstream::Classes::new(limits).map_err(|(key, reason)| invalid(&key, reason))?;
+        crate::upstream::ShedPages::load(limits).map_err(|(key, reason)| invalid(&key, reason))?;
         for pattern in &self.magento.pass_url_patterns {
             regex::Regex::new(pattern)
                 .map_err(|e| invalid("magento.pass_url_patterns", format!("`{pattern}`: {e}")))?;

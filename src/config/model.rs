@@ -12,6 +12,7 @@ pub struct Config {
     pub magento: MagentoSection,
     pub purge: PurgeSection,
     pub warm: WarmSection,
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -251,6 +252,96 @@ impl Default for MagentoSection {
                 .collect(),
             pass_url_patterns: Vec::new(),
             design_exceptions: Vec::new(),
+        }
+    }
+}
+
+/// How much work Floodgate lets reach PHP-FPM, in what order, and what it answers when
+/// the origin is full.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Requests in flight to each origin server at most: its PHP-FPM `pm.max_children`.
+    pub max_inflight: usize,
+    /// Requests waiting for a free slot at most, all classes together. When it is full a
+    /// newcomer displaces the newest waiter of a lower class, or is shed.
+    pub queue_size: usize,
+    /// Longest wait in the queue, milliseconds, for classes without their own.
+    pub max_wait_ms: u64,
+    /// `Retry-After` on the 503s Floodgate answers itself, seconds.
+    pub retry_after_secs: u32,
+    /// HTML file sent with 503s when shedding; empty means the built-in page.
+    pub busy_page: String,
+    /// HTML file sent in maintenance mode; empty means the built-in page.
+    pub maintenance_page: String,
+    /// Move each origin's limit between `min_inflight` and `max_inflight` from its
+    /// response times: slower answers shrink it, fast ones grow it back.
+    pub adaptive: bool,
+    /// The adaptive limit's floor.
+    pub min_inflight: usize,
+    /// An origin answer slower than this (to its headers), or failed, counts as the origin
+    /// being overloaded, milliseconds.
+    pub slow_response_ms: u64,
+    /// The class of requests that match none below.
+    pub default_class: String,
+    /// Priority classes, highest first. A request belongs to the first class any of
+    /// whose rules match it. The re-warmer and background refreshes come after all.
+    #[serde(rename = "class")]
+    pub classes: Vec<PriorityClass>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PriorityClass {
+    pub name: String,
+    /// Request methods, exactly (`POST`).
+    pub methods: Vec<String>,
+    /// Regular expressions on the path and query.
+    pub paths: Vec<String>,
+    /// Regular expressions on the User-Agent.
+    pub user_agents: Vec<String>,
+    /// This class's longest wait in the queue, milliseconds; 0 means `max_wait_ms`.
+    pub max_wait_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_inflight: 32,
+            queue_size: 1024,
+            max_wait_ms: 5000,
+            retry_after_secs: 5,
+            busy_page: String::new(),
+            maintenance_page: String::new(),
+            adaptive: false,
+            min_inflight: 4,
+            slow_response_ms: 3000,
+            default_class: "pages".into(),
+            classes: vec![
+                PriorityClass {
+                    name: "checkout".into(),
+                    methods: ["POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec(),
+                    paths: vec![
+                        "(^|/)(checkout|customer|sales|wishlist|multishipping|paypal|braintree)(/|\\?|$)"
+                            .into(),
+                    ],
+                    user_agents: Vec::new(),
+                    max_wait_ms: 10_000,
+                },
+                PriorityClass {
+                    name: "pages".into(),
+                    ..PriorityClass::default()
+                },
+                PriorityClass {
+                    name: "crawlers".into(),
+                    user_agents: vec![
+                        "(?i)(bot|crawl|spider|slurp|bingpreview|facebookexternalhit|ahrefs|semrush|yandex|baidu|python-requests|scrapy|headlesschrome)"
+                            .into(),
+                    ],
+                    max_wait_ms: 2000,
+                    ..PriorityClass::default()
+                },
+            ],
         }
     }
 }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// How a client request was served, the label of `floodgate_requests_total`.
@@ -23,6 +23,8 @@ pub enum Outcome {
     Pass,
     Tunnel,
     Purge,
+    /// Answered 503 by Floodgate: the origin could not take it and nothing was stored.
+    Shed,
 }
 
 impl Outcome {
@@ -35,6 +37,7 @@ impl Outcome {
             Outcome::Pass => "pass",
             Outcome::Tunnel => "tunnel",
             Outcome::Purge => "purge",
+            Outcome::Shed => "shed",
         }
     }
 }
@@ -74,6 +77,12 @@ pub struct Metrics {
     pub cache_objects: IntGauge,
     pub cache_bytes: IntGauge,
     pub origin_healthy: IntGauge,
+    pub origin_inflight: IntGaugeVec,
+    pub origin_limit: IntGaugeVec,
+    pub origin_queued: IntGaugeVec,
+    pub origin_wait: HistogramVec,
+    shed: IntCounterVec,
+    pub maintenance: IntGauge,
 }
 
 impl Metrics {
@@ -96,7 +105,7 @@ impl Metrics {
         )?;
         let origin_unavailable = IntCounter::new(
             "floodgate_origin_unavailable_total",
-            "Client requests answered 503 because no origin could answer and nothing was stored",
+            "Client requests answered 503 because the origin failed (refused, timed out) and nothing was stored",
         )?;
         let upstream_latency = Histogram::with_opts(
             HistogramOpts::new(
@@ -145,6 +154,51 @@ impl Metrics {
             "floodgate_origin_healthy",
             "1 while at least one origin passes its health probe",
         )?;
+        let origin_inflight = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_origin_inflight",
+                "Requests the origin server is working on (never above its limit)",
+            ),
+            &["origin"],
+        )?;
+        let origin_limit = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_origin_limit",
+                "Requests allowed in flight at the origin server (moves in adaptive mode)",
+            ),
+            &["origin"],
+        )?;
+        let origin_queued = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_origin_queued",
+                "Requests waiting for an origin slot, by priority class",
+            ),
+            &["class"],
+        )?;
+        let origin_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "floodgate_origin_wait_seconds",
+                "Time requests waited for an origin slot before being let through",
+            )
+            .buckets(vec![
+                0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["class"],
+        )?;
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "floodgate_shed_total",
+                "Origin requests refused by Floodgate, by priority class and reason (queue_full, timeout, unhealthy, maintenance); the visitor got stale or a 503",
+            ),
+            &["class", "reason"],
+        )?;
+        let maintenance = IntGauge::new("floodgate_maintenance", "1 while maintenance mode is on")?;
+        registry.register(Box::new(origin_inflight.clone()))?;
+        registry.register(Box::new(origin_limit.clone()))?;
+        registry.register(Box::new(origin_queued.clone()))?;
+        registry.register(Box::new(origin_wait.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
+        registry.register(Box::new(maintenance.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(coalesced.clone()))?;
         registry.register(Box::new(background_refreshes.clone()))?;
@@ -167,6 +221,7 @@ impl Metrics {
             Outcome::Pass,
             Outcome::Tunnel,
             Outcome::Purge,
+            Outcome::Shed,
         ] {
             requests.with_label_values(&[outcome.label()]);
         }
@@ -192,6 +247,12 @@ impl Metrics {
             cache_objects,
             cache_bytes,
             origin_healthy,
+            origin_inflight,
+            origin_limit,
+            origin_queued,
+            origin_wait,
+            shed,
+            maintenance,
         })
     }
 
@@ -209,6 +270,10 @@ impl Metrics {
 
     pub fn origin_unavailable(&self) {
         self.origin_unavailable.inc();
+    }
+
+    pub fn shed(&self, class: &str, reason: &str) {
+        self.shed.with_label_values(&[class, reason]).inc();
     }
 
     pub fn purged(&self, objects: usize, took: Duration) {

@@ -21,20 +21,28 @@ impl CacheDebug {
     }
 }
 
-/// The `Grace` header on hits: fresh, stale within grace, or stale because the origin is down.
+/// The `Grace` header on hits, as Magento's VCL words it: fresh, stale within grace while
+/// a refresh runs, or stale past grace because the origin cannot be asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grace {
     None,
     Normal,
-    Unlimited,
+    /// The origin fails its health probe or failed this request.
+    Unhealthy,
+    /// The origin's slots and queue are full (the limiter shed the request).
+    Overloaded,
+    /// The operator switched maintenance mode on.
+    Maintenance,
 }
 
 impl Grace {
     pub fn as_str(self) -> &'static str {
         match self {
             Grace::None => "none",
-            Grace::Normal => "normal",
-            Grace::Unlimited => "unlimited",
+            Grace::Normal => "normal (healthy server)",
+            Grace::Unhealthy => "unlimited (unhealthy server)",
+            Grace::Overloaded => "unlimited (overloaded)",
+            Grace::Maintenance => "unlimited (maintenance)",
         }
     }
 }

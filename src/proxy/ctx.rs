@@ -6,6 +6,8 @@ use crate::cache::Tags;
 use crate::policy::key::Variant;
 use crate::policy::route::Route;
 use crate::policy::storability::Decision;
+use crate::upstream::limiter::Permit;
+use crate::upstream::{ClassId, Shed, StaleReason};
 
 pub struct RequestCtx {
     pub route: Route,
@@ -22,6 +24,14 @@ pub struct RequestCtx {
     pub upstream_sent: Option<Instant>,
     /// The same moment as wall-clock time: purges after it make the response unstorable.
     pub fetch_started: Option<SystemTime>,
+    /// Its priority at the origin.
+    pub class: ClassId,
+    /// Its slot at the origin, held until the origin's answer is complete.
+    pub permit: Option<Permit>,
+    /// Why the limiter refused it, if it did.
+    pub shed: Option<Shed>,
+    /// Why a stale copy was served without asking the origin.
+    pub stale_reason: Option<StaleReason>,
 }
 
 impl RequestCtx {
@@ -35,6 +45,10 @@ impl RequestCtx {
             uncacheable: false,
             upstream_sent: None,
             fetch_started: None,
+            class: ClassId(0),
+            permit: None,
+            shed: None,
+            stale_reason: None,
         }
     }
 }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::RespCacheable;
-use pingora::cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason};
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
+    NoCacheReason,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::prelude::*;
@@ -32,13 +35,11 @@ use crate::policy::route::{has_bearer, route, Route};
 use crate::policy::storability::{decide, Decision, Storability};
 use crate::policy::Rules;
 use crate::purge::{PurgeAcl, Purger};
-use crate::upstream::Origins;
+use crate::upstream::{Origins, Shed, ShedPages, StaleReason};
 use crate::warm::worker::WARM_HEADER;
 
 /// Compression level for bodies compressed before they are stored.
 const STORE_GZIP_LEVEL: u32 = 6;
-/// Seconds a client is told to wait when no origin can answer.
-const RETRY_AFTER_SECS: u32 = 5;
 
 /// The proxy. Its cache parts are `'static` because Pingora's cache API takes them so;
 /// they are created once per process.
@@ -52,6 +53,7 @@ pub struct Floodgate {
     metrics: Arc<Metrics>,
     purger: Purger,
     purge_acl: PurgeAcl,
+    pages: ShedPages,
 }
 
 /// The parts the proxy shares with the rest of the process, built once in `server`.
@@ -70,6 +72,8 @@ impl Floodgate {
             rules: Rules::new(&config)?,
             purge_acl: PurgeAcl::new(&config.purge.allow)
                 .map_err(|e| anyhow::anyhow!("purge.allow: {e}"))?,
+            pages: ShedPages::load(&config.limits)
+                .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?,
             config,
             store: shared.store,
             marks: shared.marks,
@@ -176,6 +180,8 @@ impl Floodgate {
     fn outcome(&self, session: &Session, ctx: &RequestCtx) -> Outcome {
         match ctx.route {
             Route::Purge => Outcome::Purge,
+            _ if ctx.stale_reason.is_some() => Outcome::Stale,
+            _ if ctx.shed.is_some() && session.cache.phase() != CachePhase::Stale => Outcome::Shed,
             Route::Tunnel => Outcome::Tunnel,
             Route::Pass(_) => Outcome::Pass,
             Route::Lookup => match session.cache.phase() {
@@ -191,10 +197,21 @@ impl Floodgate {
         if ctx.route != Route::Lookup {
             return (CacheDebug::Uncacheable, None);
         }
+        let unlimited = |reason: Option<StaleReason>| match reason {
+            Some(StaleReason::Overloaded) => Grace::Overloaded,
+            Some(StaleReason::Maintenance) => Grace::Maintenance,
+            Some(StaleReason::Unhealthy) | None => Grace::Unhealthy,
+        };
+        if ctx.stale_reason.is_some() {
+            return (CacheDebug::Hit, Some(unlimited(ctx.stale_reason)));
+        }
         match session.cache.phase() {
             CachePhase::Hit | CachePhase::Revalidated => (CacheDebug::Hit, Some(Grace::None)),
             CachePhase::StaleUpdating => (CacheDebug::Hit, Some(Grace::Normal)),
-            CachePhase::Stale => (CacheDebug::Hit, Some(Grace::Unlimited)),
+            CachePhase::Stale => (
+                CacheDebug::Hit,
+                Some(unlimited(ctx.shed.map(StaleReason::from))),
+            ),
             _ if ctx.uncacheable => (CacheDebug::Uncacheable, None),
             _ => (CacheDebug::Miss, None),
         }
@@ -235,6 +252,19 @@ impl ProxyHttp for Floodgate {
         if ctx.route == Route::Lookup {
             ctx.variant = Variant::of(&url, &req.headers);
         }
+        // The re-warmer and background refreshes yield to every visitor.
+        ctx.class = if session.subrequest_ctx.is_some() || req.headers.contains_key(WARM_HEADER) {
+            self.origins.classes().warm()
+        } else {
+            let user_agent = req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            self.origins
+                .classes()
+                .classify(&req.method, &url, user_agent)
+        };
         ctx.url = url;
         if ctx.route == Route::Purge {
             self.purge(session).await?;
@@ -271,6 +301,23 @@ impl ProxyHttp for Floodgate {
         ))
     }
 
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        // A stale copy now beats a wait for an origin that cannot take the request:
+        // overloaded, down or in maintenance, the visitor gets the stale copy at once.
+        if is_fresh {
+            return Ok(None);
+        }
+        ctx.stale_reason = self.origins.stale_reason(ctx.class);
+        Ok(ctx.stale_reason.map(|_| ForcedFreshness::ForceFresh))
+    }
+
     fn should_serve_stale(
         &self,
         _session: &mut Session,
@@ -288,15 +335,27 @@ impl ProxyHttp for Floodgate {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        match self.origins.select() {
-            Some(peer) => Ok(Box::new(peer)),
-            None => {
-                let mut e = Error::explain(
-                    ErrorType::ConnectNoRoute,
-                    "no healthy origin: every origin fails its health probe",
-                );
+        // A retry gives its slot back first, so it queues like any other request.
+        ctx.permit = None;
+        match self.origins.admit(ctx.class).await {
+            Ok((peer, permit)) => {
+                ctx.permit = Some(permit);
+                Ok(Box::new(peer))
+            }
+            Err(shed) => {
+                ctx.shed = Some(shed);
+                self.metrics
+                    .shed(self.origins.classes().name(ctx.class), shed.label());
+                let why = match shed {
+                    Shed::QueueFull => "the origin's queue is full",
+                    Shed::Timeout => "the request waited too long for a free origin slot",
+                    Shed::Unhealthy => "no healthy origin: every origin fails its health probe",
+                    Shed::Maintenance => "maintenance mode is on",
+                };
+                let mut e = Error::explain(ErrorType::ConnectNoRoute, why);
+                // Upstream, so that a stale copy is served if one is kept.
                 e.esource = ErrorSource::Upstream;
                 e.set_retry(false);
                 Err(e)
@@ -350,6 +409,9 @@ impl ProxyHttp for Floodgate {
         if let Some(sent) = ctx.upstream_sent.take() {
             self.metrics.upstream_latency(sent.elapsed());
         }
+        if let Some(permit) = &mut ctx.permit {
+            permit.answered(resp.status.as_u16() < 500);
+        }
         if ctx.route != Route::Lookup || resp.status.is_informational() || resp.status == 304 {
             return Ok(());
         }
@@ -372,6 +434,21 @@ impl ProxyHttp for Floodgate {
         resp.remove_header("x-magento-tags");
         ctx.decision = Some(decision);
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // The origin is done: its slot can serve the next request while this one is
+        // still being written to a slow client.
+        if end_of_stream {
+            ctx.permit = None;
+        }
+        Ok(None)
     }
 
     fn response_cache_filter(
@@ -447,8 +524,9 @@ impl ProxyHttp for Floodgate {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        ctx.permit = None;
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             // The origin is down, refused, or too slow: say when to come back, never 502.
@@ -460,13 +538,27 @@ impl ProxyHttp for Floodgate {
             _ => 500,
         };
         if code == 503 {
-            self.metrics.origin_unavailable();
-            let retry_after = RETRY_AFTER_SECS.to_string();
-            let _ = respond::plain(
+            let body = if ctx.shed == Some(Shed::Maintenance) {
+                self.pages.maintenance.clone()
+            } else {
+                if ctx.shed.is_none() {
+                    self.metrics.origin_unavailable();
+                }
+                self.pages.busy.clone()
+            };
+            let reason = match ctx.shed {
+                Some(shed) => shed.label(),
+                None => "origin_failed",
+            };
+            let _ = respond::page(
                 session,
                 503,
-                "Service temporarily unavailable: the shop's server did not answer. Please retry shortly.\n",
-                &[("retry-after", retry_after.as_str())],
+                "text/html; charset=utf-8",
+                body,
+                &[
+                    ("retry-after", self.pages.retry_after.as_str()),
+                    ("x-floodgate-shed", reason),
+                ],
             )
             .await;
         } else if code > 0 {

@@ -1,6 +1,14 @@
-//! The way to Magento: which origin gets a request, and whether any of them is healthy.
+//! The way to Magento: which origin gets a request, when (the limiter and its priority
+//! classes), and what the visitor gets when it cannot be now (the shed pages).
 
+pub mod adaptive;
+pub mod classes;
 pub mod health;
+pub mod limiter;
 pub mod origins;
+pub mod pages;
 
-pub use origins::Origins;
+pub use classes::{ClassId, Classes};
+pub use limiter::Shed;
+pub use origins::{Origins, StaleReason};
+pub use pages::ShedPages;

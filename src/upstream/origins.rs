@@ -1,5 +1,8 @@
-//! The Magento origins behind Floodgate, balanced round-robin and probed in the background.
+//! The Magento origins behind Floodgate: balanced round-robin, probed in the background,
+//! and entered only through the limiter.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,11 +11,52 @@ use pingora::lb::LoadBalancer;
 use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
 
+use super::classes::{ClassId, Classes};
 use super::health::WindowedHealthCheck;
-use crate::config::OriginSection;
+use super::limiter::{Limiter, Permit, Pick, Shed};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Why a stale copy is served without asking the origin (the `Grace` header says it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    Unhealthy,
+    Overloaded,
+    Maintenance,
+}
+
+impl From<Shed> for StaleReason {
+    fn from(shed: Shed) -> Self {
+        match shed {
+            Shed::QueueFull | Shed::Timeout => StaleReason::Overloaded,
+            Shed::Unhealthy => StaleReason::Unhealthy,
+            Shed::Maintenance => StaleReason::Maintenance,
+        }
+    }
+}
+
+struct Balancer(Arc<LoadBalancer<RoundRobin>>);
+
+impl Pick for Balancer {
+    fn pick(&self, accept: &dyn Fn(SocketAddr) -> bool) -> Option<SocketAddr> {
+        self.0
+            .select_with(b"", 256, |backend, healthy| {
+                healthy && backend.addr.as_inet().is_some_and(|a| accept(*a))
+            })
+            .and_then(|backend| backend.addr.as_inet().copied())
+    }
+
+    fn any_ready(&self) -> bool {
+        let backends = self.0.backends();
+        backends.get_backend().iter().any(|b| backends.ready(b))
+    }
+}
 
 pub struct Origins {
-    balancer: Arc<LoadBalancer<RoundRobin>>,
+    balancer: Arc<Balancer>,
+    limiter: Arc<Limiter>,
+    classes: Arc<Classes>,
+    maintenance: AtomicBool,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
 }
@@ -21,37 +65,76 @@ impl Origins {
     /// Builds the balancer and the background service that runs its health probes; the
     /// caller adds the service to the server.
     pub fn new(
-        config: &OriginSection,
+        config: &Config,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Self, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
-        let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(config.addresses.iter())
+        let origin = &config.origin;
+        let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(origin.addresses.iter())
             .map_err(|e| anyhow::anyhow!("origin.addresses: {e}"))?;
-        balancer.set_health_check(Box::new(WindowedHealthCheck::new(config)?));
+        balancer.set_health_check(Box::new(WindowedHealthCheck::new(origin)?));
         balancer.health_check_frequency =
-            Some(Duration::from_secs(config.health_check_interval_secs));
+            Some(Duration::from_secs(origin.health_check_interval_secs));
         balancer.parallel_health_check = true;
         let service = background_service("origin health probe", balancer);
+        let balancer = Arc::new(Balancer(service.task()));
+        let classes = Arc::new(
+            Classes::new(&config.limits)
+                .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?,
+        );
+        let limiter = Limiter::new(&config.limits, classes.clone(), balancer.clone(), metrics);
         Ok((
             Self {
-                balancer: service.task(),
-                connect_timeout: Duration::from_secs(config.connect_timeout_secs),
-                first_byte_timeout: Duration::from_secs(config.first_byte_timeout_secs),
+                balancer,
+                limiter,
+                classes,
+                maintenance: AtomicBool::new(false),
+                connect_timeout: Duration::from_secs(origin.connect_timeout_secs),
+                first_byte_timeout: Duration::from_secs(origin.first_byte_timeout_secs),
             },
             service,
         ))
     }
 
-    /// A healthy origin for the next request, or `None` when every origin is down.
-    pub fn select(&self) -> Option<HttpPeer> {
-        let backend = self.balancer.select(b"", 256)?;
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+    pub fn classes(&self) -> &Classes {
+        &self.classes
+    }
+
+    /// Waits for a slot at a healthy origin; the permit must live until the origin is done.
+    pub async fn admit(&self, class: ClassId) -> Result<(HttpPeer, Permit), Shed> {
+        if self.in_maintenance() {
+            return Err(Shed::Maintenance);
+        }
+        let permit = self.limiter.acquire(class).await?;
+        let mut peer = HttpPeer::new(permit.origin, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.first_byte_timeout);
-        Some(peer)
+        Ok((peer, permit))
+    }
+
+    /// Why a request of `class` holding a stale copy should get it now instead of
+    /// waiting for the origin; `None` when the origin can take it.
+    pub fn stale_reason(&self, class: ClassId) -> Option<StaleReason> {
+        if self.in_maintenance() {
+            Some(StaleReason::Maintenance)
+        } else if !self.any_healthy() {
+            Some(StaleReason::Unhealthy)
+        } else if self.limiter.would_wait(class) {
+            Some(StaleReason::Overloaded)
+        } else {
+            None
+        }
     }
 
     /// Whether at least one origin passes its health probe (Varnish's `std.healthy`).
     pub fn any_healthy(&self) -> bool {
-        let backends = self.balancer.backends();
-        backends.get_backend().iter().any(|b| backends.ready(b))
+        self.balancer.any_ready()
+    }
+
+    pub fn in_maintenance(&self) -> bool {
+        self.maintenance.load(Ordering::Relaxed)
+    }
+
+    pub fn set_maintenance(&self, on: bool) {
+        self.maintenance.store(on, Ordering::Relaxed);
     }
 }

@@ -13,6 +13,7 @@ pub struct Settings {
     pub magento: Vec<String>,
     pub purge: Vec<String>,
     pub warm: Vec<String>,
+    pub limits: Vec<String>,
 }
 
 impl Settings {
@@ -34,6 +35,11 @@ impl Settings {
     }
     pub fn warm(mut self, line: &str) -> Self {
         self.warm.push(line.into());
+        self
+    }
+    /// `[limits]` comes last, so `[[limits.class]]` tables may follow its keys.
+    pub fn limits(mut self, line: &str) -> Self {
+        self.limits.push(line.into());
         self
     }
 }
@@ -68,19 +74,29 @@ impl Floodgate {
     }
 
     pub async fn start_with(origin: SocketAddr, settings: Settings) -> Self {
+        Self::start_with_origins(&[origin], settings).await
+    }
+
+    pub async fn start_with_origins(origins: &[SocketAddr], settings: Settings) -> Self {
+        let origins = origins
+            .iter()
+            .map(|o| format!("\"{o}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let dir = temp_dir("proxy");
         let config = format!(
             "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
-             [origin]\naddresses = [\"{origin}\"]\nhealth_check_interval_secs = 1\n{}\n\n\
-             [cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n",
+             [origin]\naddresses = [{origins}]\nhealth_check_interval_secs = 1\n{}\n\n\
+             [cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
             settings.origin.join("\n"),
             settings.cache.join("\n"),
             settings.magento.join("\n"),
             settings.purge.join("\n"),
             settings.warm.join("\n"),
+            settings.limits.join("\n"),
             dir = dir.display(),
         );
         let config_path = dir.join("floodgate.toml");
@@ -136,6 +152,10 @@ impl Floodgate {
         text.lines()
             .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -93,6 +93,10 @@ struct State {
     counts: Mutex<HashMap<String, u64>>,
     last: Mutex<HashMap<String, Seen>>,
     in_flight: Mutex<HashMap<String, (u64, u64)>>,
+    /// Page requests being answered or queued for the pool, and the most at once.
+    total_in_flight: Mutex<(u64, u64)>,
+    /// Page URLs in the order the pool started rendering them.
+    started: Mutex<Vec<String>>,
     renders: AtomicU64,
     unhealthy: AtomicBool,
     delay_ms: AtomicU64,
@@ -186,6 +190,17 @@ impl TestOrigin {
             .sum()
     }
 
+    /// The most page requests (health probes excluded) it held at the same moment,
+    /// rendering or queued for the pool: the concurrency a proxy put on it.
+    pub fn max_total_in_flight(&self) -> u64 {
+        lock(&self.state.total_in_flight).1
+    }
+
+    /// Page URLs in the order the pool began rendering them.
+    pub fn started(&self) -> Vec<String> {
+        lock(&self.state.started).clone()
+    }
+
     /// The most requests for `url` it was answering at the same moment.
     pub fn max_in_flight(&self, url: &str) -> u64 {
         lock(&self.state.in_flight)
@@ -234,11 +249,20 @@ async fn answer(
         headers: req.headers().clone(),
     };
     *lock(&state.counts).entry(url.clone()).or_default() += 1;
+    let page_request = !url.contains("health_check");
+    if page_request {
+        let mut total = lock(&state.total_in_flight);
+        total.0 += 1;
+        total.1 = total.1.max(total.0);
+    }
     lock(&state.last).insert(url.clone(), seen.clone());
     // Read the request body so keep-alive works for POSTs.
     let _ = req.into_body().collect().await;
 
     let _permit = pool.acquire().await;
+    if page_request {
+        lock(&state.started).push(url.clone());
+    }
     {
         let mut in_flight = lock(&state.in_flight);
         let entry = in_flight.entry(url.clone()).or_default();
@@ -257,6 +281,9 @@ async fn answer(
     tokio::time::sleep(delay).await;
     if let Some(entry) = lock(&state.in_flight).get_mut(&url) {
         entry.0 -= 1;
+    }
+    if page_request {
+        lock(&state.total_in_flight).0 -= 1;
     }
 
     let render = state.renders.fetch_add(1, Ordering::SeqCst) + 1;

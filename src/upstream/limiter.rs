@@ -1,0 +1,424 @@
+//! The origin's front door: at most `max_inflight` requests at each origin server, a
+//! bounded queue in front, highest class first, and a deadline on every wait.
+//!
+//! Written here rather than taken from a crate: `pingora-limits` estimates rates and
+//! counts but neither queues nor orders, and tokio's `Semaphore` queues strictly FIFO.
+//! PHP-FPM's own backlog is FIFO too, which is why a checkout waits behind crawlers there.
+//!
+//! A slot is held by a [`Permit`] for as long as the origin works on the request; dropping
+//! the permit hands the slot straight to the first waiter of the highest class.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use prometheus::IntGauge;
+use tokio::sync::oneshot;
+
+use super::adaptive::AdaptiveLimit;
+use super::classes::{ClassId, Classes};
+use crate::config::LimitsSection;
+use crate::metrics::Metrics;
+
+/// Why a request was not let through to the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The queue was full of requests of this class or higher.
+    QueueFull,
+    /// It waited its class's longest wait.
+    Timeout,
+    /// No origin passes its health probe.
+    Unhealthy,
+    /// The operator switched maintenance mode on.
+    Maintenance,
+}
+
+impl Shed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Shed::QueueFull => "queue_full",
+            Shed::Timeout => "timeout",
+            Shed::Unhealthy => "unhealthy",
+            Shed::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// Chooses among the origins; implemented by the load balancer in `origins`.
+pub trait Pick: Send + Sync {
+    /// The next healthy origin, in the balancer's order, that `accept` takes.
+    fn pick(&self, accept: &dyn Fn(SocketAddr) -> bool) -> Option<SocketAddr>;
+    fn any_ready(&self) -> bool;
+}
+
+struct Slots {
+    in_flight: usize,
+    fixed: usize,
+    adaptive: Option<AdaptiveLimit>,
+    in_flight_gauge: IntGauge,
+    limit_gauge: IntGauge,
+}
+
+impl Slots {
+    fn limit(&self) -> usize {
+        self.adaptive.as_ref().map_or(self.fixed, |a| a.current())
+    }
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Permit>,
+}
+
+struct State {
+    origins: HashMap<SocketAddr, Slots>,
+    /// One FIFO per class, index 0 served first.
+    queues: Vec<VecDeque<Waiter>>,
+    queued: usize,
+    next_id: u64,
+}
+
+pub struct Limiter {
+    state: Mutex<State>,
+    picker: Arc<dyn Pick>,
+    classes: Arc<Classes>,
+    queue_size: usize,
+    config: LimitsSection,
+    metrics: Arc<Metrics>,
+    queued_gauges: Vec<IntGauge>,
+}
+
+impl Limiter {
+    pub fn new(
+        config: &LimitsSection,
+        classes: Arc<Classes>,
+        picker: Arc<dyn Pick>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let queued_gauges = (0..classes.len())
+            .map(|i| {
+                metrics
+                    .origin_queued
+                    .with_label_values(&[classes.name(ClassId(i))])
+            })
+            .collect();
+        Arc::new(Self {
+            state: Mutex::new(State {
+                origins: HashMap::new(),
+                queues: (0..classes.len()).map(|_| VecDeque::new()).collect(),
+                queued: 0,
+                next_id: 0,
+            }),
+            picker,
+            queue_size: config.queue_size,
+            classes,
+            config: config.clone(),
+            metrics,
+            queued_gauges,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a slot at an origin, behind every waiter of this class or a higher one.
+    pub async fn acquire(self: &Arc<Self>, class: ClassId) -> Result<Permit, Shed> {
+        if !self.picker.any_ready() {
+            return Err(Shed::Unhealthy);
+        }
+        let started = Instant::now();
+        let (rx, id) = {
+            let mut state = self.lock();
+            let ahead: usize = state.queues[..=class.0].iter().map(VecDeque::len).sum();
+            if ahead == 0 {
+                if let Some(origin) = self.free_origin(&mut state) {
+                    self.waited(class, started);
+                    return Ok(self.grant(&mut state, origin));
+                }
+            }
+            if state.queued >= self.queue_size && !self.displace_below(&mut state, class) {
+                return Err(Shed::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = state.next_id;
+            state.next_id += 1;
+            state.queues[class.0].push_back(Waiter { id, tx });
+            state.queued += 1;
+            self.queued_gauges[class.0].inc();
+            (rx, id)
+        };
+        match tokio::time::timeout(self.classes.max_wait(class), rx).await {
+            Ok(Ok(permit)) => {
+                self.waited(class, started);
+                Ok(permit)
+            }
+            // A request of a higher class took its place in the full queue.
+            Ok(Err(_)) => Err(Shed::QueueFull),
+            Err(_) => {
+                // If a permit was handed over in the meantime it was dropped with the
+                // receiver, which gave its slot back.
+                let mut state = self.lock();
+                let queue = &mut state.queues[class.0];
+                if let Some(at) = queue.iter().position(|w| w.id == id) {
+                    queue.remove(at);
+                    state.queued -= 1;
+                    self.queued_gauges[class.0].dec();
+                }
+                Err(Shed::Timeout)
+            }
+        }
+    }
+
+    fn waited(&self, class: ClassId, since: Instant) {
+        self.metrics
+            .origin_wait
+            .with_label_values(&[self.classes.name(class)])
+            .observe(since.elapsed().as_secs_f64());
+    }
+
+    /// Whether a request of `class` would have to queue right now.
+    pub fn would_wait(&self, class: ClassId) -> bool {
+        let mut state = self.lock();
+        let ahead: usize = state.queues[..=class.0].iter().map(VecDeque::len).sum();
+        ahead > 0 || self.free_origin(&mut state).is_none()
+    }
+
+    /// Requests in flight at all origins together.
+    pub fn in_flight(&self) -> usize {
+        self.lock().origins.values().map(|s| s.in_flight).sum()
+    }
+
+    /// Drops the newest waiter of the lowest class below `class`, if there is one.
+    fn displace_below(&self, state: &mut State, class: ClassId) -> bool {
+        let Some(lowest) = (class.0 + 1..state.queues.len())
+            .rev()
+            .find(|&c| !state.queues[c].is_empty())
+        else {
+            return false;
+        };
+        // Dropping its sender wakes it with "queue full".
+        state.queues[lowest].pop_back();
+        state.queued -= 1;
+        self.queued_gauges[lowest].dec();
+        true
+    }
+
+    fn free_origin(&self, state: &mut State) -> Option<SocketAddr> {
+        let origins = &state.origins;
+        let origin = self.picker.pick(&|addr| {
+            origins
+                .get(&addr)
+                .is_none_or(|slots| slots.in_flight < slots.limit())
+        })?;
+        // Resolved addresses are only known once the balancer names them.
+        state
+            .origins
+            .entry(origin)
+            .or_insert_with(|| self.new_slots(origin));
+        Some(origin)
+    }
+
+    fn new_slots(&self, origin: SocketAddr) -> Slots {
+        let name = origin.to_string();
+        let limit_gauge = self.metrics.origin_limit.with_label_values(&[&name]);
+        limit_gauge.set(self.config.max_inflight as i64);
+        Slots {
+            in_flight: 0,
+            fixed: self.config.max_inflight,
+            adaptive: self.config.adaptive.then(|| {
+                AdaptiveLimit::new(
+                    self.config.min_inflight,
+                    self.config.max_inflight,
+                    Duration::from_millis(self.config.slow_response_ms),
+                )
+            }),
+            in_flight_gauge: self.metrics.origin_inflight.with_label_values(&[&name]),
+            limit_gauge,
+        }
+    }
+
+    fn grant(self: &Arc<Self>, state: &mut State, origin: SocketAddr) -> Permit {
+        if let Some(slots) = state.origins.get_mut(&origin) {
+            slots.in_flight += 1;
+            slots.in_flight_gauge.inc();
+        }
+        Permit {
+            limiter: Some(self.clone()),
+            origin,
+            admitted: Instant::now(),
+            latency: None,
+        }
+    }
+
+    /// Gives `origin`'s slot back and hands free slots to the waiters, highest class first.
+    fn release(self: &Arc<Self>, origin: SocketAddr, latency: Option<Duration>) {
+        let mut state = self.lock();
+        if let Some(slots) = state.origins.get_mut(&origin) {
+            slots.in_flight = slots.in_flight.saturating_sub(1);
+            slots.in_flight_gauge.dec();
+            let in_flight = slots.in_flight;
+            if let Some(adaptive) = &mut slots.adaptive {
+                adaptive.record(latency, in_flight, Instant::now());
+                slots.limit_gauge.set(adaptive.current() as i64);
+            }
+        }
+        self.hand_over(&mut state);
+    }
+
+    fn hand_over(self: &Arc<Self>, state: &mut State) {
+        while let Some(class) = state.queues.iter().position(|q| !q.is_empty()) {
+            let Some(origin) = self.free_origin(state) else {
+                return;
+            };
+            let Some(waiter) = state.queues[class].pop_front() else {
+                return;
+            };
+            state.queued -= 1;
+            self.queued_gauges[class].dec();
+            let permit = self.grant(state, origin);
+            if let Err(mut permit) = waiter.tx.send(permit) {
+                // It gave up a moment ago; take the slot back without re-entering the lock.
+                permit.limiter = None;
+                if let Some(slots) = state.origins.get_mut(&origin) {
+                    slots.in_flight -= 1;
+                    slots.in_flight_gauge.dec();
+                }
+            }
+        }
+    }
+}
+
+/// A slot at one origin, given back when dropped.
+pub struct Permit {
+    limiter: Option<Arc<Limiter>>,
+    pub origin: SocketAddr,
+    admitted: Instant,
+    latency: Option<Duration>,
+}
+
+impl Permit {
+    /// The origin answered with its header: how long it took feeds the adaptive limit.
+    /// A permit dropped without an answer counts as a failure.
+    pub fn answered(&mut self, ok: bool) {
+        if ok {
+            self.latency = Some(self.admitted.elapsed());
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(limiter) = self.limiter.take() {
+            limiter.release(self.origin, self.latency);
+        }
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PriorityClass;
+
+    struct OneOrigin(SocketAddr);
+
+    impl Pick for OneOrigin {
+        fn pick(&self, accept: &dyn Fn(SocketAddr) -> bool) -> Option<SocketAddr> {
+            accept(self.0).then_some(self.0)
+        }
+        fn any_ready(&self) -> bool {
+            true
+        }
+    }
+
+    fn limiter(max_inflight: usize, queue_size: usize) -> (Arc<Limiter>, Arc<Classes>) {
+        let config = LimitsSection {
+            max_inflight,
+            queue_size,
+            max_wait_ms: 2000,
+            default_class: "a".into(),
+            classes: ["a", "b"]
+                .map(|n| PriorityClass {
+                    name: n.into(),
+                    ..PriorityClass::default()
+                })
+                .to_vec(),
+            ..LimitsSection::default()
+        };
+        let classes = Arc::new(Classes::new(&config).expect("classes"));
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let origin = Arc::new(OneOrigin("127.0.0.1:1".parse().expect("addr")));
+        (
+            Limiter::new(&config, classes.clone(), origin, metrics),
+            classes,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_highest_class_waiting() {
+        let (limiter, _) = limiter(1, 10);
+        let held = limiter.acquire(ClassId(1)).await.expect("free slot");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        for class in [2, 1, 0, 2, 0] {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            waiting.push(tokio::spawn(async move {
+                let permit = limiter.acquire(ClassId(class)).await.expect("admitted");
+                order.lock().expect("order").push(class);
+                drop(permit);
+            }));
+            tokio::task::yield_now().await;
+        }
+        assert!(limiter.would_wait(ClassId(0)));
+        drop(held);
+        for task in waiting {
+            task.await.expect("task");
+        }
+        assert_eq!(*order.lock().expect("order"), vec![0, 0, 1, 2, 2]);
+        assert_eq!(limiter.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sheds_the_lowest_class_first() {
+        let (limiter, _) = limiter(1, 1);
+        let _held = limiter.acquire(ClassId(0)).await.expect("free slot");
+        let low = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire(ClassId(2)).await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        // The queue holds the low one; an equal class is refused, a higher one displaces it.
+        assert_eq!(
+            limiter.acquire(ClassId(2)).await.map(|_| ()),
+            Err(Shed::QueueFull)
+        );
+        let high = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire(ClassId(0)).await.map(|_| ()) })
+        };
+        assert_eq!(low.await.expect("task"), Err(Shed::QueueFull));
+        high.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_past_its_deadline_is_shed_and_leaves_the_queue() {
+        let (limiter, _) = limiter(1, 10);
+        let held = limiter.acquire(ClassId(0)).await.expect("free slot");
+        assert_eq!(
+            limiter.acquire(ClassId(1)).await.map(|_| ()),
+            Err(Shed::Timeout)
+        );
+        assert_eq!(limiter.lock().queued, 0);
+        drop(held);
+        assert!(!limiter.would_wait(ClassId(1)));
+    }
+}
