@@ -351,3 +351,34 @@ async fn a_custom_busy_page_is_served_with_the_503() {
     hold.await.expect("hold");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_coalesced_on_a_shed_page_are_not_queued_again_one_by_one() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/hold.html",
+        Page::cacheable("hold").delay(Duration::from_secs(6)),
+    );
+    let fg = Floodgate::start_with(origin.addr, limits(1).limits("max_wait_ms = 1000")).await;
+    let hold = {
+        let url = fg.url("/hold.html");
+        tokio::spawn(async move { get(&url).await })
+    };
+    assert!(eventually(Duration::from_secs(5), || origin.hits("/hold.html") == 1).await);
+    let started = std::time::Instant::now();
+    let results = burst(&fg.url("/popular.html"), 20).await;
+    let took = started.elapsed();
+    assert!(results.iter().all(|g| g.status == 503));
+    // They all waited for the one fetch that was shed after 1 s; without sharing its
+    // answer they would be let go one fetch at a time, 1 s each.
+    assert!(
+        took < Duration::from_millis(2500),
+        "20 coalesced visitors answered in {took:?}"
+    );
+    assert_eq!(
+        fg.metric("floodgate_shed_total{class=\"pages\",reason=\"timeout\"}")
+            .await,
+        20.0
+    );
+    hold.await.expect("hold");
+}

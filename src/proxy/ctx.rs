@@ -2,6 +2,8 @@
 
 use std::time::{Instant, SystemTime};
 
+use pingora::cache::key::HashBinary;
+
 use crate::cache::Tags;
 use crate::policy::key::Variant;
 use crate::policy::route::Route;
@@ -24,6 +26,10 @@ pub struct RequestCtx {
     pub upstream_sent: Option<Instant>,
     /// The same moment as wall-clock time: purges after it make the response unstorable.
     pub fetch_started: Option<SystemTime>,
+    /// When the request arrived, to tell who was waiting for a fetch that was shed.
+    pub arrived: Instant,
+    /// The cache key's hash, for lookups.
+    pub key: Option<HashBinary>,
     /// Its priority at the origin.
     pub class: ClassId,
     /// Its slot at the origin, held until the origin's answer is complete.
@@ -45,6 +51,8 @@ impl RequestCtx {
             uncacheable: false,
             upstream_sent: None,
             fetch_started: None,
+            arrived: Instant::now(),
+            key: None,
             class: ClassId(0),
             permit: None,
             shed: None,

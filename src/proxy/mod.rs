@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::RespCacheable;
 use pingora::cache::{
@@ -35,7 +36,7 @@ use crate::policy::route::{has_bearer, route, Route};
 use crate::policy::storability::{decide, Decision, Storability};
 use crate::policy::Rules;
 use crate::purge::{PurgeAcl, Purger};
-use crate::upstream::{Origins, Shed, ShedPages, StaleReason};
+use crate::upstream::{Origins, Shed, ShedFanout, ShedPages, StaleReason};
 use crate::warm::worker::WARM_HEADER;
 
 /// Compression level for bodies compressed before they are stored.
@@ -54,6 +55,7 @@ pub struct Floodgate {
     purger: Purger,
     purge_acl: PurgeAcl,
     pages: ShedPages,
+    shed_fanout: ShedFanout,
 }
 
 /// The parts the proxy shares with the rest of the process, built once in `server`.
@@ -72,6 +74,7 @@ impl Floodgate {
             rules: Rules::new(&config)?,
             purge_acl: PurgeAcl::new(&config.purge.allow)
                 .map_err(|e| anyhow::anyhow!("purge.allow: {e}"))?,
+            shed_fanout: ShedFanout::new(Duration::from_secs(config.cache.coalesce_wait_secs)),
             pages: ShedPages::load(&config.limits)
                 .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?,
             config,
@@ -293,12 +296,14 @@ impl ProxyHttp for Floodgate {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        Ok(cache_key(
+        let key = cache_key(
             &ctx.url,
             &session.req_header().headers,
             &ctx.variant,
             &self.rules,
-        ))
+        );
+        ctx.key = Some(key.combined_bin());
+        Ok(key)
     }
 
     async fn cache_hit_filter(
@@ -339,13 +344,23 @@ impl ProxyHttp for Floodgate {
     ) -> Result<Box<HttpPeer>> {
         // A retry gives its slot back first, so it queues like any other request.
         ctx.permit = None;
-        match self.origins.admit(ctx.class).await {
+        let shared = ctx
+            .key
+            .and_then(|key| self.shed_fanout.shared(&key, ctx.arrived));
+        let admitted = match shared {
+            Some(shed) => Err(shed),
+            None => self.origins.admit(ctx.class).await,
+        };
+        match admitted {
             Ok((peer, permit)) => {
                 ctx.permit = Some(permit);
                 Ok(Box::new(peer))
             }
             Err(shed) => {
                 ctx.shed = Some(shed);
+                if let (Some(key), None) = (ctx.key, shared) {
+                    self.shed_fanout.record(key, shed);
+                }
                 self.metrics
                     .shed(self.origins.classes().name(ctx.class), shed.label());
                 let why = match shed {

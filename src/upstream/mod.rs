@@ -7,8 +7,10 @@ pub mod health;
 pub mod limiter;
 pub mod origins;
 pub mod pages;
+pub mod shed_fanout;
 
 pub use classes::{ClassId, Classes};
 pub use limiter::Shed;
 pub use origins::{Origins, StaleReason};
 pub use pages::ShedPages;
+pub use shed_fanout::ShedFanout;
