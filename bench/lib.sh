@@ -24,11 +24,12 @@ LOAD_THREADS=$(( cores - half > 0 ? cores - half : 1 ))
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: nothing on port $1" >&2; exit 1; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
-on_load_cpus() { taskset -c "$LOAD_CPUS" "$@"; }
+# LOAD_NICE: run the load at that niceness (when it shares its core with an origin that must not starve).
+on_load_cpus() { ${LOAD_NICE:+nice -n "$LOAD_NICE"} taskset -c "$LOAD_CPUS" "$@"; }
 
 start_origin() {
   # taskset directly (not a shell function) so that $! is python itself and cleanup stops it.
-  taskset -c "$LOAD_CPUS" python3 bench/origin.py "$ORIGIN_PORT" & pids+=($!)
+  taskset -c "$LOAD_CPUS" python3 bench/origin.py "$ORIGIN_PORT" ${ORIGIN_ARGS:-} & pids+=($!)
   wait_port "$ORIGIN_PORT"
 }
 
@@ -50,11 +51,13 @@ CONF
   wait_port "$port"
 }
 
+# start_varnish [port, default VARNISH_PORT] [extra sed expression for the VCL]
 start_varnish() {
-  sed "s/ORIGIN_PORT/$ORIGIN_PORT/" bench/magento.vcl > "$work/magento.vcl"
-  taskset -c "$SERVER_CPUS" varnishd -F -n "$work/varnish" -a "127.0.0.1:$VARNISH_PORT" -f "$work/magento.vcl" \
-    -s malloc,2G -p thread_pool_min=50 >"$work/varnish.log" 2>&1 & pids+=($!)
-  wait_port "$VARNISH_PORT"
+  local port=${1:-$VARNISH_PORT}
+  sed -e "s/ORIGIN_PORT/$ORIGIN_PORT/" -e "${2:-s/^//}" bench/magento.vcl > "$work/magento-$port.vcl"
+  taskset -c "$SERVER_CPUS" varnishd -F -n "$work/varnish-$port" -a "127.0.0.1:$port" -f "$work/magento-$port.vcl" \
+    -s malloc,2G -p thread_pool_min=50 >"$work/varnish-$port.log" 2>&1 & pids+=($!)
+  wait_port "$port"
 }
 
 # fill PORT PREFIX FIRST LAST: requests /PREFIX-N.html for every N, 4 kept-alive clients;

@@ -7,8 +7,18 @@ tags, Cache-Control, Set-Cookie), counts requests per URL, and can be slow on pu
                              real HTML (for the memory measurement)
   GET /stampede-X.html       cacheable page that takes 1 s to render
   GET /expiring-X.html       like stampede, but s-maxage=1 (for expiry stampedes)
+  GET /new-X.html            cacheable page
+  GET /old-N.html            cacheable page with s-maxage=1 (expires at once)
   GET /health_check.php      200
   GET /__count?url=/path     requests seen for that URL (not counted itself)
+
+PHP-FPM mode (for bench/overload.sh): `origin.py PORT --pool 8 --backlog 64` renders
+at most 8 pages at once, like pm.max_children; up to 64 more wait, like FPM's listen
+backlog; beyond that the page gets 502 at once, as nginx answers when it cannot hand a
+request to PHP-FPM.
+  GET /__delay?ms=200        render time of every page from now on
+  GET /__stats               {"max_concurrency", "bad_gateway", "rendered"} as JSON
+  GET /__reset               zeroes those
 """
 import http.server
 import json
@@ -20,6 +30,10 @@ import urllib.parse
 
 COUNTS = {}
 LOCK = threading.Lock()
+POOL = None          # threading.Semaphore in PHP-FPM mode
+BACKLOG = 0
+DELAY = [0.0]
+STATS = {"concurrency": 0, "max_concurrency": 0, "bad_gateway": 0, "rendered": 0}
 FILLER = ("<div class=\"product-info\"><span class=\"price\">$19.99</span>"
           "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</p></div>\n")
 
@@ -75,15 +89,54 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with LOCK:
                 body = json.dumps({"count": COUNTS.get(url, 0)}).encode()
             return self.reply(200, body, {"Cache-Control": "no-store"})
+        if parsed.path == "/__delay":
+            DELAY[0] = int(urllib.parse.parse_qs(parsed.query).get("ms", ["0"])[0]) / 1000
+            return self.reply(200, b"ok", {"Cache-Control": "no-store"})
+        if parsed.path in ("/__stats", "/__reset"):
+            with LOCK:
+                if parsed.path == "/__reset":
+                    for k in ("max_concurrency", "bad_gateway", "rendered"):
+                        STATS[k] = 0
+                body = json.dumps(STATS).encode()
+            return self.reply(200, body, {"Cache-Control": "no-store"})
         with LOCK:
             COUNTS[self.path] = COUNTS.get(self.path, 0) + 1
         if parsed.path in ("/health_check.php", "/pub/health_check.php"):
             return self.reply(200, b"OK", {"Cache-Control": "no-store"})
+        if POOL is not None:
+            return self.fpm(parsed)
+        return self.render(parsed)
+
+    def fpm(self, parsed):
+        with LOCK:
+            waiting = STATS["concurrency"] - POOL_SIZE
+            if waiting >= BACKLOG:
+                STATS["bad_gateway"] += 1
+                full = True
+            else:
+                full = False
+                STATS["concurrency"] += 1
+                STATS["max_concurrency"] = max(STATS["max_concurrency"], STATS["concurrency"])
+        if full:
+            return self.reply(502, b"<h1>502 Bad Gateway</h1>", {"Content-Type": "text/html"})
+        try:
+            with POOL:
+                time.sleep(DELAY[0])
+                with LOCK:
+                    STATS["rendered"] += 1
+                self.render(parsed)
+        finally:
+            with LOCK:
+                STATS["concurrency"] -= 1
+
+    def render(self, parsed):
         ttl = 86400
         if parsed.path.startswith("/stampede-") or parsed.path.startswith("/expiring-"):
             time.sleep(1.0)
             if parsed.path.startswith("/expiring-"):
                 ttl = 1
+        if parsed.path.startswith("/old-"):
+            ttl = 1
         n = parsed.path.strip("/").split("-")[-1].split(".")[0]
         body = varied_page(n) if parsed.path.startswith("/page-") else page(n)
         self.reply(200, body, {
@@ -109,5 +162,14 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 if __name__ == "__main__":
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 6092
-    Server(("127.0.0.1", port), Handler).serve_forever()
+    import argparse
+    args = argparse.ArgumentParser()
+    args.add_argument("port", type=int, nargs="?", default=6092)
+    args.add_argument("--pool", type=int, default=0, help="PHP-FPM mode: pm.max_children")
+    args.add_argument("--backlog", type=int, default=64, help="PHP-FPM mode: listen backlog")
+    opts = args.parse_args()
+    if opts.pool:
+        POOL = threading.Semaphore(opts.pool)
+        POOL_SIZE = opts.pool
+        BACKLOG = opts.backlog
+    Server(("127.0.0.1", opts.port), Handler).serve_forever()

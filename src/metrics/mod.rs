@@ -188,7 +188,7 @@ impl Metrics {
         let shed = IntCounterVec::new(
             Opts::new(
                 "floodgate_shed_total",
-                "Origin requests refused by Floodgate, by priority class and reason (queue_full, timeout, unhealthy, maintenance); the visitor got stale or a 503",
+                "Origin requests refused by Floodgate, by priority class and reason (queue_full, timeout, would_time_out, unhealthy, maintenance); the visitor got stale or a 503",
             ),
             &["class", "reason"],
         )?;

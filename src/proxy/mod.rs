@@ -366,6 +366,9 @@ impl ProxyHttp for Floodgate {
                 let why = match shed {
                     Shed::QueueFull => "the origin's queue is full",
                     Shed::Timeout => "the request waited too long for a free origin slot",
+                    Shed::WouldTimeOut => {
+                        "the origin's queue would not reach the request within its wait"
+                    }
                     Shed::Unhealthy => "no healthy origin: every origin fails its health probe",
                     Shed::Maintenance => "maintenance mode is on",
                 };

@@ -21,6 +21,9 @@ use super::classes::{ClassId, Classes};
 use crate::config::LimitsSection;
 use crate::metrics::Metrics;
 
+/// Weight of the newest slot-holding time in the moving average.
+const SERVICE_WEIGHT: f64 = 0.05;
+
 /// Why a request was not let through to the origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shed {
@@ -28,6 +31,9 @@ pub enum Shed {
     QueueFull,
     /// It waited its class's longest wait.
     Timeout,
+    /// The queue ahead of it would take longer than its class's longest wait to drain,
+    /// so it is answered at once rather than after waiting for nothing.
+    WouldTimeOut,
     /// No origin passes its health probe.
     Unhealthy,
     /// The operator switched maintenance mode on.
@@ -39,6 +45,7 @@ impl Shed {
         match self {
             Shed::QueueFull => "queue_full",
             Shed::Timeout => "timeout",
+            Shed::WouldTimeOut => "would_time_out",
             Shed::Unhealthy => "unhealthy",
             Shed::Maintenance => "maintenance",
         }
@@ -77,6 +84,8 @@ struct State {
     queues: Vec<VecDeque<Waiter>>,
     queued: usize,
     next_id: u64,
+    /// How long the origin holds a slot, on average (moving), in seconds.
+    service_secs: f64,
 }
 
 pub struct Limiter {
@@ -109,6 +118,7 @@ impl Limiter {
                 queues: (0..classes.len()).map(|_| VecDeque::new()).collect(),
                 queued: 0,
                 next_id: 0,
+                service_secs: 0.0,
             }),
             picker,
             queue_size: config.queue_size,
@@ -137,6 +147,9 @@ impl Limiter {
                     self.waited(class, started);
                     return Ok(self.grant(&mut state, origin));
                 }
+            }
+            if self.expected_wait(&state, ahead) > self.classes.max_wait(class) {
+                return Err(Shed::WouldTimeOut);
             }
             if state.queued >= self.queue_size && !self.displace_below(&mut state, class) {
                 return Err(Shed::QueueFull);
@@ -188,6 +201,16 @@ impl Limiter {
     /// Requests in flight at all origins together.
     pub fn in_flight(&self) -> usize {
         self.lock().origins.values().map(|s| s.in_flight).sum()
+    }
+
+    /// How long `ahead` queued requests take to drain through every origin's slots, at
+    /// the origins' recent pace. Zero until the pace is known.
+    fn expected_wait(&self, state: &State, ahead: usize) -> Duration {
+        let slots: usize = state.origins.values().map(Slots::limit).sum();
+        if ahead == 0 || slots == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(ahead as f64 / slots as f64 * state.service_secs)
     }
 
     /// Drops the newest waiter of the lowest class below `class`, if there is one.
@@ -253,8 +276,14 @@ impl Limiter {
     }
 
     /// Gives `origin`'s slot back and hands free slots to the waiters, highest class first.
-    fn release(self: &Arc<Self>, origin: SocketAddr, latency: Option<Duration>) {
+    fn release(self: &Arc<Self>, origin: SocketAddr, held: Duration, latency: Option<Duration>) {
         let mut state = self.lock();
+        let held = held.as_secs_f64();
+        state.service_secs = if state.service_secs == 0.0 {
+            held
+        } else {
+            state.service_secs * (1.0 - SERVICE_WEIGHT) + held * SERVICE_WEIGHT
+        };
         if let Some(slots) = state.origins.get_mut(&origin) {
             slots.in_flight = slots.in_flight.saturating_sub(1);
             slots.in_flight_gauge.dec();
@@ -311,7 +340,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(limiter) = self.limiter.take() {
-            limiter.release(self.origin, self.latency);
+            limiter.release(self.origin, self.admitted.elapsed(), self.latency);
         }
     }
 }
@@ -407,6 +436,38 @@ mod tests {
         };
         assert_eq!(low.await.expect("task"), Err(Shed::QueueFull));
         high.abort();
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_cannot_end_in_time_is_refused_at_once() {
+        let (limiter, _) = limiter(1, 100);
+        // The origin holds a slot 450 ms; the longest wait is 2 s.
+        limiter.lock().service_secs = 0.45;
+        let _held = limiter.acquire(ClassId(1)).await.expect("free slot");
+        let mut queued = Vec::new();
+        for _ in 0..5 {
+            let limiter = limiter.clone();
+            queued.push(tokio::spawn(
+                async move { limiter.acquire(ClassId(1)).await },
+            ));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(limiter.lock().queued, 5, "the fifth has 4 x 450 ms ahead: it fits in 2 s");
+        assert_eq!(
+            limiter.acquire(ClassId(1)).await.map(|_| ()),
+            Err(Shed::WouldTimeOut)
+        );
+        // A higher class has nobody ahead of it.
+        let first = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire(ClassId(0)).await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(limiter.lock().queued, 6);
+        first.abort();
+        for task in queued {
+            task.abort();
+        }
     }
 
     #[tokio::test(start_paused = true)]

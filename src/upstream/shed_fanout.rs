@@ -31,7 +31,7 @@ impl ShedFanout {
     }
 
     pub fn record(&self, key: HashBinary, shed: Shed) {
-        if matches!(shed, Shed::QueueFull | Shed::Timeout) {
+        if matches!(shed, Shed::QueueFull | Shed::Timeout | Shed::WouldTimeOut) {
             self.recent.insert(key, (Instant::now(), shed));
         }
     }
