@@ -452,7 +452,11 @@ mod tests {
             ));
             tokio::task::yield_now().await;
         }
-        assert_eq!(limiter.lock().queued, 5, "the fifth has 4 x 450 ms ahead: it fits in 2 s");
+        assert_eq!(
+            limiter.lock().queued,
+            5,
+            "the fifth has 4 x 450 ms ahead: it fits in 2 s"
+        );
         assert_eq!(
             limiter.acquire(ClassId(1)).await.map(|_| ()),
             Err(Shed::WouldTimeOut)

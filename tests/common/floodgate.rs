@@ -78,6 +78,17 @@ impl Floodgate {
     }
 
     pub async fn start_with_origins(origins: &[SocketAddr], settings: Settings) -> Self {
+        // A port picked free can be taken by another test before Floodgate binds it;
+        // then Floodgate exits at once and gets fresh ports.
+        for _ in 0..3 {
+            if let Some(floodgate) = Self::try_start(origins, &settings).await {
+                return floodgate;
+            }
+        }
+        panic!("floodgate exited at start three times; see the logs above");
+    }
+
+    async fn try_start(origins: &[SocketAddr], settings: &Settings) -> Option<Self> {
         let origins = origins
             .iter()
             .map(|o| format!("\"{o}\""))
@@ -111,26 +122,32 @@ impl Floodgate {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn floodgate");
-        let floodgate = Floodgate {
+        let mut floodgate = Floodgate {
             addr,
             admin,
             child,
             dir,
         };
-        floodgate.wait_listening().await;
-        floodgate
+        floodgate.wait_listening().await.then_some(floodgate)
     }
 
-    async fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+    /// Waits until both listeners accept; false if the process exited first.
+    async fn wait_listening(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                eprintln!("floodgate exited at start ({status}):\n{}", self.log());
+                return false;
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
+                && tokio::net::TcpStream::connect(self.admin).await.is_ok()
+            {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!(
-            "floodgate did not listen on {} within 15 s:\n{}",
+            "floodgate did not listen on {} within 30 s:\n{}",
             self.addr,
             self.log()
         );
