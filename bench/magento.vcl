@@ -24,6 +24,11 @@ acl purge {
 }
 
 sub vcl_recv {
+    # Magento's VCL: a restart from vcl_hit (expired past grace) must fetch, not find
+    # the same expired object again.
+    if (req.restarts > 0) {
+        set req.hash_always_miss = true;
+    }
     if (req.method == "PURGE") {
         if (client.ip !~ purge) {
             return (synth(405, "Method not allowed"));
