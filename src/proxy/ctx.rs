@@ -30,8 +30,8 @@ pub struct RequestCtx {
     pub arrived: Instant,
     /// The cache key's hash, for lookups.
     pub key: Option<HashBinary>,
-    /// Its priority at the origin.
-    pub class: ClassId,
+    /// Its priority at the origin, once needed.
+    pub class: Option<ClassId>,
     /// Its slot at the origin, held until the origin's answer is complete.
     pub permit: Option<Permit>,
     /// Why the limiter refused it, if it did.
@@ -53,7 +53,7 @@ impl RequestCtx {
             fetch_started: None,
             arrived: Instant::now(),
             key: None,
-            class: ClassId(0),
+            class: None,
             permit: None,
             shed: None,
             stale_reason: None,

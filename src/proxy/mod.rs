@@ -36,7 +36,7 @@ use crate::policy::route::{has_bearer, route, Route};
 use crate::policy::storability::{decide, Decision, Storability};
 use crate::policy::Rules;
 use crate::purge::{PurgeAcl, Purger};
-use crate::upstream::{Origins, Shed, ShedFanout, ShedPages, StaleReason};
+use crate::upstream::{ClassId, Origins, Shed, ShedFanout, ShedPages, StaleReason};
 use crate::warm::worker::WARM_HEADER;
 
 /// Compression level for bodies compressed before they are stored.
@@ -180,6 +180,30 @@ impl Floodgate {
         }))
     }
 
+    /// The request's priority at the origin, worked out only for requests that need the
+    /// origin (fresh hits never do).
+    fn class(&self, session: &Session, ctx: &mut RequestCtx) -> ClassId {
+        if let Some(class) = ctx.class {
+            return class;
+        }
+        let req = session.req_header();
+        // The re-warmer and background refreshes yield to every visitor.
+        let class = if session.subrequest_ctx.is_some() || req.headers.contains_key(WARM_HEADER) {
+            self.origins.classes().warm()
+        } else {
+            let user_agent = req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            self.origins
+                .classes()
+                .classify(&req.method, &ctx.url, user_agent)
+        };
+        ctx.class = Some(class);
+        class
+    }
+
     fn outcome(&self, session: &Session, ctx: &RequestCtx) -> Outcome {
         match ctx.route {
             Route::Purge => Outcome::Purge,
@@ -255,19 +279,6 @@ impl ProxyHttp for Floodgate {
         if ctx.route == Route::Lookup {
             ctx.variant = Variant::of(&url, &req.headers);
         }
-        // The re-warmer and background refreshes yield to every visitor.
-        ctx.class = if session.subrequest_ctx.is_some() || req.headers.contains_key(WARM_HEADER) {
-            self.origins.classes().warm()
-        } else {
-            let user_agent = req
-                .headers
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            self.origins
-                .classes()
-                .classify(&req.method, &url, user_agent)
-        };
         ctx.url = url;
         if ctx.route == Route::Purge {
             self.purge(session).await?;
@@ -308,7 +319,7 @@ impl ProxyHttp for Floodgate {
 
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
@@ -319,7 +330,8 @@ impl ProxyHttp for Floodgate {
         if is_fresh {
             return Ok(None);
         }
-        ctx.stale_reason = self.origins.stale_reason(ctx.class);
+        let class = self.class(session, ctx);
+        ctx.stale_reason = self.origins.stale_reason(class);
         Ok(ctx.stale_reason.map(|_| ForcedFreshness::ForceFresh))
     }
 
@@ -339,9 +351,10 @@ impl ProxyHttp for Floodgate {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let class = self.class(session, ctx);
         // A retry gives its slot back first, so it queues like any other request.
         ctx.permit = None;
         let shared = ctx
@@ -349,7 +362,7 @@ impl ProxyHttp for Floodgate {
             .and_then(|key| self.shed_fanout.shared(&key, ctx.arrived));
         let admitted = match shared {
             Some(shed) => Err(shed),
-            None => self.origins.admit(ctx.class).await,
+            None => self.origins.admit(class).await,
         };
         match admitted {
             Ok((peer, permit)) => {
@@ -362,7 +375,7 @@ impl ProxyHttp for Floodgate {
                     self.shed_fanout.record(key, shed);
                 }
                 self.metrics
-                    .shed(self.origins.classes().name(ctx.class), shed.label());
+                    .shed(self.origins.classes().name(class), shed.label());
                 let why = match shed {
                     Shed::QueueFull => "the origin's queue is full",
                     Shed::Timeout => "the request waited too long for a free origin slot",
