@@ -256,7 +256,7 @@ fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool) -> ExitCode {
     let listen = config.server.listen[0].clone();
     let origin = config.origin.addresses[0].clone();
     let admin = config.server.admin_listen.clone();
-    let mut server = match floodgate::server::build(config) {
+    let mut server = match floodgate::server::build(config, path, overrides.clone()) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("floodgate: cannot start: {e:#}");

@@ -1,7 +1,10 @@
 //! Assembles the Pingora server: the proxy service, the origin health probe and, for the
 //! demo, a Magento-like origin in the same process.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -11,11 +14,12 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::admin::reload::{ReloadOnHangup, Reloader};
 use crate::admin::Admin;
 use crate::cache::{HitForMissMarks, MemoryStore};
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::metrics::Metrics;
-use crate::proxy::{Floodgate, Shared};
+use crate::proxy::{Floodgate, Runtime, Shared};
 use crate::purge::Purger;
 use crate::upstream::Origins;
 use crate::warm::{WarmQueue, Warmer};
@@ -23,8 +27,13 @@ use crate::warm::{WarmQueue, Warmer};
 /// Keys remembered as hit-for-miss at most (about 100 bytes each).
 const HIT_FOR_MISS_CAPACITY: u64 = 1_000_000;
 
-/// Builds a ready-to-run server for `config`; services may still be added before `run`.
-pub fn build(config: Config) -> anyhow::Result<Server> {
+/// Builds a ready-to-run server for `config`, read from `path` with `overrides` (which a
+/// reload applies again); services may still be added before `run`.
+pub fn build(
+    config: Config,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+) -> anyhow::Result<Server> {
     let threads = match config.server.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -97,8 +106,27 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
         Duration::from_secs(config.warm.hot_window_secs),
     );
 
+    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())?));
+    let reloader = Arc::new(Reloader::new(
+        path,
+        overrides,
+        runtime.clone(),
+        origins.clone(),
+        metrics.clone(),
+    ));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        ReloadOnHangup(reloader.clone()),
+    ));
+
     if !config.server.admin_listen.is_empty() {
-        let admin = Admin::new(metrics.clone(), store, origins.clone(), warm_queue);
+        let admin = Admin::new(
+            metrics.clone(),
+            store,
+            origins.clone(),
+            warm_queue,
+            reloader,
+        );
         let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&config.server.admin_listen);
         admin_service.threads = Some(1);
@@ -113,8 +141,9 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
         origins,
         metrics,
         purger,
+        runtime,
     };
-    let proxy = Floodgate::new(config, shared)?;
+    let proxy = Floodgate::new(shared);
     let mut service = http_proxy_service(&server.configuration, proxy);
     for addr in &listen {
         service.add_tcp(addr);

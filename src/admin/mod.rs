@@ -3,6 +3,7 @@
 //! Keep it on a private address; it answers anyone who can reach it.
 
 pub mod client;
+pub mod reload;
 
 use std::sync::Arc;
 
@@ -10,6 +11,8 @@ use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+
+use reload::Reloader;
 
 use crate::cache::MemoryStore;
 use crate::metrics::Metrics;
@@ -21,6 +24,7 @@ pub struct Admin {
     store: &'static MemoryStore,
     origins: Arc<Origins>,
     warm_queue: Option<Arc<WarmQueue>>,
+    reloader: Arc<Reloader>,
 }
 
 impl Admin {
@@ -29,12 +33,14 @@ impl Admin {
         store: &'static MemoryStore,
         origins: Arc<Origins>,
         warm_queue: Option<Arc<WarmQueue>>,
+        reloader: Arc<Reloader>,
     ) -> Self {
         Self {
             metrics,
             store,
             origins,
             warm_queue,
+            reloader,
         }
     }
 }
@@ -58,6 +64,31 @@ impl ServeHttp for Admin {
                 self.metrics.maintenance.set(i64::from(on));
                 tracing::warn!(on, "maintenance mode switched through the admin API");
                 self.maintenance_state()
+            }
+            "/reload" if method == http::Method::POST => {
+                let reloader = self.reloader.clone();
+                let result = tokio::task::spawn_blocking(move || reloader.reload())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")));
+                match result {
+                    Ok(done) => {
+                        let restart = done
+                            .needs_restart
+                            .iter()
+                            .map(|k| format!("\"{k}\""))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        let body = format!(
+                            "{{\"reloaded\":true,\"hash\":\"{}\",\"needs_restart\":[{restart}]}}\n",
+                            done.hash
+                        );
+                        reply(200, "application/json", body.into_bytes())
+                    }
+                    Err(reason) => {
+                        let body = serde_json::json!({ "reloaded": false, "error": reason });
+                        reply(400, "application/json", format!("{body}\n").into_bytes())
+                    }
+                }
             }
             "/maintenance" | "/maintenance/on" | "/maintenance/off" => reply(
                 405,

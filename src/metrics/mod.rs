@@ -83,6 +83,8 @@ pub struct Metrics {
     pub origin_wait: HistogramVec,
     shed: IntCounterVec,
     pub maintenance: IntGauge,
+    config_reloads: IntCounterVec,
+    config_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -193,6 +195,25 @@ impl Metrics {
             &["class", "reason"],
         )?;
         let maintenance = IntGauge::new("floodgate_maintenance", "1 while maintenance mode is on")?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "floodgate_config_reloads_total",
+                "Configuration reloads by result (ok, failed); a failed one changed nothing",
+            ),
+            &["result"],
+        )?;
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "floodgate_config_info",
+                "1 for the hash of the configuration in force",
+            ),
+            &["hash"],
+        )?;
+        for result in ["ok", "failed"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_info.clone()))?;
         registry.register(Box::new(origin_inflight.clone()))?;
         registry.register(Box::new(origin_limit.clone()))?;
         registry.register(Box::new(origin_queued.clone()))?;
@@ -253,6 +274,8 @@ impl Metrics {
             origin_wait,
             shed,
             maintenance,
+            config_reloads,
+            config_info,
         })
     }
 
@@ -270,6 +293,18 @@ impl Metrics {
 
     pub fn origin_unavailable(&self) {
         self.origin_unavailable.inc();
+    }
+
+    pub fn config_reloaded(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// Marks `hash` as the configuration in force (the only series of the info metric).
+    pub fn config_loaded(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
     }
 
     pub fn shed(&self, class: &str, reason: &str) {

@@ -1,9 +1,11 @@
 //! What Floodgate remembers about one request between Pingora's hooks.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use pingora::cache::key::HashBinary;
 
+use super::runtime::Runtime;
 use crate::cache::Tags;
 use crate::policy::key::Variant;
 use crate::policy::route::Route;
@@ -12,6 +14,8 @@ use crate::upstream::limiter::Permit;
 use crate::upstream::{ClassId, Shed, StaleReason};
 
 pub struct RequestCtx {
+    /// The configuration this request runs under, from start to end.
+    pub rt: Arc<Runtime>,
     pub route: Route,
     /// The normalised URL: the cache key's and the origin's.
     pub url: String,
@@ -41,8 +45,9 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    pub fn new(rt: Arc<Runtime>) -> Self {
         Self {
+            rt,
             route: Route::Pass(crate::policy::route::PassReason::Method),
             url: String::new(),
             variant: Variant::default(),
@@ -58,11 +63,5 @@ impl RequestCtx {
             shed: None,
             stale_reason: None,
         }
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }

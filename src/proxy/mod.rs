@@ -3,6 +3,7 @@
 
 mod ctx;
 mod respond;
+pub mod runtime;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -23,20 +24,21 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 pub use ctx::RequestCtx;
+pub use runtime::Runtime;
+
+use arc_swap::ArcSwap;
 
 use crate::cache::hit_for_miss::REASON_NOT_STORED;
 use crate::cache::{
     FetchStarted, HitForMissMarks, MemoryStore, RequestIdentity, Tags, VisitorFetch,
 };
-use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
 use crate::policy::key::{cache_key, Variant};
 use crate::policy::route::{has_bearer, route, Route};
 use crate::policy::storability::{decide, Decision, Storability};
-use crate::policy::Rules;
-use crate::purge::{PurgeAcl, Purger};
-use crate::upstream::{ClassId, Origins, Shed, ShedFanout, ShedPages, StaleReason};
+use crate::purge::Purger;
+use crate::upstream::{ClassId, Origins, Shed, ShedFanout, StaleReason};
 use crate::warm::worker::WARM_HEADER;
 
 /// Compression level for bodies compressed before they are stored.
@@ -45,16 +47,13 @@ const STORE_GZIP_LEVEL: u32 = 6;
 /// The proxy. Its cache parts are `'static` because Pingora's cache API takes them so;
 /// they are created once per process.
 pub struct Floodgate {
-    config: Config,
-    rules: Rules,
+    runtime: Arc<ArcSwap<Runtime>>,
     store: &'static MemoryStore,
     marks: &'static HitForMissMarks,
     lock: &'static CacheKeyLockImpl,
     origins: Arc<Origins>,
     metrics: Arc<Metrics>,
     purger: Purger,
-    purge_acl: PurgeAcl,
-    pages: ShedPages,
     shed_fanout: ShedFanout,
 }
 
@@ -66,34 +65,40 @@ pub struct Shared {
     pub origins: Arc<Origins>,
     pub metrics: Arc<Metrics>,
     pub purger: Purger,
+    /// The reloadable configuration, shared with the reloader.
+    pub runtime: Arc<ArcSwap<Runtime>>,
 }
 
 impl Floodgate {
-    pub fn new(config: Config, shared: Shared) -> anyhow::Result<Self> {
-        Ok(Self {
-            rules: Rules::new(&config)?,
-            purge_acl: PurgeAcl::new(&config.purge.allow)
-                .map_err(|e| anyhow::anyhow!("purge.allow: {e}"))?,
-            shed_fanout: ShedFanout::new(Duration::from_secs(config.cache.coalesce_wait_secs)),
-            pages: ShedPages::load(&config.limits)
-                .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?,
-            config,
+    pub fn new(shared: Shared) -> Self {
+        Self {
+            // The longest a request can wait for another's fetch; reloads may shorten it.
+            shed_fanout: ShedFanout::new(Duration::from_secs(
+                shared
+                    .runtime
+                    .load()
+                    .config
+                    .cache
+                    .coalesce_wait_secs
+                    .max(300),
+            )),
+            runtime: shared.runtime,
             store: shared.store,
             marks: shared.marks,
             lock: shared.lock,
             origins: shared.origins,
             metrics: shared.metrics,
             purger: shared.purger,
-        })
+        }
     }
 
     /// Answers Magento's PURGE (contract section 3).
-    async fn purge(&self, session: &mut Session) -> Result<()> {
+    async fn purge(&self, session: &mut Session, rt: &Runtime) -> Result<()> {
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if !client.is_some_and(|ip| self.purge_acl.allows(ip)) {
+        if !client.is_some_and(|ip| rt.purge_acl.allows(ip)) {
             let who = client.map_or_else(|| "this client".to_string(), |ip| ip.to_string());
             let body = format!("PURGE is not allowed from {who}: add it to purge.allow\n");
             return respond::plain(session, 405, &body, &[]).await;
@@ -117,7 +122,7 @@ impl Floodgate {
             let body = "PURGE needs an X-Magento-Tags-Pattern or X-Pool header\n";
             return respond::plain(session, 400, body, &[]).await;
         }
-        let soft = self.config.purge.soft
+        let soft = rt.config.purge.soft
             || headers
                 .get("x-floodgate-purge")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"soft"));
@@ -162,8 +167,8 @@ impl Floodgate {
             }
         };
         copy("host");
-        copy(self.rules.ssl_offload_header.as_str());
-        if !self.rules.design_exceptions.is_empty() {
+        copy(ctx.rt.rules.ssl_offload_header.as_str());
+        if !ctx.rt.rules.design_exceptions.is_empty() {
             copy("user-agent");
         }
         if ctx.variant.is_graphql {
@@ -250,7 +255,7 @@ impl ProxyHttp for Floodgate {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.runtime.load_full())
     }
 
     async fn early_request_filter(
@@ -272,16 +277,17 @@ impl ProxyHttp for Floodgate {
         let req = session.req_header();
         let target = String::from_utf8_lossy(req.raw_path());
         let url = match &target {
-            Cow::Borrowed(t) => self.rules.normalizer.normalize(t).into_owned(),
+            Cow::Borrowed(t) => ctx.rt.rules.normalizer.normalize(t).into_owned(),
             Cow::Owned(t) => t.clone(),
         };
-        ctx.route = route(&req.method, &url, &req.headers, &self.rules);
+        ctx.route = route(&req.method, &url, &req.headers, &ctx.rt.rules);
         if ctx.route == Route::Lookup {
             ctx.variant = Variant::of(&url, &req.headers);
         }
         ctx.url = url;
         if ctx.route == Route::Purge {
-            self.purge(session).await?;
+            let rt = ctx.rt.clone();
+            self.purge(session, &rt).await?;
             return Ok(true);
         }
         Ok(false)
@@ -292,7 +298,7 @@ impl ProxyHttp for Floodgate {
             return Ok(());
         }
         let mut overrides = CacheOptionOverrides::default();
-        overrides.wait_timeout = Some(Duration::from_secs(self.config.cache.coalesce_wait_secs));
+        overrides.wait_timeout = Some(Duration::from_secs(ctx.rt.config.cache.coalesce_wait_secs));
         session.cache.enable(
             self.store,
             None,
@@ -302,7 +308,7 @@ impl ProxyHttp for Floodgate {
         );
         session
             .cache
-            .set_max_file_size_bytes(self.config.cache.max_object_bytes);
+            .set_max_file_size_bytes(ctx.rt.config.cache.max_object_bytes);
         Ok(())
     }
 
@@ -311,7 +317,7 @@ impl ProxyHttp for Floodgate {
             &ctx.url,
             &session.req_header().headers,
             &ctx.variant,
-            &self.rules,
+            &ctx.rt.rules,
         );
         ctx.key = Some(key.combined_bin());
         Ok(key)
@@ -422,7 +428,7 @@ impl ProxyHttp for Floodgate {
             })?;
             upstream_request.set_uri(uri);
         }
-        if self.config.cache.store_gzip {
+        if ctx.rt.config.cache.store_gzip {
             upstream_request.insert_header(http::header::ACCEPT_ENCODING, "gzip")?;
             session.upstream_compression.adjust_level(STORE_GZIP_LEVEL);
         }
@@ -455,7 +461,7 @@ impl ProxyHttp for Floodgate {
             resp.status,
             &resp.headers,
             &ctx.variant,
-            Duration::from_secs(self.config.cache.default_ttl_secs),
+            Duration::from_secs(ctx.rt.config.cache.default_ttl_secs),
             SystemTime::now(),
         );
         if decision.strip_set_cookie {
@@ -494,7 +500,7 @@ impl ProxyHttp for Floodgate {
                 resp.status,
                 &resp.headers,
                 &ctx.variant,
-                Duration::from_secs(self.config.cache.default_ttl_secs),
+                Duration::from_secs(ctx.rt.config.cache.default_ttl_secs),
                 SystemTime::now(),
             )
             .storability,
@@ -503,7 +509,7 @@ impl ProxyHttp for Floodgate {
         match decision.storability {
             Storability::Store { ttl } => {
                 let now = SystemTime::now();
-                let cache = &self.config.cache;
+                let cache = &ctx.rt.config.cache;
                 let mut meta = CacheMeta::new(
                     now + ttl,
                     now,
@@ -570,12 +576,12 @@ impl ProxyHttp for Floodgate {
         };
         if code == 503 {
             let body = if ctx.shed == Some(Shed::Maintenance) {
-                self.pages.maintenance.clone()
+                ctx.rt.pages.maintenance.clone()
             } else {
                 if ctx.shed.is_none() {
                     self.metrics.origin_unavailable();
                 }
-                self.pages.busy.clone()
+                ctx.rt.pages.busy.clone()
             };
             let reason = match ctx.shed {
                 Some(shed) => shed.label(),
@@ -587,7 +593,7 @@ impl ProxyHttp for Floodgate {
                 "text/html; charset=utf-8",
                 body,
                 &[
-                    ("retry-after", self.pages.retry_after.as_str()),
+                    ("retry-after", ctx.rt.pages.retry_after.as_str()),
                     ("x-floodgate-shed", reason),
                 ],
             )

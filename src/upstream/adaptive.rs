@@ -32,6 +32,13 @@ impl AdaptiveLimit {
         }
     }
 
+    /// New bounds from a reloaded configuration; the limit is kept within them.
+    pub fn set_bounds(&mut self, floor: usize, ceiling: usize) {
+        self.floor = floor as f64;
+        self.ceiling = ceiling as f64;
+        self.limit = self.limit.clamp(self.floor, self.ceiling);
+    }
+
     pub fn current(&self) -> usize {
         self.limit as usize
     }

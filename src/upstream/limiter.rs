@@ -86,16 +86,16 @@ struct State {
     next_id: u64,
     /// How long the origin holds a slot, on average (moving), in seconds.
     service_secs: f64,
+    /// The limits and classes in force; replaced on reload.
+    settings: LimitsSection,
+    classes: Arc<Classes>,
+    queued_gauges: Vec<IntGauge>,
 }
 
 pub struct Limiter {
     state: Mutex<State>,
     picker: Arc<dyn Pick>,
-    classes: Arc<Classes>,
-    queue_size: usize,
-    config: LimitsSection,
     metrics: Arc<Metrics>,
-    queued_gauges: Vec<IntGauge>,
 }
 
 impl Limiter {
@@ -105,13 +105,6 @@ impl Limiter {
         picker: Arc<dyn Pick>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let queued_gauges = (0..classes.len())
-            .map(|i| {
-                metrics
-                    .origin_queued
-                    .with_label_values(&[classes.name(ClassId(i))])
-            })
-            .collect();
         Arc::new(Self {
             state: Mutex::new(State {
                 origins: HashMap::new(),
@@ -119,14 +112,55 @@ impl Limiter {
                 queued: 0,
                 next_id: 0,
                 service_secs: 0.0,
+                settings: config.clone(),
+                queued_gauges: queued_gauges(&metrics, &classes),
+                classes,
             }),
             picker,
-            queue_size: config.queue_size,
-            classes,
-            config: config.clone(),
             metrics,
-            queued_gauges,
         })
+    }
+
+    /// Applies reloaded limits and classes. Waiters keep their place; with fewer classes
+    /// they move to the lowest remaining visitor class (the warm class stays last).
+    pub fn reconfigure(self: &Arc<Self>, config: &LimitsSection, classes: Arc<Classes>) {
+        let mut state = self.lock();
+        let old_len = state.queues.len();
+        let new_len = classes.len();
+        if old_len != new_len {
+            let old = std::mem::take(&mut state.queues);
+            state.queues = (0..new_len).map(|_| VecDeque::new()).collect();
+            for (i, queue) in old.into_iter().enumerate() {
+                let to = if i + 1 == old_len {
+                    new_len - 1
+                } else {
+                    i.min(new_len.saturating_sub(2))
+                };
+                state.queues[to].extend(queue);
+            }
+        }
+        for gauge in &state.queued_gauges {
+            gauge.set(0);
+        }
+        state.queued_gauges = queued_gauges(&self.metrics, &classes);
+        let lengths: Vec<usize> = state.queues.iter().map(VecDeque::len).collect();
+        for (gauge, len) in state.queued_gauges.iter().zip(lengths) {
+            gauge.set(len as i64);
+        }
+        state.classes = classes;
+        state.settings = config.clone();
+        for slots in state.origins.values_mut() {
+            slots.fixed = config.max_inflight;
+            slots.adaptive = match slots.adaptive.take() {
+                Some(mut adaptive) if config.adaptive => {
+                    adaptive.set_bounds(config.min_inflight, config.max_inflight);
+                    Some(adaptive)
+                }
+                _ => adaptive_for(config),
+            };
+            slots.limit_gauge.set(slots.limit() as i64);
+        }
+        self.hand_over(&mut state);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -139,19 +173,23 @@ impl Limiter {
             return Err(Shed::Unhealthy);
         }
         let started = Instant::now();
-        let (rx, id) = {
+        let (rx, id, max_wait, classes) = {
             let mut state = self.lock();
+            let classes = state.classes.clone();
+            let class = ClassId(class.0.min(state.queues.len() - 1));
             let ahead: usize = state.queues[..=class.0].iter().map(VecDeque::len).sum();
             if ahead == 0 {
                 if let Some(origin) = self.free_origin(&mut state) {
-                    self.waited(class, started);
+                    self.waited(&classes, class, started);
                     return Ok(self.grant(&mut state, origin));
                 }
             }
-            if self.expected_wait(&state, ahead) > self.classes.max_wait(class) {
+            let max_wait = classes.max_wait(class);
+            if self.expected_wait(&state, ahead) > max_wait {
                 return Err(Shed::WouldTimeOut);
             }
-            if state.queued >= self.queue_size && !self.displace_below(&mut state, class) {
+            if state.queued >= state.settings.queue_size && !self.displace_below(&mut state, class)
+            {
                 return Err(Shed::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
@@ -159,12 +197,12 @@ impl Limiter {
             state.next_id += 1;
             state.queues[class.0].push_back(Waiter { id, tx });
             state.queued += 1;
-            self.queued_gauges[class.0].inc();
-            (rx, id)
+            state.queued_gauges[class.0].inc();
+            (rx, id, max_wait, classes)
         };
-        match tokio::time::timeout(self.classes.max_wait(class), rx).await {
+        match tokio::time::timeout(max_wait, rx).await {
             Ok(Ok(permit)) => {
-                self.waited(class, started);
+                self.waited(&classes, class, started);
                 Ok(permit)
             }
             // A request of a higher class took its place in the full queue.
@@ -172,22 +210,26 @@ impl Limiter {
             Err(_) => {
                 // If a permit was handed over in the meantime it was dropped with the
                 // receiver, which gave its slot back.
+                // A reload may have moved it to another class's queue.
                 let mut state = self.lock();
-                let queue = &mut state.queues[class.0];
-                if let Some(at) = queue.iter().position(|w| w.id == id) {
-                    queue.remove(at);
+                let found =
+                    state.queues.iter().enumerate().find_map(|(c, queue)| {
+                        queue.iter().position(|w| w.id == id).map(|at| (c, at))
+                    });
+                if let Some((c, at)) = found {
+                    state.queues[c].remove(at);
                     state.queued -= 1;
-                    self.queued_gauges[class.0].dec();
+                    state.queued_gauges[c].dec();
                 }
                 Err(Shed::Timeout)
             }
         }
     }
 
-    fn waited(&self, class: ClassId, since: Instant) {
+    fn waited(&self, classes: &Classes, class: ClassId, since: Instant) {
         self.metrics
             .origin_wait
-            .with_label_values(&[self.classes.name(class)])
+            .with_label_values(&[classes.name(class)])
             .observe(since.elapsed().as_secs_f64());
     }
 
@@ -224,7 +266,7 @@ impl Limiter {
         // Dropping its sender wakes it with "queue full".
         state.queues[lowest].pop_back();
         state.queued -= 1;
-        self.queued_gauges[lowest].dec();
+        state.queued_gauges[lowest].dec();
         true
     }
 
@@ -236,27 +278,21 @@ impl Limiter {
                 .is_none_or(|slots| slots.in_flight < slots.limit())
         })?;
         // Resolved addresses are only known once the balancer names them.
-        state
-            .origins
-            .entry(origin)
-            .or_insert_with(|| self.new_slots(origin));
+        if !state.origins.contains_key(&origin) {
+            let slots = self.new_slots(origin, &state.settings);
+            state.origins.insert(origin, slots);
+        }
         Some(origin)
     }
 
-    fn new_slots(&self, origin: SocketAddr) -> Slots {
+    fn new_slots(&self, origin: SocketAddr, settings: &LimitsSection) -> Slots {
         let name = origin.to_string();
         let limit_gauge = self.metrics.origin_limit.with_label_values(&[&name]);
-        limit_gauge.set(self.config.max_inflight as i64);
+        limit_gauge.set(settings.max_inflight as i64);
         Slots {
             in_flight: 0,
-            fixed: self.config.max_inflight,
-            adaptive: self.config.adaptive.then(|| {
-                AdaptiveLimit::new(
-                    self.config.min_inflight,
-                    self.config.max_inflight,
-                    Duration::from_millis(self.config.slow_response_ms),
-                )
-            }),
+            fixed: settings.max_inflight,
+            adaptive: adaptive_for(settings),
             in_flight_gauge: self.metrics.origin_inflight.with_label_values(&[&name]),
             limit_gauge,
         }
@@ -305,7 +341,7 @@ impl Limiter {
                 return;
             };
             state.queued -= 1;
-            self.queued_gauges[class].dec();
+            state.queued_gauges[class].dec();
             let permit = self.grant(state, origin);
             if let Err(mut permit) = waiter.tx.send(permit) {
                 // It gave up a moment ago; take the slot back without re-entering the lock.
@@ -317,6 +353,26 @@ impl Limiter {
             }
         }
     }
+}
+
+fn queued_gauges(metrics: &Metrics, classes: &Classes) -> Vec<IntGauge> {
+    (0..classes.len())
+        .map(|i| {
+            metrics
+                .origin_queued
+                .with_label_values(&[classes.name(ClassId(i))])
+        })
+        .collect()
+}
+
+fn adaptive_for(settings: &LimitsSection) -> Option<AdaptiveLimit> {
+    settings.adaptive.then(|| {
+        AdaptiveLimit::new(
+            settings.min_inflight,
+            settings.max_inflight,
+            Duration::from_millis(settings.slow_response_ms),
+        )
+    })
 }
 
 /// A slot at one origin, given back when dropped.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::services::background::{background_service, GenBackgroundService};
@@ -14,7 +15,7 @@ use pingora::upstreams::peer::HttpPeer;
 use super::classes::{ClassId, Classes};
 use super::health::WindowedHealthCheck;
 use super::limiter::{Limiter, Permit, Pick, Shed};
-use crate::config::Config;
+use crate::config::{Config, LimitsSection};
 use crate::metrics::Metrics;
 
 /// Why a stale copy is served without asking the origin (the `Grace` header says it).
@@ -55,7 +56,7 @@ impl Pick for Balancer {
 pub struct Origins {
     balancer: Arc<Balancer>,
     limiter: Arc<Limiter>,
-    classes: Arc<Classes>,
+    classes: ArcSwap<Classes>,
     maintenance: AtomicBool,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
@@ -86,7 +87,7 @@ impl Origins {
             Self {
                 balancer,
                 limiter,
-                classes,
+                classes: ArcSwap::new(classes),
                 maintenance: AtomicBool::new(false),
                 connect_timeout: Duration::from_secs(origin.connect_timeout_secs),
                 first_byte_timeout: Duration::from_secs(origin.first_byte_timeout_secs),
@@ -95,8 +96,18 @@ impl Origins {
         ))
     }
 
-    pub fn classes(&self) -> &Classes {
-        &self.classes
+    pub fn classes(&self) -> Arc<Classes> {
+        self.classes.load_full()
+    }
+
+    /// Applies reloaded limits and priority classes to requests from now on, and to
+    /// those already queued.
+    pub fn reconfigure(&self, limits: &LimitsSection) -> Result<(), String> {
+        let classes =
+            Arc::new(Classes::new(limits).map_err(|(key, reason)| format!("{key}: {reason}"))?);
+        self.classes.store(classes.clone());
+        self.limiter.reconfigure(limits, classes);
+        Ok(())
     }
 
     /// Waits for a slot at a healthy origin; the permit must live until the origin is done.

@@ -49,6 +49,28 @@ pub struct Floodgate {
     pub admin: SocketAddr,
     child: Child,
     dir: PathBuf,
+    origins: String,
+}
+
+fn config_text(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    origins: &str,
+    dir: &std::path::Path,
+    settings: &Settings,
+) -> String {
+    format!(
+        "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
+         [origin]\naddresses = [{origins}]\nhealth_check_interval_secs = 1\n{}\n\n\
+         [cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
+        settings.origin.join("\n"),
+        settings.cache.join("\n"),
+        settings.magento.join("\n"),
+        settings.purge.join("\n"),
+        settings.warm.join("\n"),
+        settings.limits.join("\n"),
+        dir = dir.display(),
+    )
 }
 
 pub fn free_port() -> u16 {
@@ -98,18 +120,7 @@ impl Floodgate {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let dir = temp_dir("proxy");
-        let config = format!(
-            "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
-             [origin]\naddresses = [{origins}]\nhealth_check_interval_secs = 1\n{}\n\n\
-             [cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
-            settings.origin.join("\n"),
-            settings.cache.join("\n"),
-            settings.magento.join("\n"),
-            settings.purge.join("\n"),
-            settings.warm.join("\n"),
-            settings.limits.join("\n"),
-            dir = dir.display(),
-        );
+        let config = config_text(addr, admin, &origins, &dir, settings);
         let config_path = dir.join("floodgate.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = std::fs::File::create(dir.join("floodgate.log")).expect("log file");
@@ -127,6 +138,7 @@ impl Floodgate {
             admin,
             child,
             dir,
+            origins,
         };
         floodgate.wait_listening().await.then_some(floodgate)
     }
@@ -171,12 +183,38 @@ impl Floodgate {
             .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
     }
 
+    /// Rewrites the config file with `settings` (same listeners and origins); the
+    /// running process does not see it until it reloads.
+    pub fn rewrite_config(&self, settings: &Settings) {
+        let text = config_text(self.addr, self.admin, &self.origins, &self.dir, settings);
+        std::fs::write(self.dir.join("floodgate.toml"), text).expect("rewrite config");
+    }
+
+    /// Writes `text` as the config file, valid or not.
+    pub fn write_config_raw(&self, text: &str) {
+        std::fs::write(self.dir.join("floodgate.toml"), text).expect("write config");
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("floodgate.log")
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,172 @@
+//! Hot reload: re-read the config file on SIGHUP or `POST /reload`, and swap what the
+//! request path uses without dropping a connection or the cache.
+//!
+//! What applies at once: `magento.*`, `purge.*`, `limits.*` and the per-request
+//! `cache.*` keys (TTLs, grace, keep, coalescing wait, gzip, object size). What needs a
+//! restart, because it shaped a listener, a pool or a store when they were built:
+//! `server.*`, `origin.*`, `warm.*`, `cache.memory_bytes` and the hit-for-miss lifetimes.
+//! Those are reported, not applied. A file that does not load or validate changes
+//! nothing: the old configuration keeps serving, and the failure is logged and counted.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{self, Config, Overrides};
+use crate::metrics::Metrics;
+use crate::proxy::Runtime;
+use crate::upstream::Origins;
+
+/// What a successful reload did.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// Hash of the effective configuration now in force.
+    pub hash: String,
+    /// Keys that changed in the file but only take effect after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+pub struct Reloader {
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    runtime: Arc<ArcSwap<Runtime>>,
+    origins: Arc<Origins>,
+    metrics: Arc<Metrics>,
+    /// The configuration the process started with: restart-only keys are compared to it.
+    started_with: Config,
+    /// One reload at a time.
+    busy: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        path: Option<PathBuf>,
+        overrides: Overrides,
+        runtime: Arc<ArcSwap<Runtime>>,
+        origins: Arc<Origins>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let started_with = runtime.load().config.clone();
+        metrics.config_loaded(&config_hash(&started_with));
+        Self {
+            path,
+            overrides,
+            runtime,
+            origins,
+            metrics,
+            started_with,
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// Re-reads the file; on any error nothing changes and the reason is returned.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        let _one_at_a_time = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.try_reload();
+        match &result {
+            Ok(done) => {
+                self.metrics.config_reloaded(true);
+                self.metrics.config_loaded(&done.hash);
+                tracing::info!(hash = %done.hash, needs_restart = ?done.needs_restart, "configuration reloaded");
+            }
+            Err(reason) => {
+                self.metrics.config_reloaded(false);
+                tracing::error!(%reason, "configuration reload refused; the previous configuration stays in force");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<Reloaded, String> {
+        let Some(path) = &self.path else {
+            return Err("no config file to reload: Floodgate was started without -c".into());
+        };
+        let config = config::load(Some(path), &self.overrides).map_err(|e| e.to_string())?;
+        let runtime = Runtime::new(config.clone()).map_err(|e| format!("{e:#}"))?;
+        self.origins.reconfigure(&config.limits)?;
+        self.runtime.store(Arc::new(runtime));
+        Ok(Reloaded {
+            hash: config_hash(&config),
+            needs_restart: restart_only_changes(&self.started_with, &config),
+        })
+    }
+}
+
+/// A short, stable fingerprint of an effective configuration, for the info metric.
+pub fn config_hash(config: &Config) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    config.to_toml().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.server != new.server {
+        changed.push("server");
+    }
+    if old.origin != new.origin {
+        changed.push("origin");
+    }
+    if old.warm != new.warm {
+        changed.push("warm");
+    }
+    if old.cache.memory_bytes != new.cache.memory_bytes {
+        changed.push("cache.memory_bytes");
+    }
+    if old.cache.uncacheable_ttl_secs != new.cache.uncacheable_ttl_secs
+        || old.cache.private_uncacheable_ttl_secs != new.cache.private_uncacheable_ttl_secs
+    {
+        changed.push("cache.*uncacheable_ttl_secs");
+    }
+    changed
+}
+
+/// Reloads on SIGHUP, as `systemctl reload` sends it.
+pub struct ReloadOnHangup(pub Arc<Reloader>);
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload through the admin listener instead");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {
+                    let reloader = self.0.clone();
+                    // Reading and compiling the config is blocking work.
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_and_pools_are_reported_as_needing_a_restart() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.server.threads = 7;
+        new.limits.max_inflight = 3;
+        new.magento.pass_url_patterns = vec!["^/x".into()];
+        assert_eq!(restart_only_changes(&old, &new), vec!["server"]);
+        assert_ne!(config_hash(&old), config_hash(&new));
+        assert_eq!(config_hash(&old), config_hash(&Config::default()));
+    }
+}

@@ -1,0 +1,149 @@
+//! Hot reload: SIGHUP (or `POST /reload`) applies a new configuration to the next request
+//! without dropping the cache or a connection; a bad file changes nothing.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+fn purge(fg: &Floodgate) -> reqwest::RequestBuilder {
+    client()
+        .request(
+            reqwest::Method::from_bytes(b"PURGE").expect("method"),
+            fg.url("/"),
+        )
+        .header("X-Magento-Tags-Pattern", "((^|,)nothing(,|$))")
+}
+
+async fn reloads(fg: &Floodgate, result: &str) -> f64 {
+    fg.metric(&format!(
+        "floodgate_config_reloads_total{{result=\"{result}\"}}"
+    ))
+    .await
+}
+
+/// Waits up to 5 s for the count of reloads with `result` to reach `n`.
+async fn wait_reloads(fg: &Floodgate, result: &str, n: f64) -> bool {
+    for _ in 0..100 {
+        if reloads(fg, result).await == n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_change_to_the_next_request_and_keeps_the_cache() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start(origin.addr).await;
+    assert_eq!(get(&fg.url("/kept.html")).await.cache_debug(), "MISS");
+    assert_eq!(get(&fg.url("/promo.html")).await.cache_debug(), "MISS");
+    assert_eq!(send(purge(&fg)).await.status, 200, "loopback may purge");
+
+    let changed = Settings::default()
+        .purge("allow = [\"10.9.9.9\"]")
+        .magento("pass_url_patterns = [\"^/promo\"]")
+        .limits("max_inflight = 3");
+    fg.rewrite_config(&changed);
+    fg.signal("HUP");
+    assert!(wait_reloads(&fg, "ok", 1.0).await, "{}", fg.log());
+
+    assert_eq!(send(purge(&fg)).await.status, 405, "the new ACL applies");
+    assert_eq!(
+        get(&fg.url("/promo.html")).await.cache_debug(),
+        "UNCACHEABLE",
+        "the new pass pattern applies"
+    );
+    assert_eq!(
+        get(&fg.url("/kept.html")).await.cache_debug(),
+        "HIT",
+        "the cache survived the reload"
+    );
+    assert_eq!(reloads(&fg, "ok").await, 1.0);
+    let sample = format!("floodgate_origin_limit{{origin=\"{}\"}}", origin.addr);
+    assert_eq!(fg.metric(&sample).await, 3.0, "the new limit applies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_file_is_refused_and_the_old_configuration_keeps_serving() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start(origin.addr).await;
+    let hash_before = fg.metrics().await;
+    let hash_before = hash_before
+        .lines()
+        .find(|l| l.starts_with("floodgate_config_info{"))
+        .expect("config info")
+        .to_string();
+
+    fg.write_config_raw("[purge]\nallow = [\"not an address\"]\n");
+    let answer = send(client().post(fg.admin_url("/reload"))).await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.text().contains("purge.allow"), "{}", answer.text());
+
+    fg.write_config_raw("this is not toml [");
+    fg.signal("HUP");
+    assert!(wait_reloads(&fg, "failed", 2.0).await, "{}", fg.log());
+    assert_eq!(reloads(&fg, "failed").await, 2.0);
+    assert_eq!(reloads(&fg, "ok").await, 0.0);
+    assert_eq!(
+        send(purge(&fg)).await.status,
+        200,
+        "the old ACL still applies"
+    );
+    assert_eq!(get(&fg.url("/a.html")).await.status, 200);
+    let text = fg.metrics().await;
+    assert!(
+        text.contains(&hash_before),
+        "the config hash did not change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_across_reloads_under_load() {
+    let origin = TestOrigin::start().await;
+    let fg = Arc::new(Floodgate::start(origin.addr).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (fg, stop, done, failed) = (fg.clone(), stop.clone(), done.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // Hits and misses both.
+                let url = fg.url(&format!("/load-{}.html", (w * 1000 + i) % 50));
+                let ok = match client.get(url).send().await {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    for n in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let settings = Settings::default().cache(&format!("default_ttl_secs = {}", 100 + n));
+        fg.rewrite_config(&settings);
+        let answer = send(client().post(fg.admin_url("/reload"))).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        fg.signal("HUP");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert!(done.load(Ordering::Relaxed) > 100);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    assert!(wait_reloads(&fg, "ok", 10.0).await, "{}", fg.log());
+}
