@@ -65,9 +65,13 @@ enum Command {
         /// Expire instead of remove: served stale while one refresh runs.
         #[arg(long)]
         soft: bool,
-        /// Floodgate's address.
-        #[arg(long, default_value = "http://127.0.0.1:6081")]
-        url: String,
+        /// Floodgate's admin listener, which the purge goes through.
+        #[arg(long, default_value = "http://127.0.0.1:6085")]
+        admin: String,
+        /// Send Magento's PURGE request to this proxy address instead (from an address
+        /// in `purge.allow`), exactly as Magento does.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Pre-warm the cache from a Magento sitemap.xml (a file, or a URL fetched through Floodgate).
     Warm {
@@ -154,8 +158,36 @@ fn main() -> ExitCode {
             pattern,
             pool,
             soft,
+            admin,
             url,
         } => {
+            let Some(url) = url else {
+                let request = floodgate::admin::client::PurgeRequest {
+                    tags,
+                    pattern,
+                    all,
+                    pool,
+                    soft,
+                };
+                if !request.all
+                    && request.tags.is_empty()
+                    && request.pattern.is_none()
+                    && request.pool.is_none()
+                {
+                    eprintln!("floodgate: say what to purge: --tags, --all, --pattern or --pool");
+                    return ExitCode::from(2);
+                }
+                return match block_on(floodgate::admin::client::purge(&admin, &request)) {
+                    Ok(summary) => {
+                        print!("{summary}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("floodgate: {e}");
+                        ExitCode::from(1)
+                    }
+                };
+            };
             let pattern = if all {
                 Some(".*".to_string())
             } else if !tags.is_empty() {

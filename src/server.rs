@@ -100,11 +100,11 @@ pub fn build(
         );
         server.add_service(background_service("re-warmer", warmer));
     }
-    let purger = Purger::new(
+    let purger = Arc::new(Purger::new(
         store,
         warm_queue.clone(),
         Duration::from_secs(config.warm.hot_window_secs),
-    );
+    ));
 
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())?));
     let reloader = Arc::new(Reloader::new(
@@ -120,13 +120,16 @@ pub fn build(
     ));
 
     if !config.server.admin_listen.is_empty() {
-        let admin = Admin::new(
-            metrics.clone(),
+        let admin = Admin {
+            metrics: metrics.clone(),
             store,
-            origins.clone(),
+            origins: origins.clone(),
             warm_queue,
             reloader,
-        );
+            purger: purger.clone(),
+            runtime: runtime.clone(),
+            proxy_addr: loopback_for(&config.server.listen[0]),
+        };
         let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&config.server.admin_listen);
         admin_service.threads = Some(1);

@@ -1,14 +1,69 @@
-//! The operator's side of the admin API, for the CLI (`floodgate maintenance`).
+//! The operator's side of the admin API, for the CLI (`floodgate purge`, `floodgate
+//! maintenance`).
 
 use std::time::Duration;
 
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// What to purge, as `POST /purge` takes it.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PurgeRequest {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    pub all: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    pub soft: bool,
+}
+
+/// Purges through the admin API; returns a one-line summary.
+pub async fn purge(admin: &str, request: &PurgeRequest) -> Result<String, String> {
+    let base = admin.trim_end_matches('/');
+    let response = client()?
+        .post(format!("{base}/purge"))
+        .json(request)
+        .send()
+        .await
+        .map_err(|e| unreachable_admin(base, e))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| format!("the admin listener answered {status} with no JSON: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "purge refused ({status}): {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        ));
+    }
+    Ok(format!(
+        "{} {} objects, {} queued for re-warming, in {:.3} ms\n",
+        if body["soft"].as_bool() == Some(true) {
+            "expired"
+        } else {
+            "purged"
+        },
+        body["objects"],
+        body["queued_for_warming"],
+        body["took_ms"].as_f64().unwrap_or(0.0)
+    ))
+}
+
+fn unreachable_admin(base: &str, e: reqwest::Error) -> String {
+    format!("cannot reach Floodgate's admin listener at {base}: {e} (is server.admin_listen set?)")
+}
+
 /// Switches maintenance mode (`Some`) or reads it (`None`); returns the admin's JSON answer.
 pub async fn maintenance(admin: &str, on: Option<bool>) -> Result<String, String> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let client = client()?;
     let base = admin.trim_end_matches('/');
     let request = match on {
         Some(true) => client.post(format!("{base}/maintenance/on")),

@@ -1,123 +1,161 @@
-//! The admin listener: `/metrics` for Prometheus, `/health` for load balancers and
-//! `/maintenance` to switch maintenance mode.
-//! Keep it on a private address; it answers anyone who can reach it.
+//! The admin listener, separate from client traffic and private by default (it answers
+//! anyone who can reach it): Prometheus metrics, health and readiness for load balancers
+//! and orchestrators, and the operations as a small JSON API that the CLI uses too.
+//!
+//! | | |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` (`/health`) | 200 while the process runs |
+//! | `GET /readyz` | 200 when the proxy listener accepts and an origin is healthy, else 503 |
+//! | `POST /purge` | `{"tags": [..]}`, `{"pattern": ".."}`, `{"all": true}`, `{"pool": ".."}`, `"soft": true` |
+//! | `POST /warm` | `{"urls": ["https://shop/page.html", ..]}` queued for the re-warmer |
+//! | `GET /maintenance`, `POST /maintenance/on`, `POST /maintenance/off` | maintenance mode |
+//! | `POST /reload` | re-read the config file |
 
 pub mod client;
+mod operations;
 pub mod reload;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::Response;
+use bytes::BytesMut;
+use http::{Method, Response};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use serde_json::json;
 
 use reload::Reloader;
 
 use crate::cache::MemoryStore;
 use crate::metrics::Metrics;
+use crate::proxy::Runtime;
+use crate::purge::Purger;
 use crate::upstream::Origins;
 use crate::warm::WarmQueue;
 
+/// Largest JSON body the admin API reads.
+const MAX_BODY: usize = 4 << 20;
+
 pub struct Admin {
-    metrics: Arc<Metrics>,
-    store: &'static MemoryStore,
-    origins: Arc<Origins>,
-    warm_queue: Option<Arc<WarmQueue>>,
-    reloader: Arc<Reloader>,
-}
-
-impl Admin {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        store: &'static MemoryStore,
-        origins: Arc<Origins>,
-        warm_queue: Option<Arc<WarmQueue>>,
-        reloader: Arc<Reloader>,
-    ) -> Self {
-        Self {
-            metrics,
-            store,
-            origins,
-            warm_queue,
-            reloader,
-        }
-    }
-}
-
-impl Admin {
-    fn maintenance_state(&self) -> Response<Vec<u8>> {
-        let body = format!("{{\"maintenance\":{}}}\n", self.origins.in_maintenance());
-        reply(200, "application/json", body.into_bytes())
-    }
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) store: &'static MemoryStore,
+    pub(crate) origins: Arc<Origins>,
+    pub(crate) warm_queue: Option<Arc<WarmQueue>>,
+    pub(crate) reloader: Arc<Reloader>,
+    pub(crate) purger: Arc<Purger>,
+    pub(crate) runtime: Arc<ArcSwap<Runtime>>,
+    /// The proxy listener as reachable from here, for `/readyz`.
+    pub(crate) proxy_addr: String,
 }
 
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
-        match session.req_header().uri.path() {
-            "/maintenance" if method == http::Method::GET => self.maintenance_state(),
-            "/maintenance/on" | "/maintenance/off" if method == http::Method::POST => {
-                let on = session.req_header().uri.path().ends_with("/on");
-                self.origins.set_maintenance(on);
-                self.metrics.maintenance.set(i64::from(on));
-                tracing::warn!(on, "maintenance mode switched through the admin API");
-                self.maintenance_state()
-            }
-            "/reload" if method == http::Method::POST => {
-                let reloader = self.reloader.clone();
-                let result = tokio::task::spawn_blocking(move || reloader.reload())
-                    .await
-                    .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")));
-                match result {
-                    Ok(done) => {
-                        let restart = done
-                            .needs_restart
-                            .iter()
-                            .map(|k| format!("\"{k}\""))
-                            .collect::<Vec<_>>()
-                            .join(",");
-                        let body = format!(
-                            "{{\"reloaded\":true,\"hash\":\"{}\",\"needs_restart\":[{restart}]}}\n",
-                            done.hash
-                        );
-                        reply(200, "application/json", body.into_bytes())
-                    }
-                    Err(reason) => {
-                        let body = serde_json::json!({ "reloaded": false, "error": reason });
-                        reply(400, "application/json", format!("{body}\n").into_bytes())
-                    }
-                }
-            }
-            "/maintenance" | "/maintenance/on" | "/maintenance/off" => reply(
+        let path = session.req_header().uri.path().to_string();
+        match (method, path.as_str()) {
+            (Method::GET, "/metrics") => self.metrics_text().await,
+            (Method::GET, "/healthz" | "/health") => reply(200, "text/plain", b"ok\n".to_vec()),
+            (Method::GET, "/readyz") => self.readiness().await,
+            (Method::GET, "/maintenance") => self.maintenance_state(),
+            (Method::POST, "/maintenance/on") => self.set_maintenance(true),
+            (Method::POST, "/maintenance/off") => self.set_maintenance(false),
+            (Method::POST, "/reload") => self.reload().await,
+            (Method::POST, "/purge") => match read_body(session).await {
+                Ok(body) => self.purge(&body).await,
+                Err(e) => e,
+            },
+            (Method::POST, "/warm") => match read_body(session).await {
+                Ok(body) => self.warm(&body),
+                Err(e) => e,
+            },
+            (
+                _,
+                "/metrics" | "/healthz" | "/health" | "/readyz" | "/maintenance"
+                | "/maintenance/on" | "/maintenance/off" | "/reload" | "/purge" | "/warm",
+            ) => json_reply(
                 405,
-                "text/plain",
-                b"use GET /maintenance, POST /maintenance/on or POST /maintenance/off\n".to_vec(),
+                json!({ "error": format!("wrong method for {path}: operations are POST, reads are GET") }),
             ),
-            "/metrics" => {
-                // Gauges are read at scrape time rather than kept up to date per request.
-                self.store.sync().await;
-                let (objects, bytes) = self.store.usage();
-                self.metrics.cache_objects.set(objects as i64);
-                self.metrics.cache_bytes.set(bytes as i64);
-                self.metrics
-                    .origin_healthy
-                    .set(i64::from(self.origins.any_healthy()));
-                if let Some(queue) = &self.warm_queue {
-                    self.metrics.warm_queue_depth.set(queue.len() as i64);
-                    self.metrics.warm_dropped.set(queue.dropped() as i64);
-                }
-                reply(200, "text/plain; version=0.0.4", self.metrics.render())
-            }
-            "/health" => reply(200, "text/plain", b"ok\n".to_vec()),
-            _ => reply(
+            _ => json_reply(
                 404,
-                "text/plain",
-                b"not found: try /metrics, /health or /maintenance\n".to_vec(),
+                json!({ "error": format!("no {path} here: try /metrics, /healthz, /readyz, /purge, /warm, /maintenance, /reload") }),
             ),
         }
     }
+}
+
+impl Admin {
+    async fn metrics_text(&self) -> Response<Vec<u8>> {
+        // Gauges are read at scrape time rather than kept up to date per request.
+        self.store.sync().await;
+        let (objects, bytes) = self.store.usage();
+        self.metrics.cache_objects.set(objects as i64);
+        self.metrics.cache_bytes.set(bytes as i64);
+        self.metrics
+            .origin_healthy
+            .set(i64::from(self.origins.any_healthy()));
+        if let Some(queue) = &self.warm_queue {
+            self.metrics.warm_queue_depth.set(queue.len() as i64);
+            self.metrics.warm_dropped.set(queue.dropped() as i64);
+        }
+        reply(200, "text/plain; version=0.0.4", self.metrics.render())
+    }
+
+    async fn readiness(&self) -> Response<Vec<u8>> {
+        let listening = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            tokio::net::TcpStream::connect(&self.proxy_addr),
+        )
+        .await
+        .is_ok_and(|c| c.is_ok());
+        let origin_healthy = self.origins.any_healthy();
+        let ready = listening && origin_healthy;
+        json_reply(
+            if ready { 200 } else { 503 },
+            json!({
+                "ready": ready,
+                "listening": listening,
+                "config_loaded": true,
+                "origin_healthy": origin_healthy,
+                "maintenance": self.origins.in_maintenance(),
+            }),
+        )
+    }
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let mut body = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(json_reply(
+                        413,
+                        json!({ "error": format!("the body is over {MAX_BODY} bytes") }),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.to_vec()),
+            Err(e) => {
+                return Err(json_reply(
+                    400,
+                    json!({ "error": format!("cannot read the request body: {e}") }),
+                ))
+            }
+        }
+    }
+}
+
+pub(crate) fn json_reply(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
+    reply(
+        status,
+        "application/json",
+        format!("{value}\n").into_bytes(),
+    )
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {

@@ -53,7 +53,7 @@ pub struct Floodgate {
     lock: &'static CacheKeyLockImpl,
     origins: Arc<Origins>,
     metrics: Arc<Metrics>,
-    purger: Purger,
+    purger: Arc<Purger>,
     shed_fanout: ShedFanout,
 }
 
@@ -64,7 +64,7 @@ pub struct Shared {
     pub lock: &'static CacheKeyLockImpl,
     pub origins: Arc<Origins>,
     pub metrics: Arc<Metrics>,
-    pub purger: Purger,
+    pub purger: Arc<Purger>,
     /// The reloadable configuration, shared with the reloader.
     pub runtime: Arc<ArcSwap<Runtime>>,
 }

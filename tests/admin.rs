@@ -1,0 +1,129 @@
+//! The admin API: health and readiness, and the operations as JSON, used by the CLI.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+async fn post_json(url: String, body: &str) -> (u16, serde_json::Value) {
+    let got = send(
+        client()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await;
+    let value = serde_json::from_slice(&got.body).unwrap_or(serde_json::Value::Null);
+    (got.status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_readyz_follow_the_process_and_the_origin() {
+    let origin = TestOrigin::start().await;
+    let settings = Settings::default()
+        .origin("health_window = 2")
+        .origin("health_threshold = 2");
+    let fg = Floodgate::start_with(origin.addr, settings).await;
+    assert_eq!(get(&fg.admin_url("/healthz")).await.status, 200);
+    let ready = get(&fg.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(ready.text().contains("\"listening\":true"));
+
+    origin.set_unhealthy(true);
+    let fg_ref = &fg;
+    let mut unready = None;
+    for _ in 0..60 {
+        let got = get(&fg_ref.admin_url("/readyz")).await;
+        if got.status == 503 {
+            unready = Some(got);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unready = unready.expect("readyz turns 503 while the origin fails its probe");
+    assert!(
+        unready.text().contains("\"origin_healthy\":false"),
+        "{}",
+        unready.text()
+    );
+    assert_eq!(
+        get(&fg.admin_url("/healthz")).await.status,
+        200,
+        "still alive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_through_the_admin_api_and_the_cli() {
+    let origin = TestOrigin::start().await;
+    for n in 1..=3 {
+        origin.set(
+            &format!("/p{n}.html"),
+            Page::cacheable(format!("p{n}")).header("x-magento-tags", &format!("cat_p_{n},cat_p")),
+        );
+    }
+    let fg = Floodgate::start_with(origin.addr, Settings::default().warm("enabled = false")).await;
+    for n in 1..=3 {
+        get(&fg.url(&format!("/p{n}.html"))).await;
+    }
+    let (status, report) = post_json(fg.admin_url("/purge"), r#"{"tags": ["cat_p_1"]}"#).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["objects"], 1);
+    assert_eq!(get(&fg.url("/p1.html")).await.cache_debug(), "MISS");
+    assert_eq!(get(&fg.url("/p2.html")).await.cache_debug(), "HIT");
+
+    let (status, report) = post_json(fg.admin_url("/purge"), r#"{"pattern": "("}"#).await;
+    assert_eq!(status, 400);
+    assert!(report["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("nothing was purged")));
+    let (status, _) = post_json(fg.admin_url("/purge"), r#"{"tagz": ["x"]}"#).await;
+    assert_eq!(status, 400, "unknown fields are refused");
+    let (status, _) = post_json(fg.admin_url("/purge"), "{}").await;
+    assert_eq!(status, 400, "nothing to purge");
+    assert_eq!(get(&fg.admin_url("/purge")).await.status, 405);
+    assert_eq!(get(&fg.admin_url("/nope")).await.status, 404);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["purge", "--tags", "cat_p", "--admin", &fg.admin_url("")])
+        .output()
+        .expect("run floodgate purge");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // p1 (re-fetched), p2, p3.
+    assert!(text.starts_with("purged 3 objects"), "{text}");
+    assert_eq!(get(&fg.url("/p2.html")).await.cache_debug(), "MISS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_through_the_admin_api_fills_the_cache_in_the_background() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start(origin.addr).await;
+    let host = format!("{}", fg.addr);
+    let body = format!(r#"{{"urls": ["http://{host}/w1.html", "https://{host}/w2.html"]}}"#);
+    let (status, answer) = post_json(fg.admin_url("/warm"), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["queued"], 2);
+    assert!(
+        eventually(Duration::from_secs(10), || origin.hits("/w1.html") == 1
+            && origin.hits("/w2.html") == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get(&fg.url("/w1.html")).await.cache_debug(), "HIT");
+    let https = send(
+        client()
+            .get(fg.url("/w2.html"))
+            .header("x-forwarded-proto", "https"),
+    )
+    .await;
+    assert_eq!(https.cache_debug(), "HIT", "warmed in the https variant");
+
+    let (status, answer) = post_json(fg.admin_url("/warm"), r#"{"urls": ["not a url"]}"#).await;
+    assert_eq!(status, 400, "{answer}");
+}
