@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs what building Floodgate needs beyond a Rust toolchain: cmake and a C compiler
-# (Pingora builds zlib-ng and zstd from C). Does nothing when they are already there.
+# Installs what building and testing Floodgate needs beyond a Rust toolchain: cmake and
+# a C compiler (Pingora builds zlib-ng and zstd from C), and promtool (Debian's
+# `prometheus` package), which the tests use to lint the metrics and alert rules.
+# Does nothing when they are already there.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "install-build-deps: please install ${missing[*]} with your system's package manager" >&2
@@ -14,4 +17,4 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 echo "install-build-deps: installing ${missing[*]}" >&2
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pingora::services::listening::Service;
 
-use floodgate::config::{self, Overrides};
+use floodgate::config::{self, LogFormat, Overrides};
 use floodgate::demo::DemoOrigin;
 use floodgate::warm;
 
@@ -119,15 +119,27 @@ enum Switch {
     Off,
 }
 
+/// Logs to stderr (journald under systemd); `RUST_LOG` overrides the configured filter.
+fn init_logs(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // `run` and `demo` log as their configuration says, once it is loaded.
+    if !matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        init_logs("info", LogFormat::Text);
+    }
+    match cli.command {
         Command::Run {
             config,
             listen,
@@ -285,6 +297,7 @@ fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logs(&config.log.level, config.log.format);
     let listen = config.server.listen[0].clone();
     let origin = config.origin.addresses[0].clone();
     let admin = config.server.admin_listen.clone();

@@ -58,7 +58,7 @@ async fn requests_are_counted_by_outcome() {
     assert_eq!(fg.metric("floodgate_origin_healthy").await, 1.0);
     // miss + pass + uncacheable + tunnel went to the origin
     assert_eq!(
-        fg.metric("floodgate_upstream_response_seconds_count").await,
+        fg.metric("floodgate_origin_first_byte_seconds_count").await,
         4.0
     );
 }
@@ -93,5 +93,120 @@ async fn coalesced_stale_and_unavailable_are_counted() {
 
     origin.stop();
     assert_eq!(get(&fg.url("/never.html")).await.status, 503);
-    assert_eq!(fg.metric("floodgate_origin_unavailable_total").await, 1.0);
+    assert_eq!(
+        fg.metric("floodgate_unavailable_total{reason=\"origin_failed\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_mix_moves_each_counter_by_exactly_its_amount_and_promtool_accepts_the_output() {
+    let origin = TestOrigin::start().await;
+    for n in 1..=3 {
+        origin.set(
+            &format!("/m{n}.html"),
+            Page::cacheable(format!("m{n}")).header("x-magento-tags", &format!("cat_p_{n}")),
+        );
+    }
+    origin.set(
+        "/hold.html",
+        Page::cacheable("hold").delay(Duration::from_millis(1500)),
+    );
+    let settings = Settings::default()
+        .warm("enabled = false")
+        .limits("max_inflight = 1")
+        .limits("max_wait_ms = 200");
+    let fg = Floodgate::start_with(origin.addr, settings).await;
+    let purge = |pattern: &str| {
+        client()
+            .request(reqwest::Method::from_bytes(b"PURGE").unwrap(), fg.url("/"))
+            .header("X-Magento-Tags-Pattern", pattern.to_string())
+    };
+
+    for n in 1..=3 {
+        assert_eq!(
+            get(&fg.url(&format!("/m{n}.html"))).await.cache_debug(),
+            "MISS"
+        );
+    }
+    for n in [1, 2, 3, 3] {
+        assert_eq!(
+            get(&fg.url(&format!("/m{n}.html"))).await.cache_debug(),
+            "HIT"
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(get(&fg.url("/checkout/cart/")).await.status, 200);
+    }
+    assert_eq!(
+        send(purge("((^|,)cat_p_1(,|$))|((^|,)cat_p_2(,|$))"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(send(purge("(")).await.status, 400);
+    let hold = {
+        let url = fg.url("/hold.html");
+        tokio::spawn(async move { get(&url).await })
+    };
+    assert!(eventually(Duration::from_secs(5), || origin.hits("/hold.html") == 1).await);
+    assert_eq!(get(&fg.url("/new.html")).await.status, 503);
+    assert_eq!(hold.await.expect("hold").status, 200);
+
+    let expected = [
+        ("floodgate_requests_total{outcome=\"miss\"}", 4.0),
+        ("floodgate_requests_total{outcome=\"hit\"}", 4.0),
+        ("floodgate_requests_total{outcome=\"pass\"}", 2.0),
+        ("floodgate_requests_total{outcome=\"purge\"}", 2.0),
+        ("floodgate_requests_total{outcome=\"shed\"}", 1.0),
+        ("floodgate_requests_total{outcome=\"stale\"}", 0.0),
+        ("floodgate_responses_total{status_class=\"2xx\"}", 11.0),
+        ("floodgate_responses_total{status_class=\"4xx\"}", 1.0),
+        ("floodgate_responses_total{status_class=\"5xx\"}", 1.0),
+        ("floodgate_purge_requests_total{result=\"ok\"}", 1.0),
+        ("floodgate_purge_requests_total{result=\"invalid\"}", 1.0),
+        ("floodgate_purged_objects_total", 2.0),
+        ("floodgate_purged_tags_total", 2.0),
+        (
+            "floodgate_shed_total{class=\"pages\",reason=\"timeout\"}",
+            1.0,
+        ),
+        ("floodgate_unavailable_total{reason=\"timeout\"}", 1.0),
+        ("floodgate_origin_first_byte_seconds_count", 6.0),
+        ("floodgate_origin_response_seconds_count", 6.0),
+        ("floodgate_coalesced_total", 0.0),
+        ("floodgate_cache_objects", 2.0),
+        ("floodgate_config_reloads_total{result=\"ok\"}", 0.0),
+    ];
+    let text = fg.metrics().await;
+    for (sample, value) in expected {
+        let got = text
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse::<f64>().ok());
+        assert_eq!(got, Some(value), "{sample}");
+    }
+
+    // Prometheus's own linter, from Debian's `prometheus` package.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus) must be installed to run this test");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

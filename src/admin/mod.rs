@@ -97,10 +97,12 @@ impl Admin {
         self.metrics
             .origin_healthy
             .set(i64::from(self.origins.any_healthy()));
+        let warm_dropped = self.warm_queue.as_ref().map_or(0, |q| q.dropped());
         if let Some(queue) = &self.warm_queue {
             self.metrics.warm_queue_depth.set(queue.len() as i64);
-            self.metrics.warm_dropped.set(queue.dropped() as i64);
         }
+        self.metrics
+            .sync_totals(self.store.evictions(), warm_dropped);
         reply(200, "text/plain; version=0.0.4", self.metrics.render())
     }
 

@@ -62,7 +62,8 @@ impl Admin {
             .await
         {
             Ok(report) => {
-                self.metrics.purged(report.objects, report.took);
+                self.metrics
+                    .purged(report.objects, report.tags, report.took);
                 json_reply(
                     200,
                     json!({
@@ -73,10 +74,13 @@ impl Admin {
                     }),
                 )
             }
-            Err(reason) => json_reply(
-                400,
-                json!({ "error": format!("{reason}; nothing was purged") }),
-            ),
+            Err(reason) => {
+                self.metrics.purge_refused("invalid");
+                json_reply(
+                    400,
+                    json!({ "error": format!("{reason}; nothing was purged") }),
+                )
+            }
         }
     }
 

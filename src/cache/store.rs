@@ -221,6 +221,8 @@ pub struct MemoryStore {
     pools: Arc<TagIndex>,
     recent_purges: RecentPurges,
     generation: AtomicU64,
+    /// Objects evicted to make room, since start.
+    evictions: Arc<AtomicU64>,
 }
 
 impl MemoryStore {
@@ -228,13 +230,18 @@ impl MemoryStore {
     pub fn new(memory_bytes: u64, longest_fetch: Duration) -> Self {
         let tags = Arc::new(TagIndex::default());
         let pools = Arc::new(TagIndex::default());
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counted_evictions = evictions.clone();
         let (tag_index, pool_index) = (tags.clone(), pools.clone());
         let objects = Cache::builder()
             .max_capacity(memory_bytes)
             .weigher(|_, object: &Arc<StoredObject>| object.weight())
             .expire_after(ExpireWhenUnusable)
             .eviction_listener(
-                move |key: Arc<HashBinary>, object: Arc<StoredObject>, _: RemovalCause| {
+                move |key: Arc<HashBinary>, object: Arc<StoredObject>, cause: RemovalCause| {
+                    if cause == RemovalCause::Size {
+                        counted_evictions.fetch_add(1, Ordering::Relaxed);
+                    }
                     tag_index.remove(&key, object.generation, object.tags.iter());
                     if let Some(pool) = &object.pool {
                         pool_index.remove(&key, object.generation, std::iter::once(&**pool));
@@ -246,9 +253,15 @@ impl MemoryStore {
             objects,
             tags,
             pools,
+            evictions,
             recent_purges: RecentPurges::new(longest_fetch),
             generation: AtomicU64::new(1),
         }
+    }
+
+    /// Objects evicted to make room since start (not expired, not purged).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// The one way in: indexes the object's tags and pool, then stores it.

@@ -178,6 +178,8 @@ impl Config {
         if self.warm.queue_size == 0 {
             return Err(invalid("warm.queue_size", "must be at least 1"));
         }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("`{}`: {e}", self.log.level)))?;
         let limits = &self.limits;
         if limits.max_inflight == 0 {
             return Err(invalid(

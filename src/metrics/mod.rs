@@ -1,8 +1,11 @@
 //! Prometheus metrics: what an operator replacing varnishstat watches.
 //!
-//! One registry per process, owned here and exposed by `admin`. Counters are recorded
-//! once per client request in the proxy's `logging` hook, where the request's route and
-//! final cache phase are both known.
+//! One registry per process, owned here and exposed by `admin`. Names follow Prometheus
+//! conventions: `floodgate_` prefix, `_total` on counters only, base units (seconds,
+//! bytes), and label values from fixed sets (outcomes, status classes, priority classes,
+//! configured origins), so the series count stays bounded. Request counters are recorded
+//! once per client request in the proxy's `logging` hook, where the route and the final
+//! cache phase are both known; gauges that mirror state are read at scrape time.
 
 use std::time::Duration;
 
@@ -28,7 +31,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
             Outcome::Stale => "stale",
@@ -65,19 +68,26 @@ impl WarmResult {
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    responses: IntCounterVec,
     coalesced: IntCounter,
+    coalesce_wait: Histogram,
     background_refreshes: IntCounter,
-    origin_unavailable: IntCounter,
-    upstream_latency: Histogram,
+    unavailable: IntCounterVec,
+    origin_first_byte: Histogram,
+    origin_response: Histogram,
+    purge_requests: IntCounterVec,
     purged_objects: IntCounter,
+    purged_tags: IntCounter,
     purge_time: Histogram,
     warmed: IntCounterVec,
     pub warm_queue_depth: IntGauge,
-    pub warm_dropped: IntGauge,
+    warm_dropped: IntCounter,
     pub cache_objects: IntGauge,
     pub cache_bytes: IntGauge,
+    cache_evictions: IntCounter,
     pub origin_healthy: IntGauge,
     pub origin_inflight: IntGaugeVec,
+    pub origin_inflight_by_class: IntGaugeVec,
     pub origin_limit: IntGaugeVec,
     pub origin_queued: IntGaugeVec,
     pub origin_wait: HistogramVec,
@@ -87,94 +97,181 @@ pub struct Metrics {
     config_info: IntGaugeVec,
 }
 
+fn counter(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntCounter> {
+    let metric = IntCounter::new(name, help)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> anyhow::Result<IntCounterVec> {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntGauge> {
+    let metric = IntGauge::new(name, help)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> anyhow::Result<IntGaugeVec> {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> anyhow::Result<Histogram> {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+/// Origin and wait times: from a cached fragment to Magento's 600 s first-byte timeout.
+const SLOW_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "floodgate_requests_total",
-                "Client requests by how they were served",
-            ),
+        let r = Registry::new();
+        let requests = counter_vec(
+            &r,
+            "floodgate_requests_total",
+            "Client requests by how they were served: hit, stale, miss, uncacheable, pass, tunnel, purge, shed",
             &["outcome"],
         )?;
-        let coalesced = IntCounter::new(
+        let responses = counter_vec(
+            &r,
+            "floodgate_responses_total",
+            "Client responses by status class (1xx to 5xx)",
+            &["status_class"],
+        )?;
+        let coalesced = counter(
+            &r,
             "floodgate_coalesced_total",
             "Requests that waited for another request's origin fetch instead of making their own",
         )?;
-        let background_refreshes = IntCounter::new(
+        let coalesce_wait = histogram(
+            &r,
+            "floodgate_coalesce_wait_seconds",
+            "Time requests waited for another request's origin fetch of the same page",
+            SLOW_BUCKETS,
+        )?;
+        let background_refreshes = counter(
+            &r,
             "floodgate_background_refreshes_total",
             "Origin fetches that refreshed a stale object while it was being served",
         )?;
-        let origin_unavailable = IntCounter::new(
-            "floodgate_origin_unavailable_total",
-            "Client requests answered 503 because the origin failed (refused, timed out) and nothing was stored",
+        let unavailable = counter_vec(
+            &r,
+            "floodgate_unavailable_total",
+            "503s Floodgate answered itself, by reason: origin_failed, queue_full, timeout, would_time_out, unhealthy, maintenance",
+            &["reason"],
         )?;
-        let upstream_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "floodgate_upstream_response_seconds",
-                "Time from sending a request to the origin to its response header",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ]),
+        let origin_first_byte = histogram(
+            &r,
+            "floodgate_origin_first_byte_seconds",
+            "Time from sending a request to the origin to its response header (time to first byte)",
+            SLOW_BUCKETS,
         )?;
-        let purged_objects = IntCounter::new(
-            "floodgate_purged_objects_total",
-            "Objects removed or expired by PURGE requests",
+        let origin_response = histogram(
+            &r,
+            "floodgate_origin_response_seconds",
+            "Time from sending a request to the origin to the end of its response body",
+            SLOW_BUCKETS,
         )?;
-        let purge_time = Histogram::with_opts(
-            HistogramOpts::new(
-                "floodgate_purge_seconds",
-                "Time a PURGE took to find and invalidate its objects",
-            )
-            .buckets(vec![
-                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
-            ]),
-        )?;
-        let warmed = IntCounterVec::new(
-            Opts::new(
-                "floodgate_warm_requests_total",
-                "Re-warm fetches of purged hot pages by result",
-            ),
+        let purge_requests = counter_vec(
+            &r,
+            "floodgate_purge_requests_total",
+            "Purge requests (PURGE or the admin API) by result: ok, refused (ACL), invalid",
             &["result"],
         )?;
-        let warm_queue_depth = IntGauge::new(
+        let purged_objects = counter(
+            &r,
+            "floodgate_purged_objects_total",
+            "Objects removed or expired by purges",
+        )?;
+        let purged_tags = counter(
+            &r,
+            "floodgate_purged_tags_total",
+            "Tags purged (named in a purge, or known tags a pattern matched)",
+        )?;
+        let purge_time = histogram(
+            &r,
+            "floodgate_purge_seconds",
+            "Time a purge took to find and invalidate its objects",
+            &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0],
+        )?;
+        let warmed = counter_vec(
+            &r,
+            "floodgate_warm_requests_total",
+            "Re-warm fetches of purged hot pages by result: fetched, already_warm, failed",
+            &["result"],
+        )?;
+        let warm_queue_depth = gauge(
+            &r,
             "floodgate_warm_queue_depth",
             "Pages waiting to be re-warmed",
         )?;
-        let warm_dropped = IntGauge::new(
+        let warm_dropped = counter(
+            &r,
             "floodgate_warm_dropped_total",
             "Pages dropped from the full re-warm queue (the coldest go first)",
         )?;
-        let cache_objects =
-            IntGauge::new("floodgate_cache_objects", "Objects in the memory store")?;
-        let cache_bytes = IntGauge::new(
+        let cache_objects = gauge(&r, "floodgate_cache_objects", "Objects in the memory store")?;
+        let cache_bytes = gauge(
+            &r,
             "floodgate_cache_bytes",
             "Bytes held by the memory store (bodies, headers, tags, bookkeeping)",
         )?;
-        let origin_healthy = IntGauge::new(
+        let cache_evictions = counter(
+            &r,
+            "floodgate_cache_evictions_total",
+            "Objects evicted to make room (not expired, not purged)",
+        )?;
+        let origin_healthy = gauge(
+            &r,
             "floodgate_origin_healthy",
             "1 while at least one origin passes its health probe",
         )?;
-        let origin_inflight = IntGaugeVec::new(
-            Opts::new(
-                "floodgate_origin_inflight",
-                "Requests the origin server is working on (never above its limit)",
-            ),
+        let origin_inflight = gauge_vec(
+            &r,
+            "floodgate_origin_inflight",
+            "Requests the origin server is working on (never above its limit)",
             &["origin"],
         )?;
-        let origin_limit = IntGaugeVec::new(
-            Opts::new(
-                "floodgate_origin_limit",
-                "Requests allowed in flight at the origin server (moves in adaptive mode)",
-            ),
+        let origin_inflight_by_class = gauge_vec(
+            &r,
+            "floodgate_origin_inflight_by_class",
+            "Requests at the origins, by priority class",
+            &["class"],
+        )?;
+        let origin_limit = gauge_vec(
+            &r,
+            "floodgate_origin_limit",
+            "Requests allowed in flight at the origin server (moves in adaptive mode)",
             &["origin"],
         )?;
-        let origin_queued = IntGaugeVec::new(
-            Opts::new(
-                "floodgate_origin_queued",
-                "Requests waiting for an origin slot, by priority class",
-            ),
+        let origin_queued = gauge_vec(
+            &r,
+            "floodgate_origin_queued",
+            "Requests waiting for an origin slot, by priority class",
             &["class"],
         )?;
         let origin_wait = HistogramVec::new(
@@ -187,53 +284,31 @@ impl Metrics {
             ]),
             &["class"],
         )?;
-        let shed = IntCounterVec::new(
-            Opts::new(
-                "floodgate_shed_total",
-                "Origin requests refused by Floodgate, by priority class and reason (queue_full, timeout, would_time_out, unhealthy, maintenance); the visitor got stale or a 503",
-            ),
+        r.register(Box::new(origin_wait.clone()))?;
+        let shed = counter_vec(
+            &r,
+            "floodgate_shed_total",
+            "Origin requests refused by Floodgate, by priority class and reason (queue_full, timeout, would_time_out, unhealthy, maintenance); the visitor got stale or a 503",
             &["class", "reason"],
         )?;
-        let maintenance = IntGauge::new("floodgate_maintenance", "1 while maintenance mode is on")?;
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "floodgate_config_reloads_total",
-                "Configuration reloads by result (ok, failed); a failed one changed nothing",
-            ),
+        let maintenance = gauge(
+            &r,
+            "floodgate_maintenance",
+            "1 while maintenance mode is on",
+        )?;
+        let config_reloads = counter_vec(
+            &r,
+            "floodgate_config_reloads_total",
+            "Configuration reloads by result (ok, failed); a failed one changed nothing",
             &["result"],
         )?;
-        let config_info = IntGaugeVec::new(
-            Opts::new(
-                "floodgate_config_info",
-                "1 for the hash of the configuration in force",
-            ),
+        let config_info = gauge_vec(
+            &r,
+            "floodgate_config_info",
+            "1 for the hash of the configuration in force",
             &["hash"],
         )?;
-        for result in ["ok", "failed"] {
-            config_reloads.with_label_values(&[result]);
-        }
-        registry.register(Box::new(config_reloads.clone()))?;
-        registry.register(Box::new(config_info.clone()))?;
-        registry.register(Box::new(origin_inflight.clone()))?;
-        registry.register(Box::new(origin_limit.clone()))?;
-        registry.register(Box::new(origin_queued.clone()))?;
-        registry.register(Box::new(origin_wait.clone()))?;
-        registry.register(Box::new(shed.clone()))?;
-        registry.register(Box::new(maintenance.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(coalesced.clone()))?;
-        registry.register(Box::new(background_refreshes.clone()))?;
-        registry.register(Box::new(origin_unavailable.clone()))?;
-        registry.register(Box::new(upstream_latency.clone()))?;
-        registry.register(Box::new(purged_objects.clone()))?;
-        registry.register(Box::new(purge_time.clone()))?;
-        registry.register(Box::new(warmed.clone()))?;
-        registry.register(Box::new(warm_queue_depth.clone()))?;
-        registry.register(Box::new(warm_dropped.clone()))?;
-        registry.register(Box::new(cache_objects.clone()))?;
-        registry.register(Box::new(cache_bytes.clone()))?;
-        registry.register(Box::new(origin_healthy.clone()))?;
-        // Every outcome appears from the start, at 0, so rates work before the first event.
+        // Fixed label sets appear from the start, at 0, so rates work before the first event.
         for outcome in [
             Outcome::Hit,
             Outcome::Stale,
@@ -246,6 +321,9 @@ impl Metrics {
         ] {
             requests.with_label_values(&[outcome.label()]);
         }
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            responses.with_label_values(&[class]);
+        }
         for result in [
             WarmResult::Fetched,
             WarmResult::AlreadyWarm,
@@ -253,22 +331,35 @@ impl Metrics {
         ] {
             warmed.with_label_values(&[result.label()]);
         }
+        for result in ["ok", "refused", "invalid"] {
+            purge_requests.with_label_values(&[result]);
+        }
+        for result in ["ok", "failed"] {
+            config_reloads.with_label_values(&[result]);
+        }
         Ok(Self {
-            registry,
+            registry: r,
             requests,
+            responses,
             coalesced,
+            coalesce_wait,
             background_refreshes,
-            origin_unavailable,
-            upstream_latency,
+            unavailable,
+            origin_first_byte,
+            origin_response,
+            purge_requests,
             purged_objects,
+            purged_tags,
             purge_time,
             warmed,
             warm_queue_depth,
             warm_dropped,
             cache_objects,
             cache_bytes,
+            cache_evictions,
             origin_healthy,
             origin_inflight,
+            origin_inflight_by_class,
             origin_limit,
             origin_queued,
             origin_wait,
@@ -279,20 +370,32 @@ impl Metrics {
         })
     }
 
-    pub fn request(&self, outcome: Outcome) {
+    /// One client request: how it was served and the status it got (0 if none was sent).
+    pub fn request(&self, outcome: Outcome, status: u16) {
         self.requests.with_label_values(&[outcome.label()]).inc();
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => return,
+        };
+        self.responses.with_label_values(&[class]).inc();
     }
 
-    pub fn coalesced(&self) {
+    pub fn coalesced(&self, waited: Duration) {
         self.coalesced.inc();
+        self.coalesce_wait.observe(waited.as_secs_f64());
     }
 
     pub fn background_refresh(&self) {
         self.background_refreshes.inc();
     }
 
-    pub fn origin_unavailable(&self) {
-        self.origin_unavailable.inc();
+    /// A 503 written by Floodgate; `reason` is `origin_failed` or a shed reason.
+    pub fn unavailable(&self, reason: &str) {
+        self.unavailable.with_label_values(&[reason]).inc();
     }
 
     pub fn config_reloaded(&self, ok: bool) {
@@ -311,8 +414,15 @@ impl Metrics {
         self.shed.with_label_values(&[class, reason]).inc();
     }
 
-    pub fn purged(&self, objects: usize, took: Duration) {
+    /// A purge request that was refused (`refused`: not allowed; `invalid`: bad input).
+    pub fn purge_refused(&self, result: &str) {
+        self.purge_requests.with_label_values(&[result]).inc();
+    }
+
+    pub fn purged(&self, objects: usize, tags: usize, took: Duration) {
+        self.purge_requests.with_label_values(&["ok"]).inc();
         self.purged_objects.inc_by(objects as u64);
+        self.purged_tags.inc_by(tags as u64);
         self.purge_time.observe(took.as_secs_f64());
     }
 
@@ -320,13 +430,27 @@ impl Metrics {
         self.warmed.with_label_values(&[result.label()]).inc();
     }
 
-    pub fn upstream_latency(&self, elapsed: Duration) {
-        self.upstream_latency.observe(elapsed.as_secs_f64());
+    pub fn origin_first_byte(&self, elapsed: Duration) {
+        self.origin_first_byte.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn origin_response(&self, elapsed: Duration) {
+        self.origin_response.observe(elapsed.as_secs_f64());
+    }
+
+    /// Brings counters kept elsewhere as running totals (the store's evictions, the warm
+    /// queue's drops) up to date at scrape time.
+    pub fn sync_totals(&self, evictions: u64, warm_dropped: u64) {
+        let behind = |counter: &IntCounter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        behind(&self.cache_evictions, evictions);
+        behind(&self.warm_dropped, warm_dropped);
     }
 
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4096);
+        let mut out = Vec::with_capacity(8192);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             out.extend_from_slice(format!("# metrics encoding failed: {e}\n").as_bytes());
         }

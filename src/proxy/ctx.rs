@@ -30,6 +30,8 @@ pub struct RequestCtx {
     pub upstream_sent: Option<Instant>,
     /// The same moment as wall-clock time: purges after it make the response unstorable.
     pub fetch_started: Option<SystemTime>,
+    /// How long the origin took for the whole response, for the access log.
+    pub origin_time: Option<std::time::Duration>,
     /// When the request arrived, to tell who was waiting for a fetch that was shed.
     pub arrived: Instant,
     /// The cache key's hash, for lookups.
@@ -56,6 +58,7 @@ impl RequestCtx {
             uncacheable: false,
             upstream_sent: None,
             fetch_started: None,
+            origin_time: None,
             arrived: Instant::now(),
             key: None,
             class: None,

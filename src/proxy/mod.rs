@@ -101,6 +101,7 @@ impl Floodgate {
         if !client.is_some_and(|ip| rt.purge_acl.allows(ip)) {
             let who = client.map_or_else(|| "this client".to_string(), |ip| ip.to_string());
             let body = format!("PURGE is not allowed from {who}: add it to purge.allow\n");
+            self.metrics.purge_refused("refused");
             return respond::plain(session, 405, &body, &[]).await;
         }
         let headers = &session.req_header().headers;
@@ -115,11 +116,13 @@ impl Floodgate {
         let (pattern, pool) = match (value("x-magento-tags-pattern"), value("x-pool")) {
             (Ok(pattern), Ok(pool)) => (pattern, pool),
             (Err(reason), _) | (_, Err(reason)) => {
+                self.metrics.purge_refused("invalid");
                 return respond::plain(session, 400, &format!("{reason}\n"), &[]).await;
             }
         };
         if pattern.is_none() && pool.is_none() {
             let body = "PURGE needs an X-Magento-Tags-Pattern or X-Pool header\n";
+            self.metrics.purge_refused("invalid");
             return respond::plain(session, 400, body, &[]).await;
         }
         let soft = rt.config.purge.soft
@@ -132,7 +135,8 @@ impl Floodgate {
             .await
         {
             Ok(report) => {
-                self.metrics.purged(report.objects, report.took);
+                self.metrics
+                    .purged(report.objects, report.tags, report.took);
                 let body = format!(
                     "{} {} objects, {} queued for re-warming, in {:.3} ms\n",
                     if soft { "expired" } else { "purged" },
@@ -143,6 +147,7 @@ impl Floodgate {
                 respond::plain(session, 200, &body, &[]).await
             }
             Err(reason) => {
+                self.metrics.purge_refused("invalid");
                 respond::plain(
                     session,
                     400,
@@ -207,6 +212,32 @@ impl Floodgate {
         };
         ctx.class = Some(class);
         class
+    }
+
+    /// One line per client request, like varnishncsa, as text or JSON per `log.format`.
+    fn access_log(&self, session: &Session, ctx: &RequestCtx, outcome: Outcome, status: u16) {
+        let req = session.req_header();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let class = ctx
+            .class
+            .map(|c| self.origins.classes().name(c).to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            target: "floodgate::access",
+            client,
+            method = %req.method,
+            url = %ctx.url,
+            status,
+            outcome = outcome.label(),
+            class,
+            origin_ms = ctx.origin_time.map(|t| t.as_secs_f64() * 1000.0),
+            duration_ms = ctx.arrived.elapsed().as_secs_f64() * 1000.0,
+            shed = ctx.shed.map(|s| s.label()),
+        );
     }
 
     fn outcome(&self, session: &Session, ctx: &RequestCtx) -> Outcome {
@@ -443,8 +474,8 @@ impl ProxyHttp for Floodgate {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(sent) = ctx.upstream_sent.take() {
-            self.metrics.upstream_latency(sent.elapsed());
+        if let Some(sent) = ctx.upstream_sent {
+            self.metrics.origin_first_byte(sent.elapsed());
         }
         if let Some(permit) = &mut ctx.permit {
             permit.answered(resp.status.as_u16() < 500);
@@ -484,6 +515,10 @@ impl ProxyHttp for Floodgate {
         // still being written to a slow client.
         if end_of_stream {
             ctx.permit = None;
+            if let Some(sent) = ctx.upstream_sent.take() {
+                ctx.origin_time = Some(sent.elapsed());
+                self.metrics.origin_response(sent.elapsed());
+            }
         }
         Ok(None)
     }
@@ -578,15 +613,13 @@ impl ProxyHttp for Floodgate {
             let body = if ctx.shed == Some(Shed::Maintenance) {
                 ctx.rt.pages.maintenance.clone()
             } else {
-                if ctx.shed.is_none() {
-                    self.metrics.origin_unavailable();
-                }
                 ctx.rt.pages.busy.clone()
             };
             let reason = match ctx.shed {
                 Some(shed) => shed.label(),
                 None => "origin_failed",
             };
+            self.metrics.unavailable(reason);
             let _ = respond::page(
                 session,
                 503,
@@ -608,27 +641,24 @@ impl ProxyHttp for Floodgate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |resp| resp.status.as_u16());
         // A background refresh is Floodgate's own request, not a client's.
         if session.subrequest_ctx.is_some() {
             self.metrics.background_refresh();
         } else {
             let outcome = self.outcome(session, ctx);
-            self.metrics.request(outcome);
-            if outcome == Outcome::Hit && session.cache.lock_duration().is_some() {
-                self.metrics.coalesced();
+            self.metrics.request(outcome, status);
+            if let (Outcome::Hit, Some(waited)) = (outcome, session.cache.lock_duration()) {
+                self.metrics.coalesced(waited);
+            }
+            if ctx.rt.config.log.access {
+                self.access_log(session, ctx, outcome, status);
             }
         }
-        let status = session
-            .response_written()
-            .map_or(0, |resp| resp.status.as_u16());
-        tracing::debug!(
-            method = %session.req_header().method,
-            url = %ctx.url,
-            route = ?ctx.route,
-            phase = session.cache.phase().as_str(),
-            status,
-            error = e.map(|e| e.to_string()),
-            "request"
-        );
+        if let Some(e) = e {
+            tracing::debug!(url = %ctx.url, error = %e, "request ended with an error");
+        }
     }
 }

@@ -17,6 +17,8 @@ use pattern::Selector;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeReport {
     pub objects: usize,
+    /// Tags named by the purge, or known tags its pattern matched.
+    pub tags: usize,
     /// Invalidated objects that were requested recently, queued for re-warming.
     pub queued_for_warming: usize,
     /// Time spent finding and invalidating the objects.
@@ -60,8 +62,10 @@ impl Purger {
         // Recorded before the objects are collected: a fetch that lands in between is
         // then refused by the store instead of slipping past both.
         let mut keys = Vec::new();
+        let mut tag_count = 0;
         match selector {
             Some(Selector::Tags(tags)) => {
+                tag_count = tags.len();
                 recent.tags(tags.iter().map(String::as_str), now);
                 let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
                 keys.extend(self.store.tagged(&tags));
@@ -73,6 +77,7 @@ impl Purger {
             Some(Selector::Pattern(re)) => {
                 recent.pattern(re.clone(), now);
                 let tags = self.store.tags_matching(&re);
+                tag_count = tags.len();
                 let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
                 keys.extend(self.store.tagged(&tags));
             }
@@ -100,6 +105,7 @@ impl Purger {
         }
         Ok(PurgeReport {
             objects: invalidated.len(),
+            tags: tag_count,
             queued_for_warming: queued,
             took: started.elapsed(),
         })

@@ -181,7 +181,7 @@ impl Limiter {
             if ahead == 0 {
                 if let Some(origin) = self.free_origin(&mut state) {
                     self.waited(&classes, class, started);
-                    return Ok(self.grant(&mut state, origin));
+                    return Ok(self.grant(&mut state, origin, class));
                 }
             }
             let max_wait = classes.max_wait(class);
@@ -298,16 +298,22 @@ impl Limiter {
         }
     }
 
-    fn grant(self: &Arc<Self>, state: &mut State, origin: SocketAddr) -> Permit {
+    fn grant(self: &Arc<Self>, state: &mut State, origin: SocketAddr, class: ClassId) -> Permit {
         if let Some(slots) = state.origins.get_mut(&origin) {
             slots.in_flight += 1;
             slots.in_flight_gauge.inc();
         }
+        let class_gauge = self
+            .metrics
+            .origin_inflight_by_class
+            .with_label_values(&[state.classes.name(class)]);
+        class_gauge.inc();
         Permit {
             limiter: Some(self.clone()),
             origin,
             admitted: Instant::now(),
             latency: None,
+            class_gauge,
         }
     }
 
@@ -342,7 +348,7 @@ impl Limiter {
             };
             state.queued -= 1;
             state.queued_gauges[class].dec();
-            let permit = self.grant(state, origin);
+            let permit = self.grant(state, origin, ClassId(class));
             if let Err(mut permit) = waiter.tx.send(permit) {
                 // It gave up a moment ago; take the slot back without re-entering the lock.
                 permit.limiter = None;
@@ -381,6 +387,7 @@ pub struct Permit {
     pub origin: SocketAddr,
     admitted: Instant,
     latency: Option<Duration>,
+    class_gauge: IntGauge,
 }
 
 impl Permit {
@@ -395,6 +402,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        self.class_gauge.dec();
         if let Some(limiter) = self.limiter.take() {
             limiter.release(self.origin, self.admitted.elapsed(), self.latency);
         }
