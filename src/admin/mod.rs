@@ -103,6 +103,7 @@ impl Admin {
         }
         self.metrics
             .sync_totals(self.store.evictions(), warm_dropped);
+        self.metrics.sync_resident_memory();
         reply(200, "text/plain; version=0.0.4", self.metrics.render())
     }
 

@@ -84,6 +84,7 @@ pub struct Metrics {
     warm_dropped: IntCounter,
     pub cache_objects: IntGauge,
     pub cache_bytes: IntGauge,
+    resident_memory: IntGauge,
     cache_evictions: IntCounter,
     pub origin_healthy: IntGauge,
     pub origin_inflight: IntGaugeVec,
@@ -141,6 +142,16 @@ fn histogram(
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
+
+/// Why Floodgate answers a 503 itself: the origin failed, or one of the shed reasons.
+const UNAVAILABLE_REASONS: [&str; 6] = [
+    "origin_failed",
+    "queue_full",
+    "timeout",
+    "would_time_out",
+    "unhealthy",
+    "maintenance",
+];
 
 /// Origin and wait times: from a cached fragment to Magento's 600 s first-byte timeout.
 const SLOW_BUCKETS: &[f64] = &[
@@ -240,6 +251,11 @@ impl Metrics {
             "floodgate_cache_bytes",
             "Bytes held by the memory store (bodies, headers, tags, bookkeeping)",
         )?;
+        let resident_memory = gauge(
+            &r,
+            "floodgate_resident_memory_bytes",
+            "Resident memory of the Floodgate process",
+        )?;
         let cache_evictions = counter(
             &r,
             "floodgate_cache_evictions_total",
@@ -331,6 +347,9 @@ impl Metrics {
         ] {
             warmed.with_label_values(&[result.label()]);
         }
+        for reason in UNAVAILABLE_REASONS {
+            unavailable.with_label_values(&[reason]);
+        }
         for result in ["ok", "refused", "invalid"] {
             purge_requests.with_label_values(&[result]);
         }
@@ -356,6 +375,7 @@ impl Metrics {
             warm_dropped,
             cache_objects,
             cache_bytes,
+            resident_memory,
             cache_evictions,
             origin_healthy,
             origin_inflight,
@@ -410,6 +430,14 @@ impl Metrics {
         self.config_info.with_label_values(&[hash]).set(1);
     }
 
+    /// Makes a priority class's shed series exist, at 0, before its first shed.
+    pub fn declare_class(&self, class: &str) {
+        for reason in &UNAVAILABLE_REASONS[1..] {
+            self.shed.with_label_values(&[class, reason]);
+        }
+        self.origin_inflight_by_class.with_label_values(&[class]);
+    }
+
     pub fn shed(&self, class: &str, reason: &str) {
         self.shed.with_label_values(&[class, reason]).inc();
     }
@@ -446,6 +474,20 @@ impl Metrics {
         };
         behind(&self.cache_evictions, evictions);
         behind(&self.warm_dropped, warm_dropped);
+    }
+
+    /// Reads the process's resident memory (Linux), at scrape time.
+    pub fn sync_resident_memory(&self) {
+        // statm's second field is resident pages; a hand-read of one number rather than
+        // the `procfs` crate for it.
+        let resident_pages = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok());
+        // SAFETY: sysconf has no preconditions; it only reads a system constant.
+        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if let Some(pages) = resident_pages {
+            self.resident_memory.set(pages * page_size.max(1) as i64);
+        }
     }
 
     /// The text exposition format.

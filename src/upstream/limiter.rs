@@ -364,6 +364,7 @@ impl Limiter {
 fn queued_gauges(metrics: &Metrics, classes: &Classes) -> Vec<IntGauge> {
     (0..classes.len())
         .map(|i| {
+            metrics.declare_class(classes.name(ClassId(i)));
             metrics
                 .origin_queued
                 .with_label_values(&[classes.name(ClassId(i))])
