@@ -42,6 +42,10 @@ enum Command {
         /// Admin listener (/metrics, /health), overriding `server.admin_listen`.
         #[arg(long)]
         admin: Option<String>,
+        /// Take the listening sockets over from the running Floodgate (same config);
+        /// then send that one SIGQUIT. See "Upgrade" in the README.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig {
@@ -145,13 +149,14 @@ fn main() -> ExitCode {
             listen,
             origin,
             admin,
+            upgrade,
         } => {
             let overrides = Overrides {
                 listen,
                 origin,
                 admin,
             };
-            run(config, &overrides, false)
+            run(config, &overrides, false, upgrade)
         }
         Command::CheckConfig { config } => match config::load(Some(&config), &Overrides::default())
         {
@@ -284,12 +289,12 @@ fn main() -> ExitCode {
                 origin: Some(origin),
                 admin: Some(admin),
             };
-            run(None, &overrides, true)
+            run(None, &overrides, true, false)
         }
     }
 }
 
-fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool) -> ExitCode {
+fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool, upgrade: bool) -> ExitCode {
     let config = match config::load(path.as_deref(), overrides) {
         Ok(config) => config,
         Err(e) => {
@@ -301,7 +306,7 @@ fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool) -> ExitCode {
     let listen = config.server.listen[0].clone();
     let origin = config.origin.addresses[0].clone();
     let admin = config.server.admin_listen.clone();
-    let mut server = match floodgate::server::build(config, path, overrides.clone()) {
+    let mut server = match floodgate::server::build(config, path, overrides.clone(), upgrade) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("floodgate: cannot start: {e:#}");

@@ -29,10 +29,15 @@ const HIT_FOR_MISS_CAPACITY: u64 = 1_000_000;
 
 /// Builds a ready-to-run server for `config`, read from `path` with `overrides` (which a
 /// reload applies again); services may still be added before `run`.
+///
+/// With `upgrade`, the listening sockets are taken over from the running Floodgate that
+/// shares this configuration's `runtime_dir` once it receives SIGQUIT (Pingora's
+/// graceful upgrade): no connection is refused during a binary upgrade.
 pub fn build(
     config: Config,
     path: Option<PathBuf>,
     overrides: Overrides,
+    upgrade: bool,
 ) -> anyhow::Result<Server> {
     let threads = match config.server.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -62,7 +67,11 @@ pub fn build(
         work_stealing: false,
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);

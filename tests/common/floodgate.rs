@@ -195,6 +195,34 @@ impl Floodgate {
         std::fs::write(self.dir.join("floodgate.toml"), text).expect("write config");
     }
 
+    /// Starts a second Floodgate on the same config with `--upgrade`: it takes the
+    /// listeners over once this one gets SIGQUIT. Killed when the guard drops.
+    pub fn spawn_upgrade(&self) -> ChildGuard {
+        let log = std::fs::File::create(self.dir.join("floodgate-upgrade.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .arg("run")
+            .arg("-c")
+            .arg(self.dir.join("floodgate.toml"))
+            .arg("--upgrade")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn the upgrading floodgate");
+        ChildGuard(child)
+    }
+
+    /// The socket the upgrading process receives the listeners on.
+    pub fn upgrade_socket(&self) -> PathBuf {
+        self.dir
+            .join(format!("floodgate-{}-upgrade.sock", self.addr.port()))
+    }
+
+    /// Whether the original process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends a signal (`HUP`, `TERM`, …) to the process.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -230,5 +258,15 @@ impl Drop for Floodgate {
             eprintln!("--- floodgate log ---\n{}", self.log());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A process killed when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
