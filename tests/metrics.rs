@@ -210,3 +210,47 @@ async fn a_scripted_mix_moves_each_counter_by_exactly_its_amount_and_promtool_ac
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_json_line_per_request_with_outcome_class_and_origin_time() {
+    let origin = TestOrigin::start().await;
+    let settings = Settings::default()
+        .log("access = true")
+        .log("format = \"json\"")
+        .log("level = \"warn,floodgate::access=info\"");
+    let fg = Floodgate::start_with(origin.addr, settings).await;
+    get(&fg.url("/logged.html")).await;
+    get(&fg.url("/logged.html")).await;
+    send(
+        client()
+            .get(fg.url("/logged.html"))
+            .header("user-agent", "Googlebot/2.1"),
+    )
+    .await;
+
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = fg
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["target"] == "floodgate::access")
+            .collect::<Vec<_>>();
+        if lines.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 3, "{}", fg.log());
+    let miss = &lines[0];
+    assert_eq!(miss["url"], "/logged.html");
+    assert_eq!(miss["method"], "GET");
+    assert_eq!(miss["status"], 200);
+    assert_eq!(miss["outcome"], "miss");
+    assert_eq!(miss["class"], "pages");
+    assert!(miss["origin_ms"].as_f64().is_some(), "{miss}");
+    assert!(miss["duration_ms"].as_f64().is_some(), "{miss}");
+    assert_eq!(lines[1]["outcome"], "hit");
+    assert!(lines[1]["origin_ms"].is_null(), "a hit has no origin time");
+    assert_eq!(lines[2]["outcome"], "hit");
+}

@@ -14,6 +14,7 @@ pub struct Settings {
     pub purge: Vec<String>,
     pub warm: Vec<String>,
     pub limits: Vec<String>,
+    pub log: Vec<String>,
 }
 
 impl Settings {
@@ -35,6 +36,11 @@ impl Settings {
     }
     pub fn warm(mut self, line: &str) -> Self {
         self.warm.push(line.into());
+        self
+    }
+    /// `[log]` lines; with any, the config's log level applies instead of RUST_LOG=warn.
+    pub fn log(mut self, line: &str) -> Self {
+        self.log.push(line.into());
         self
     }
     /// `[limits]` comes last, so `[[limits.class]]` tables may follow its keys.
@@ -62,8 +68,9 @@ fn config_text(
     format!(
         "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
          [origin]\naddresses = [{origins}]\nhealth_check_interval_secs = 1\n{}\n\n\
-         [cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
+         [log]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
         settings.origin.join("\n"),
+        settings.log.join("\n"),
         settings.cache.join("\n"),
         settings.magento.join("\n"),
         settings.purge.join("\n"),
@@ -124,11 +131,16 @@ impl Floodgate {
         let config_path = dir.join("floodgate.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = std::fs::File::create(dir.join("floodgate.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+        if settings.log.is_empty() {
+            command.env("RUST_LOG", "warn");
+        } else {
+            command.env_remove("RUST_LOG");
+        }
+        let child = command
             .arg("run")
             .arg("-c")
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
