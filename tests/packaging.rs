@@ -138,11 +138,20 @@ fn every_debian_package_asset_exists() {
         assert!(repo(source).exists(), "{source} is missing");
     }
     let installed: Vec<&str> = assets.iter().filter_map(|a| a[1].as_str()).collect();
-    for wanted in [
-        "usr/bin/",
-        "etc/floodgate/floodgate.toml",
-        "lib/systemd/system/floodgate.service",
-    ] {
+    for wanted in ["usr/bin/", "etc/floodgate/floodgate.toml"] {
         assert!(installed.contains(&wanted), "{wanted} in {installed:?}");
     }
+    // cargo-deb installs and enables the unit from its unit-scripts directory.
+    let units = &manifest["package"]["metadata"]["deb"]["systemd-units"];
+    let dir = units["unit-scripts"]
+        .as_str()
+        .expect("systemd-units.unit-scripts");
+    let name = units["unit-name"]
+        .as_str()
+        .expect("systemd-units.unit-name");
+    assert!(repo(&format!("{dir}/{name}.service")).exists());
+    let scripts = manifest["package"]["metadata"]["deb"]["maintainer-scripts"]
+        .as_str()
+        .expect("maintainer-scripts, where cargo-deb writes the unit's snippets");
+    assert!(repo(scripts).is_dir());
 }
