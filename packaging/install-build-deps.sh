@@ -2,7 +2,8 @@
 # Installs what building and testing Floodgate needs beyond a Rust toolchain: cmake and
 # a C compiler (Pingora builds zlib-ng and zstd from C), and promtool (Debian's
 # `prometheus` package) and systemd-analyze, which the tests use to lint the metrics,
-# the alert rules and the systemd unit.
+# the alert rules and the systemd unit, and redis-server, which the cluster tests start
+# (their own, on a free port).
 # Does nothing when they are already there.
 set -euo pipefail
 missing=()
@@ -10,6 +11,7 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "install-build-deps: please install ${missing[*]} with your system's package manager" >&2

@@ -20,7 +20,8 @@ use crate::cache::{HitForMissMarks, MemoryStore};
 use crate::config::{Config, Overrides};
 use crate::metrics::Metrics;
 use crate::proxy::{Floodgate, Runtime, Shared};
-use crate::purge::Purger;
+use crate::purge::bus::PurgeBusService;
+use crate::purge::{PurgeBus, Purger};
 use crate::upstream::Origins;
 use crate::warm::{WarmQueue, Warmer};
 
@@ -114,6 +115,17 @@ pub fn build(
         warm_queue.clone(),
         Duration::from_secs(config.warm.hot_window_secs),
     ));
+    let bus = if config.redis.url.is_empty() {
+        None
+    } else {
+        let bus = PurgeBus::new(&config.redis, purger.clone(), metrics.clone())?;
+        purger.attach_bus(bus.clone());
+        server.add_service(background_service(
+            "purge bus",
+            PurgeBusService(bus.clone()),
+        ));
+        Some(bus)
+    };
 
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())?));
     let reloader = Arc::new(Reloader::new(
@@ -138,6 +150,7 @@ pub fn build(
             purger: purger.clone(),
             runtime: runtime.clone(),
             proxy_addr: loopback_for(&config.server.listen[0]),
+            bus,
         };
         let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&config.server.admin_listen);

@@ -31,7 +31,7 @@ use reload::Reloader;
 use crate::cache::MemoryStore;
 use crate::metrics::Metrics;
 use crate::proxy::Runtime;
-use crate::purge::Purger;
+use crate::purge::{PurgeBus, Purger};
 use crate::upstream::Origins;
 use crate::warm::WarmQueue;
 
@@ -48,6 +48,8 @@ pub struct Admin {
     pub(crate) runtime: Arc<ArcSwap<Runtime>>,
     /// The proxy listener as reachable from here, for `/readyz`.
     pub(crate) proxy_addr: String,
+    /// The purge bus, when nodes share Redis.
+    pub(crate) bus: Option<Arc<PurgeBus>>,
 }
 
 #[async_trait]
@@ -116,6 +118,8 @@ impl Admin {
         .is_ok_and(|c| c.is_ok());
         let origin_healthy = self.origins.any_healthy();
         let ready = listening && origin_healthy;
+        // Without Redis a node still serves and purges locally: degraded, not unready.
+        let redis = self.bus.as_ref().map(|bus| bus.connected());
         json_reply(
             if ready { 200 } else { 503 },
             json!({
@@ -124,6 +128,8 @@ impl Admin {
                 "config_loaded": true,
                 "origin_healthy": origin_healthy,
                 "maintenance": self.origins.in_maintenance(),
+                "redis_connected": redis,
+                "degraded": redis == Some(false),
             }),
         )
     }

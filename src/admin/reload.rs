@@ -4,7 +4,8 @@
 //! What applies at once: `magento.*`, `purge.*`, `limits.*` and the per-request
 //! `cache.*` keys (TTLs, grace, keep, coalescing wait, gzip, object size). What needs a
 //! restart, because it shaped a listener, a pool or a store when they were built:
-//! `server.*`, `origin.*`, `warm.*`, `cache.memory_bytes` and the hit-for-miss lifetimes.
+//! `server.*`, `origin.*`, `warm.*`, `redis.*`, `log.level`/`log.format`,
+//! `cache.memory_bytes` and the hit-for-miss lifetimes.
 //! Those are reported, not applied. A file that does not load or validate changes
 //! nothing: the old configuration keeps serving, and the failure is logged and counted.
 
@@ -114,6 +115,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.warm != new.warm {
         changed.push("warm");
+    }
+    if old.redis != new.redis {
+        changed.push("redis");
+    }
+    if old.log.level != new.log.level || old.log.format != new.log.format {
+        changed.push("log.level/log.format");
     }
     if old.cache.memory_bytes != new.cache.memory_bytes {
         changed.push("cache.memory_bytes");

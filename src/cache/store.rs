@@ -335,6 +335,12 @@ impl MemoryStore {
     }
 
     /// Objects and bytes held now (moka's counters lag slightly behind inserts).
+    /// Drops every object (a node that may have missed purges cannot tell which of its
+    /// objects are stale). The tag index follows through the removal listener.
+    pub fn flush(&self) {
+        self.objects.invalidate_all();
+    }
+
     pub fn usage(&self) -> (u64, u64) {
         (self.objects.entry_count(), self.objects.weighted_size())
     }

@@ -180,6 +180,19 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("`{}`: {e}", self.log.level)))?;
+        if !self.redis.url.is_empty() {
+            redis::Client::open(self.redis.url.as_str())
+                .map_err(|e| invalid("redis.url", format!("`{}`: {e}", self.redis.url)))?;
+            if self.redis.timeout_ms == 0 {
+                return Err(invalid("redis.timeout_ms", "must be at least 1 ms"));
+            }
+            if self.redis.stream_max_len == 0 || self.redis.outbox_size == 0 {
+                return Err(invalid(
+                    "redis.stream_max_len",
+                    "stream_max_len and outbox_size must be at least 1",
+                ));
+            }
+        }
         let limits = &self.limits;
         if limits.max_inflight == 0 {
             return Err(invalid(

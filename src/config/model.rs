@@ -14,6 +14,37 @@ pub struct Config {
     pub warm: WarmSection,
     pub limits: LimitsSection,
     pub log: LogSection,
+    pub redis: RedisSection,
+}
+
+/// Several Floodgate nodes share Redis as their purge bus. Without a URL, a node works
+/// alone, exactly as without this section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port[/db]`; empty: no Redis.
+    pub url: String,
+    /// Prefix of every key Floodgate uses, so several shops can share one Redis.
+    pub key_prefix: String,
+    /// Longest wait for Redis on any operation, milliseconds.
+    pub timeout_ms: u64,
+    /// Purges kept in the stream (approximately); a node cut off for longer than that
+    /// drops its memory tier when it comes back.
+    pub stream_max_len: usize,
+    /// Purges kept in memory while Redis is unreachable, published when it returns.
+    pub outbox_size: usize,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key_prefix: "floodgate:".into(),
+            timeout_ms: 100,
+            stream_max_len: 100_000,
+            outbox_size: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

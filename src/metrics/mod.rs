@@ -96,6 +96,13 @@ pub struct Metrics {
     pub maintenance: IntGauge,
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
+    pub redis_connected: IntGauge,
+    pub purge_bus_published: IntCounter,
+    pub purge_bus_applied: IntCounter,
+    pub purge_bus_outbox: IntGauge,
+    pub purge_bus_dropped: IntCounter,
+    pub purge_bus_flushes: IntCounter,
+    purged_remote_objects: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntCounter> {
@@ -324,6 +331,41 @@ impl Metrics {
             "1 for the hash of the configuration in force",
             &["hash"],
         )?;
+        let redis_connected = gauge(
+            &r,
+            "floodgate_redis_connected",
+            "1 while the last exchange with Redis worked (0 also when no Redis is configured)",
+        )?;
+        let purge_bus_published = counter(
+            &r,
+            "floodgate_purge_bus_published_total",
+            "Purges this node published to the other nodes",
+        )?;
+        let purge_bus_applied = counter(
+            &r,
+            "floodgate_purge_bus_applied_total",
+            "Purges from other nodes applied here",
+        )?;
+        let purge_bus_outbox = gauge(
+            &r,
+            "floodgate_purge_bus_outbox",
+            "Purges waiting for Redis to be published",
+        )?;
+        let purge_bus_dropped = counter(
+            &r,
+            "floodgate_purge_bus_dropped_total",
+            "Purges dropped from the full outbox while Redis was unreachable",
+        )?;
+        let purge_bus_flushes = counter(
+            &r,
+            "floodgate_purge_bus_flushes_total",
+            "Times this node dropped its memory tier because purges it missed were trimmed",
+        )?;
+        let purged_remote_objects = counter(
+            &r,
+            "floodgate_purged_remote_objects_total",
+            "Objects removed or expired here by purges from other nodes",
+        )?;
         // Fixed label sets appear from the start, at 0, so rates work before the first event.
         for outcome in [
             Outcome::Hit,
@@ -387,6 +429,13 @@ impl Metrics {
             maintenance,
             config_reloads,
             config_info,
+            redis_connected,
+            purge_bus_published,
+            purge_bus_applied,
+            purge_bus_outbox,
+            purge_bus_dropped,
+            purge_bus_flushes,
+            purged_remote_objects,
         })
     }
 
@@ -450,6 +499,13 @@ impl Metrics {
     pub fn purged(&self, objects: usize, tags: usize, took: Duration) {
         self.purge_requests.with_label_values(&["ok"]).inc();
         self.purged_objects.inc_by(objects as u64);
+        self.purged_tags.inc_by(tags as u64);
+        self.purge_time.observe(took.as_secs_f64());
+    }
+
+    /// A purge from another node, applied here.
+    pub fn purged_remote(&self, objects: usize, tags: usize, took: Duration) {
+        self.purged_remote_objects.inc_by(objects as u64);
         self.purged_tags.inc_by(tags as u64);
         self.purge_time.observe(took.as_secs_f64());
     }

@@ -2,15 +2,17 @@
 //! answered from the tag index in time proportional to the objects purged.
 
 pub mod acl;
+pub mod bus;
 pub mod pattern;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::MemoryStore;
 use crate::warm::WarmQueue;
 
 pub use acl::PurgeAcl;
+pub use bus::{PurgeBus, PurgeMessage};
 use pattern::Selector;
 
 /// What one purge did.
@@ -30,6 +32,8 @@ pub struct Purger {
     warm: Option<Arc<WarmQueue>>,
     /// An object served within this window counts as hot enough to re-warm.
     hot_window: Duration,
+    /// Where purges go to reach the other nodes, when there are any (Redis).
+    bus: OnceLock<Arc<PurgeBus>>,
 }
 
 impl Purger {
@@ -42,13 +46,42 @@ impl Purger {
             store,
             warm,
             hot_window,
+            bus: OnceLock::new(),
         }
     }
 
-    /// Invalidates what `tags_pattern` and `pool` select: removed, or with `soft`
+    /// Connects the purger to the other nodes: purges applied here are published.
+    pub fn attach_bus(&self, bus: Arc<PurgeBus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// The store this purger invalidates.
+    pub fn store(&self) -> &'static MemoryStore {
+        self.store
+    }
+
+    /// Applies a purge here and, with a bus, publishes it to every other node.
+    pub async fn purge(
+        &self,
+        tags_pattern: Option<&str>,
+        pool: Option<&str>,
+        soft: bool,
+    ) -> Result<PurgeReport, String> {
+        let report = self.apply(tags_pattern, pool, soft).await?;
+        if let Some(bus) = self.bus.get() {
+            bus.publish(PurgeMessage {
+                pattern: tags_pattern.map(str::to_string),
+                pool: pool.map(str::to_string),
+                soft,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Invalidates here what `tags_pattern` and `pool` select: removed, or with `soft`
     /// expired so the next visitor gets it stale while one refresh runs. Both are
     /// parsed before anything happens, so an invalid one purges nothing (`Err` says why).
-    pub async fn purge(
+    pub async fn apply(
         &self,
         tags_pattern: Option<&str>,
         pool: Option<&str>,

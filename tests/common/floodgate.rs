@@ -15,6 +15,7 @@ pub struct Settings {
     pub warm: Vec<String>,
     pub limits: Vec<String>,
     pub log: Vec<String>,
+    pub redis: Vec<String>,
 }
 
 impl Settings {
@@ -36,6 +37,11 @@ impl Settings {
     }
     pub fn warm(mut self, line: &str) -> Self {
         self.warm.push(line.into());
+        self
+    }
+    /// `[redis]` lines.
+    pub fn redis(mut self, line: &str) -> Self {
+        self.redis.push(line.into());
         self
     }
     /// `[log]` lines; with any, the config's log level applies instead of RUST_LOG=warn.
@@ -68,9 +74,10 @@ fn config_text(
     format!(
         "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
          [origin]\naddresses = [{origins}]\nhealth_check_interval_secs = 1\n{}\n\n\
-         [log]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
+         [log]\n{}\n\n[redis]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
         settings.origin.join("\n"),
         settings.log.join("\n"),
+        settings.redis.join("\n"),
         settings.cache.join("\n"),
         settings.magento.join("\n"),
         settings.purge.join("\n"),

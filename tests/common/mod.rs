@@ -3,12 +3,14 @@
 
 pub mod floodgate;
 pub mod origin;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use floodgate::{Floodgate, Settings};
 pub use origin::{Page, TestOrigin};
+pub use redis::RedisServer;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

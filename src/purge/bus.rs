@@ -1,0 +1,412 @@
+//! The purge bus: every node applies every purge, whichever node Magento sent it to.
+//!
+//! A node applies a purge locally, answers, and appends it to a Redis stream
+//! (`<prefix>purges`, trimmed to about `stream_max_len` entries). Every node reads the
+//! stream and applies the entries other nodes wrote. A node remembers the last entry it
+//! applied, so after a network cut or a Redis restart it resumes where it stopped.
+//!
+//! Each entry carries a sequence number from a counter incremented in the same script
+//! that appends it, so a reader sees a gap as a jump in the numbers: entries it never
+//! read were trimmed while it was away. It cannot know what they purged, so it drops its
+//! whole memory tier. (Stream IDs alone cannot tell: they are timestamps, and Redis's
+//! `max-deleted-entry-id` does not move when XADD trims.) A Redis restarted empty starts
+//! the numbers again at 1, which is no gap.
+//!
+//! Redis never holds a request: publishing only queues the purge in a bounded outbox,
+//! which a background task empties into the stream, and keeps while Redis is down.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use tokio::sync::Notify;
+
+use super::Purger;
+use crate::config::RedisSection;
+use crate::metrics::Metrics;
+
+/// How long one XREAD waits for new entries before asking again.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+/// Pause before reconnecting to an unreachable Redis.
+const RETRY: Duration = Duration::from_millis(500);
+const READ_BATCH: usize = 256;
+
+/// One purge, as it travels between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeMessage {
+    pub pattern: Option<String>,
+    pub pool: Option<String>,
+    pub soft: bool,
+}
+
+/// A stream entry ID (`milliseconds-sequence`), ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct EntryId(u64, u64);
+
+impl EntryId {
+    fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// Appends a purge with the next sequence number, atomically.
+const APPEND: &str = r"
+local seq = redis.call('INCR', KEYS[2])
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, unpack(ARGV, 2))
+";
+
+pub struct PurgeBus {
+    client: redis::Client,
+    stream: String,
+    sequence: String,
+    append: redis::Script,
+    /// Tells this node's own entries apart from the others'.
+    node: String,
+    timeout: Duration,
+    max_len: usize,
+    outbox: Mutex<VecDeque<PurgeMessage>>,
+    outbox_size: usize,
+    ready: Notify,
+    connected: AtomicBool,
+    purger: Arc<Purger>,
+    metrics: Arc<Metrics>,
+}
+
+impl PurgeBus {
+    pub fn new(
+        config: &RedisSection,
+        purger: Arc<Purger>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        let node = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        Ok(Arc::new(Self {
+            client,
+            stream: format!("{}purges", config.key_prefix),
+            sequence: format!("{}purges:seq", config.key_prefix),
+            append: redis::Script::new(APPEND),
+            node,
+            timeout: Duration::from_millis(config.timeout_ms),
+            max_len: config.stream_max_len,
+            outbox: Mutex::new(VecDeque::new()),
+            outbox_size: config.outbox_size,
+            ready: Notify::new(),
+            connected: AtomicBool::new(false),
+            purger,
+            metrics,
+        }))
+    }
+
+    /// Whether the last exchange with Redis worked.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Queues a purge for the other nodes; never waits for Redis. When the outbox is
+    /// full the oldest purge is dropped and counted (the others then miss it until
+    /// their entries expire).
+    pub fn publish(&self, message: PurgeMessage) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        if outbox.len() >= self.outbox_size {
+            outbox.pop_front();
+            self.metrics.purge_bus_dropped.inc();
+        }
+        outbox.push_back(message);
+        self.metrics.purge_bus_outbox.set(outbox.len() as i64);
+        drop(outbox);
+        self.ready.notify_one();
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+        self.metrics.redis_connected.set(i64::from(up));
+    }
+
+    async fn connect(&self) -> Option<MultiplexedConnection> {
+        match tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(500)),
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => Some(connection),
+            Ok(Err(e)) => {
+                self.disconnected(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.disconnected("connection timed out");
+                None
+            }
+        }
+    }
+
+    fn disconnected(&self, why: &str) {
+        if self.connected.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                reason = why,
+                "Redis is unreachable: purges are applied here and kept until it returns"
+            );
+        }
+        self.metrics.redis_connected.set(0);
+    }
+
+    /// Empties the outbox into the stream, oldest first, keeping what Redis refused.
+    async fn publisher(&self, mut shutdown: ShutdownWatch) {
+        let mut connection = None;
+        loop {
+            tokio::select! {
+                _ = self.ready.notified() => {}
+                _ = tokio::time::sleep(RETRY) => {}
+                _ = shutdown.changed() => return,
+            }
+            loop {
+                let next = {
+                    let outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+                    outbox.front().cloned()
+                };
+                let Some(message) = next else { break };
+                if connection.is_none() {
+                    connection = self.connect().await;
+                }
+                let Some(con) = connection.as_mut() else {
+                    break;
+                };
+                let mut append = self.append.key(&self.stream);
+                append
+                    .key(&self.sequence)
+                    .arg(self.max_len)
+                    .arg("node")
+                    .arg(&self.node)
+                    .arg("soft")
+                    .arg(if message.soft { "1" } else { "0" });
+                if let Some(pattern) = &message.pattern {
+                    append.arg("pattern").arg(pattern);
+                }
+                if let Some(pool) = &message.pool {
+                    append.arg("pool").arg(pool);
+                }
+                match tokio::time::timeout(self.timeout, append.invoke_async::<String>(con)).await {
+                    Ok(Ok(_)) => {
+                        self.set_connected(true);
+                        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+                        if outbox.front() == Some(&message) {
+                            outbox.pop_front();
+                        }
+                        self.metrics.purge_bus_outbox.set(outbox.len() as i64);
+                        self.metrics.purge_bus_published.inc();
+                    }
+                    Ok(Err(e)) => {
+                        self.disconnected(&e.to_string());
+                        connection = None;
+                        break;
+                    }
+                    Err(_) => {
+                        self.disconnected("XADD timed out");
+                        connection = None;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the other nodes' purges, in stream order, resuming after the last one.
+    async fn consumer(&self, mut shutdown: ShutdownWatch) {
+        let mut last: Option<EntryId> = None;
+        let mut last_seq: Option<u64> = None;
+        let mut connection: Option<MultiplexedConnection> = None;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let Some(con) = connection.as_mut() else {
+                connection = self.connect().await;
+                if connection.is_none() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    continue;
+                }
+                continue;
+            };
+            let from = match last {
+                Some(id) => id,
+                // Start at the stream's end: this node's memory is empty, so older purges
+                // concern nothing it holds.
+                None => match self.newest(con).await {
+                    Ok(id) => {
+                        last = Some(id);
+                        id
+                    }
+                    Err(why) => {
+                        self.disconnected(&why);
+                        connection = None;
+                        continue;
+                    }
+                },
+            };
+            let read = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_BATCH)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(from.to_string())
+                .to_owned();
+            let reply = tokio::select! {
+                reply = tokio::time::timeout(READ_BLOCK + self.timeout, read.query_async::<Option<StreamReadReply>>(con)) => reply,
+                _ = shutdown.changed() => return,
+            };
+            match reply {
+                Ok(Ok(reply)) => {
+                    self.set_connected(true);
+                    let entries: Vec<StreamId> = reply
+                        .into_iter()
+                        .flat_map(|r| r.keys)
+                        .flat_map(|k| k.ids)
+                        .collect();
+                    for entry in &entries {
+                        if let Some(id) = EntryId::parse(&entry.id) {
+                            last = Some(id);
+                        }
+                        let seq = entry
+                            .get::<String>("seq")
+                            .and_then(|s| s.parse::<u64>().ok());
+                        if let (Some(prev), Some(seq)) = (last_seq, seq) {
+                            if missed(prev, seq) {
+                                tracing::warn!(after = prev, next = seq, "purges this node missed were trimmed from the stream: dropping the memory tier");
+                                self.purger.store().flush();
+                                self.metrics.purge_bus_flushes.inc();
+                            }
+                        }
+                        if seq.is_some() {
+                            last_seq = seq;
+                        }
+                        self.apply(entry).await;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.disconnected(&e.to_string());
+                    connection = None;
+                }
+                Err(_) => {
+                    self.disconnected("XREAD timed out");
+                    connection = None;
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, entry: &StreamId) {
+        let field = |name: &str| entry.get::<String>(name);
+        if field("node").as_deref() == Some(self.node.as_str()) {
+            return; // applied when it was received
+        }
+        let pattern = field("pattern");
+        let pool = field("pool");
+        let soft = field("soft").as_deref() == Some("1");
+        match self
+            .purger
+            .apply(pattern.as_deref(), pool.as_deref(), soft)
+            .await
+        {
+            Ok(report) => {
+                self.metrics.purge_bus_applied.inc();
+                self.metrics
+                    .purged_remote(report.objects, report.tags, report.took);
+            }
+            Err(reason) => {
+                tracing::warn!(id = %entry.id, %reason, "a purge from another node could not be applied");
+            }
+        }
+    }
+
+    /// The newest entry's ID, or 0-0 for an empty stream.
+    async fn newest(&self, con: &mut MultiplexedConnection) -> Result<EntryId, String> {
+        let query = redis::cmd("XREVRANGE")
+            .arg(&self.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .to_owned();
+        match tokio::time::timeout(self.timeout, query.query_async::<StreamRangeReply>(con)).await {
+            Ok(Ok(reply)) => Ok(reply
+                .ids
+                .first()
+                .and_then(|e| EntryId::parse(&e.id))
+                .unwrap_or(EntryId(0, 0))),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("XREVRANGE timed out".into()),
+        }
+    }
+}
+
+/// Whether entry `next` following entry `prev` (sequence numbers) means entries were
+/// lost: a jump forward. A restart of an empty Redis starts again at 1.
+fn missed(prev: u64, next: u64) -> bool {
+    if next > prev {
+        next != prev + 1
+    } else {
+        next != 1
+    }
+}
+
+/// Runs the publisher and the consumer for the life of the process.
+pub struct PurgeBusService(pub Arc<PurgeBus>);
+
+#[async_trait]
+impl BackgroundService for PurgeBusService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        tokio::join!(
+            self.0.publisher(shutdown.clone()),
+            self.0.consumer(shutdown)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jump_in_sequence_numbers_is_a_gap_and_a_restart_is_not() {
+        assert!(!missed(41, 42));
+        assert!(missed(41, 45));
+        assert!(!missed(41, 1), "Redis restarted empty");
+        assert!(missed(41, 7), "restarted, and trimmed since");
+    }
+
+    #[test]
+    fn entry_ids_order_as_redis_orders_them() {
+        let a = EntryId::parse("1700000000000-0").expect("id");
+        let b = EntryId::parse("1700000000000-5").expect("id");
+        let c = EntryId::parse("1700000000001-0").expect("id");
+        assert!(a < b && b < c);
+        assert_eq!(c.to_string(), "1700000000001-0");
+        assert_eq!(EntryId::parse("x-1"), None);
+    }
+}

@@ -1,0 +1,288 @@
+//! Several Floodgate nodes on one real Redis: a purge sent to any node reaches every
+//! node, including one that was cut off or restarting, and Redis going away never fails
+//! a client request.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn node_settings(redis: &RedisServer, extra: &[&str]) -> Settings {
+    let mut settings = Settings::default()
+        .warm("enabled = false")
+        .redis(&format!("url = \"{}\"", redis.url()))
+        .redis("key_prefix = \"test:\"");
+    for line in extra {
+        settings = settings.redis(line);
+    }
+    settings
+}
+
+async fn tagged_origin() -> TestOrigin {
+    let origin = TestOrigin::start().await;
+    for n in 1..=3 {
+        origin.set(
+            &format!("/p{n}.html"),
+            Page::cacheable(format!("p{n}")).header("x-magento-tags", &format!("cat_p_{n},cat_p")),
+        );
+    }
+    origin
+}
+
+fn purge(fg: &Floodgate, pattern: &str) -> reqwest::RequestBuilder {
+    client()
+        .request(
+            reqwest::Method::from_bytes(b"PURGE").expect("method"),
+            fg.url("/"),
+        )
+        .header("X-Magento-Tags-Pattern", pattern.to_string())
+}
+
+/// Polls a node's metric until it reaches `value`; the time it took.
+async fn until_metric(
+    fg: &Floodgate,
+    sample: &str,
+    value: f64,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if fg.metric(sample).await >= value {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+const APPLIED: &str = "floodgate_purge_bus_applied_total";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_sent_to_one_node_reaches_every_node() {
+    let redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await);
+    }
+    for node in &nodes {
+        for n in 1..=2 {
+            get(&node.url(&format!("/p{n}.html"))).await;
+            assert_eq!(
+                get(&node.url(&format!("/p{n}.html"))).await.cache_debug(),
+                "HIT"
+            );
+        }
+    }
+    // Give every consumer time to be reading the stream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let sent = Instant::now();
+    let answer = send(purge(&nodes[1], "((^|,)cat_p_1(,|$))")).await;
+    assert_eq!(answer.status, 200);
+    for (i, node) in nodes.iter().enumerate() {
+        if i == 1 {
+            continue;
+        }
+        let took = until_metric(node, APPLIED, 1.0, Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|| panic!("node {i} never applied the purge:\n{}", node.log()));
+        eprintln!(
+            "node {i} applied the purge {took:?} after it was sent ({:?} total)",
+            sent.elapsed()
+        );
+    }
+    for node in &nodes {
+        assert_eq!(
+            get(&node.url("/p1.html")).await.cache_debug(),
+            "MISS",
+            "purged everywhere"
+        );
+        assert_eq!(
+            get(&node.url("/p2.html")).await.cache_debug(),
+            "HIT",
+            "the rest stays"
+        );
+    }
+    // The sender applied it itself, once: not again from the stream.
+    assert_eq!(nodes[1].metric(APPLIED).await, 0.0);
+    assert_eq!(
+        nodes[1].metric("floodgate_purge_bus_published_total").await,
+        1.0
+    );
+    let ready = get(&nodes[0].admin_url("/readyz")).await;
+    assert!(
+        ready.text().contains("\"redis_connected\":true"),
+        "{}",
+        ready.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_trimmed_purges_drops_its_memory_tier() {
+    let redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let settings = node_settings(&redis, &["stream_max_len = 20"]);
+    let a = Floodgate::start_with(origin.addr, settings.clone()).await;
+    let b = Floodgate::start_with(origin.addr, settings).await;
+    get(&a.url("/p1.html")).await;
+    assert_eq!(get(&a.url("/p1.html")).await.cache_debug(), "HIT");
+    // A reads one purge, so it has a position in the stream.
+    send(purge(&b, "((^|,)unrelated_0(,|$))")).await;
+    assert!(until_metric(&a, APPLIED, 1.0, Duration::from_secs(5))
+        .await
+        .is_some());
+
+    // A is cut off while 500 purges (none of them its pages) go by and are trimmed.
+    a.signal("STOP");
+    for i in 1..=500 {
+        send(purge(&b, &format!("((^|,)unrelated_{i}(,|$))"))).await;
+    }
+    assert!(until_metric(
+        &b,
+        "floodgate_purge_bus_published_total",
+        501.0,
+        Duration::from_secs(10)
+    )
+    .await
+    .is_some());
+    a.signal("CONT");
+
+    assert!(
+        until_metric(
+            &a,
+            "floodgate_purge_bus_flushes_total",
+            1.0,
+            Duration::from_secs(10)
+        )
+        .await
+        .is_some(),
+        "{}",
+        a.log()
+    );
+    assert_eq!(
+        get(&a.url("/p1.html")).await.cache_debug(),
+        "MISS",
+        "it cannot know what it missed, so nothing old is served"
+    );
+    // B, which missed nothing, kept its cache.
+    assert_eq!(b.metric("floodgate_purge_bus_flushes_total").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_returns() {
+    let mut redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let a = Arc::new(Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await);
+    let b = Arc::new(Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await);
+    for node in [&a, &b] {
+        get(&node.url("/p1.html")).await;
+        get(&node.url("/p2.html")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for (w, node) in [a.clone(), b.clone()].into_iter().enumerate() {
+        let (stop, failed, done) = (stop.clone(), failed.clone(), done.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let url = if i % 2 == 0 {
+                    node.url("/p2.html")
+                } else {
+                    node.url(&format!("/fresh-{w}-{i}.html"))
+                };
+                match client().get(url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // B takes a purge while Redis is gone: applied at once on B, kept for A.
+    let answer = send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(get(&b.url("/p1.html")).await.cache_debug(), "MISS");
+    assert_eq!(
+        get(&a.url("/p1.html")).await.cache_debug(),
+        "HIT",
+        "A cannot know yet"
+    );
+    assert!(until_metric(
+        &b,
+        "floodgate_purge_bus_outbox",
+        1.0,
+        Duration::from_secs(2)
+    )
+    .await
+    .is_some());
+    let ready = get(&b.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 200, "still serving: degraded, not down");
+    assert!(
+        ready.text().contains("\"degraded\":true"),
+        "{}",
+        ready.text()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    redis.restart().await;
+    assert!(
+        until_metric(&a, APPLIED, 1.0, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "A applied the purge once Redis was back:\n{}",
+        a.log()
+    );
+    assert_eq!(get(&a.url("/p1.html")).await.cache_debug(), "MISS");
+    assert_eq!(
+        get(&a.url("/p2.html")).await.cache_debug(),
+        "HIT",
+        "a Redis restarted empty is not a gap: A kept its cache"
+    );
+    assert_eq!(a.metric("floodgate_purge_bus_flushes_total").await, 0.0);
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load");
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no client request failed"
+    );
+    assert!(done.load(Ordering::Relaxed) > 50);
+    assert_eq!(b.metric("floodgate_purge_bus_outbox").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_a_purge_does_not_serve_the_purged_page() {
+    let redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let b = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    get(&a.url("/p1.html")).await;
+    let hits_before = origin.hits("/p1.html");
+    drop(a); // stopped
+    send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
+    origin.set(
+        "/p1.html",
+        Page::cacheable("p1 v2").header("x-magento-tags", "cat_p_1"),
+    );
+    let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let got = get(&a.url("/p1.html")).await;
+    assert_eq!((got.text().as_str(), got.cache_debug()), ("p1 v2", "MISS"));
+    assert_eq!(origin.hits("/p1.html"), hits_before + 1);
+}
