@@ -16,6 +16,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::reload::{ReloadOnHangup, Reloader};
 use crate::admin::Admin;
+use crate::cache::shared_tier::SharedTier;
 use crate::cache::{HitForMissMarks, MemoryStore};
 use crate::config::{Config, Overrides};
 use crate::metrics::Metrics;
@@ -118,6 +119,11 @@ pub fn build(
     let bus = if config.redis.url.is_empty() {
         None
     } else {
+        if config.redis.shared_cache {
+            let shared = SharedTier::new(&config.redis, metrics.clone())?;
+            store.attach_shared(shared.clone());
+            purger.attach_shared(shared);
+        }
         let bus = PurgeBus::new(&config.redis, purger.clone(), metrics.clone())?;
         purger.attach_bus(bus.clone());
         server.add_service(background_service(

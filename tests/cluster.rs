@@ -58,6 +58,11 @@ async fn until_metric(
     None
 }
 
+/// A GET as visitors send it: every node sees the shop's own Host, so they share keys.
+async fn shop(node: &Floodgate, path: &str) -> Got {
+    send(client().get(node.url(path)).header("host", "shop.test")).await
+}
+
 const APPLIED: &str = "floodgate_purge_bus_applied_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,9 +75,9 @@ async fn a_purge_sent_to_one_node_reaches_every_node() {
     }
     for node in &nodes {
         for n in 1..=2 {
-            get(&node.url(&format!("/p{n}.html"))).await;
+            shop(node, &format!("/p{n}.html")).await;
             assert_eq!(
-                get(&node.url(&format!("/p{n}.html"))).await.cache_debug(),
+                shop(node, &format!("/p{n}.html")).await.cache_debug(),
                 "HIT"
             );
         }
@@ -95,18 +100,26 @@ async fn a_purge_sent_to_one_node_reaches_every_node() {
             sent.elapsed()
         );
     }
+    // The page changed with the purge: no node may serve the old one, from its memory or
+    // from the shared tier.
+    origin.set(
+        "/p1.html",
+        Page::cacheable("p1 v2").header("x-magento-tags", "cat_p_1,cat_p"),
+    );
+    let fetched_before = origin.hits("/p1.html");
     for node in &nodes {
         assert_eq!(
-            get(&node.url("/p1.html")).await.cache_debug(),
-            "MISS",
+            shop(node, "/p1.html").await.text(),
+            "p1 v2",
             "purged everywhere"
         );
         assert_eq!(
-            get(&node.url("/p2.html")).await.cache_debug(),
+            shop(node, "/p2.html").await.cache_debug(),
             "HIT",
             "the rest stays"
         );
     }
+    assert!(origin.hits("/p1.html") > fetched_before);
     // The sender applied it itself, once: not again from the stream.
     assert_eq!(nodes[1].metric(APPLIED).await, 0.0);
     assert_eq!(
@@ -125,11 +138,12 @@ async fn a_purge_sent_to_one_node_reaches_every_node() {
 async fn a_node_that_missed_trimmed_purges_drops_its_memory_tier() {
     let redis = RedisServer::start().await;
     let origin = tagged_origin().await;
-    let settings = node_settings(&redis, &["stream_max_len = 20"]);
+    // The memory tier alone: what is dropped must come from the origin again.
+    let settings = node_settings(&redis, &["stream_max_len = 20", "shared_cache = false"]);
     let a = Floodgate::start_with(origin.addr, settings.clone()).await;
     let b = Floodgate::start_with(origin.addr, settings).await;
-    get(&a.url("/p1.html")).await;
-    assert_eq!(get(&a.url("/p1.html")).await.cache_debug(), "HIT");
+    shop(&a, "/p1.html").await;
+    assert_eq!(shop(&a, "/p1.html").await.cache_debug(), "HIT");
     // A reads one purge, so it has a position in the stream.
     send(purge(&b, "((^|,)unrelated_0(,|$))")).await;
     assert!(until_metric(&a, APPLIED, 1.0, Duration::from_secs(5))
@@ -164,7 +178,7 @@ async fn a_node_that_missed_trimmed_purges_drops_its_memory_tier() {
         a.log()
     );
     assert_eq!(
-        get(&a.url("/p1.html")).await.cache_debug(),
+        shop(&a, "/p1.html").await.cache_debug(),
         "MISS",
         "it cannot know what it missed, so nothing old is served"
     );
@@ -179,8 +193,8 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
     let a = Arc::new(Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await);
     let b = Arc::new(Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await);
     for node in [&a, &b] {
-        get(&node.url("/p1.html")).await;
-        get(&node.url("/p2.html")).await;
+        shop(node, "/p1.html").await;
+        shop(node, "/p2.html").await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -216,9 +230,9 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
     // B takes a purge while Redis is gone: applied at once on B, kept for A.
     let answer = send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
     assert_eq!(answer.status, 200);
-    assert_eq!(get(&b.url("/p1.html")).await.cache_debug(), "MISS");
+    assert_eq!(shop(&b, "/p1.html").await.cache_debug(), "MISS");
     assert_eq!(
-        get(&a.url("/p1.html")).await.cache_debug(),
+        shop(&a, "/p1.html").await.cache_debug(),
         "HIT",
         "A cannot know yet"
     );
@@ -247,9 +261,9 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
         "A applied the purge once Redis was back:\n{}",
         a.log()
     );
-    assert_eq!(get(&a.url("/p1.html")).await.cache_debug(), "MISS");
+    assert_eq!(shop(&a, "/p1.html").await.cache_debug(), "MISS");
     assert_eq!(
-        get(&a.url("/p2.html")).await.cache_debug(),
+        shop(&a, "/p2.html").await.cache_debug(),
         "HIT",
         "a Redis restarted empty is not a gap: A kept its cache"
     );
@@ -273,7 +287,7 @@ async fn a_node_restarted_after_a_purge_does_not_serve_the_purged_page() {
     let origin = tagged_origin().await;
     let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
     let b = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
-    get(&a.url("/p1.html")).await;
+    shop(&a, "/p1.html").await;
     let hits_before = origin.hits("/p1.html");
     drop(a); // stopped
     send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
@@ -282,7 +296,71 @@ async fn a_node_restarted_after_a_purge_does_not_serve_the_purged_page() {
         Page::cacheable("p1 v2").header("x-magento-tags", "cat_p_1"),
     );
     let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
-    let got = get(&a.url("/p1.html")).await;
+    let got = shop(&a, "/p1.html").await;
     assert_eq!((got.text().as_str(), got.cache_debug()), ("p1 v2", "MISS"));
     assert_eq!(origin.hits("/p1.html"), hits_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_one_node_fetched_is_a_hit_for_another_and_a_new_node_starts_warm() {
+    let redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let b = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    assert_eq!(shop(&a, "/p1.html").await.cache_debug(), "MISS");
+    assert!(until_metric(
+        &a,
+        "floodgate_shared_writes_total",
+        1.0,
+        Duration::from_secs(5)
+    )
+    .await
+    .is_some());
+
+    let on_b = shop(&b, "/p1.html").await;
+    assert_eq!((on_b.text().as_str(), on_b.cache_debug()), ("p1", "HIT"));
+    assert_eq!(origin.hits("/p1.html"), 1, "B did not ask the origin");
+    assert_eq!(
+        b.metric("floodgate_shared_lookups_total{result=\"hit\"}")
+            .await,
+        1.0
+    );
+
+    let c = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    assert_eq!(
+        shop(&c, "/p1.html").await.cache_debug(),
+        "HIT",
+        "a new node starts warm"
+    );
+    assert_eq!(origin.hits("/p1.html"), 1);
+
+    // A purge sent to C removes the shared copy: a fourth node must fetch anew.
+    send(purge(&c, "((^|,)cat_p_1(,|$))")).await;
+    origin.set(
+        "/p1.html",
+        Page::cacheable("p1 v2").header("x-magento-tags", "cat_p_1"),
+    );
+    let d = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let on_d = shop(&d, "/p1.html").await;
+    assert_eq!(
+        (on_d.text().as_str(), on_d.cache_debug()),
+        ("p1 v2", "MISS")
+    );
+    assert!(until_metric(&a, APPLIED, 1.0, Duration::from_secs(5))
+        .await
+        .is_some());
+    assert_eq!(shop(&a, "/p1.html").await.text(), "p1 v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_dead_the_shared_tier_is_a_miss_not_an_error() {
+    let mut redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    redis.kill();
+    for n in 1..=3 {
+        let got = shop(&a, &format!("/p{n}.html")).await;
+        assert_eq!((got.status, got.cache_debug()), (200, "MISS"));
+        assert_eq!(shop(&a, &format!("/p{n}.html")).await.cache_debug(), "HIT");
+    }
 }

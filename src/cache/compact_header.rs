@@ -65,6 +65,20 @@ impl CompactHeader {
         Ok(header)
     }
 
+    /// Status, version and the `name\0value\0…` block, for the shared tier's encoding.
+    pub fn parts(&self) -> (u16, Version, &Bytes) {
+        (self.status, self.version, &self.block)
+    }
+
+    /// The inverse of [`CompactHeader::parts`]; `unpack` checks the block when it is used.
+    pub fn from_parts(status: u16, version: Version, block: Bytes) -> Self {
+        Self {
+            status,
+            version,
+            block,
+        }
+    }
+
     pub fn len_bytes(&self) -> usize {
         self.block.len()
     }

@@ -6,9 +6,11 @@ pub mod compact_header;
 pub mod hit_for_miss;
 pub mod identity;
 pub mod recent_purges;
+pub mod shared_tier;
 pub mod store;
 pub mod tag_index;
 pub mod tags;
+pub mod wire;
 
 pub use compact_header::CompactHeader;
 pub use hit_for_miss::HitForMissMarks;

@@ -31,6 +31,7 @@ use pingora::{Error, ErrorType, Result};
 use regex::Regex;
 
 use super::recent_purges::RecentPurges;
+use super::shared_tier::SharedTier;
 use super::tag_index::TagIndex;
 use super::{CompactHeader, RequestIdentity, Tags};
 
@@ -134,6 +135,39 @@ impl StoredObject {
     }
 
     /// The same object, expired now: served stale within grace while one refresh runs.
+    /// An object as the shared tier hands it back.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn restored(
+        fresh_until: SystemTime,
+        updated: SystemTime,
+        grace_secs: u32,
+        keep_secs: u32,
+        header: CompactHeader,
+        body: Bytes,
+        tags: Tags,
+        pool: Option<Box<str>>,
+        identity: Option<Arc<RequestIdentity>>,
+    ) -> Self {
+        Self {
+            fresh_until,
+            updated,
+            grace_secs,
+            keep_secs,
+            header,
+            body,
+            tags,
+            pool,
+            identity,
+            heat: Heat::default(),
+            generation: 0,
+        }
+    }
+
+    /// Until when the object may be served at all (stale included).
+    pub fn usable_until(&self) -> SystemTime {
+        self.unusable_at()
+    }
+
     fn expired(&self) -> Self {
         let now = SystemTime::now() - Duration::from_secs(1);
         Self {
@@ -223,6 +257,8 @@ pub struct MemoryStore {
     generation: AtomicU64,
     /// Objects evicted to make room, since start.
     evictions: Arc<AtomicU64>,
+    /// The second tier shared by the nodes in Redis, when configured.
+    shared: std::sync::OnceLock<Arc<SharedTier>>,
 }
 
 impl MemoryStore {
@@ -254,9 +290,15 @@ impl MemoryStore {
             tags,
             pools,
             evictions,
+            shared: std::sync::OnceLock::new(),
             recent_purges: RecentPurges::new(longest_fetch),
             generation: AtomicU64::new(1),
         }
+    }
+
+    /// Memory misses are then looked up in the shared tier, and fills written to it.
+    pub fn attach_shared(&self, shared: Arc<SharedTier>) {
+        let _ = self.shared.set(shared);
     }
 
     /// Objects evicted to make room since start (not expired, not purged).
@@ -355,6 +397,37 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// A memory miss asks the shared tier; a copy found there is kept in memory too.
+    async fn lookup_shared(
+        &'static self,
+        hash: HashBinary,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(shared) = self.shared.get() else {
+            return Ok(None);
+        };
+        let Some(object) = shared.get(&hash).await else {
+            return Ok(None);
+        };
+        if object.usable_until() <= SystemTime::now() {
+            return Ok(None);
+        }
+        let meta = object.meta()?;
+        let body = object.body.clone();
+        self.put(hash, object).await;
+        let end = body.len();
+        Ok(Some((
+            meta,
+            Box::new(Hit {
+                body,
+                done: false,
+                start: 0,
+                end,
+            }),
+        )))
+    }
+}
+
 #[async_trait]
 impl Storage for MemoryStore {
     async fn lookup(
@@ -362,8 +435,9 @@ impl Storage for MemoryStore {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(object) = self.objects.get(&key.combined_bin()).await else {
-            return Ok(None);
+        let hash = key.combined_bin();
+        let Some(object) = self.objects.get(&hash).await else {
+            return self.lookup_shared(hash).await;
         };
         object.heat.hit();
         let meta = object.meta()?;
@@ -566,6 +640,9 @@ impl HandleMiss for Miss {
         }
         if self.visitor {
             object.heat.hit();
+        }
+        if let Some(shared) = self.store.shared.get() {
+            shared.put(self.key, &object, self.started, &self.store.recent_purges);
         }
         self.store.put(self.key, object).await;
         Ok(MissFinishType::Created(size))

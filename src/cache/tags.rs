@@ -30,6 +30,11 @@ impl Tags {
         Self(joined.into())
     }
 
+    /// Tags already normalised (as `as_str` gives them), e.g. read back from Redis.
+    pub fn from_normalised(joined: &str) -> Self {
+        Self(joined.into())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -33,6 +33,10 @@ pub struct RedisSection {
     pub stream_max_len: usize,
     /// Purges kept in memory while Redis is unreachable, published when it returns.
     pub outbox_size: usize,
+    /// Share cached pages through Redis too (the second tier), not only purges.
+    pub shared_cache: bool,
+    /// Larger bodies (as stored, gzipped) stay in this node's memory only.
+    pub shared_max_object_bytes: usize,
 }
 
 impl Default for RedisSection {
@@ -43,6 +47,8 @@ impl Default for RedisSection {
             timeout_ms: 100,
             stream_max_len: 100_000,
             outbox_size: 10_000,
+            shared_cache: true,
+            shared_max_object_bytes: 1 << 20,
         }
     }
 }

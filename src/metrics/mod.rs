@@ -103,6 +103,9 @@ pub struct Metrics {
     pub purge_bus_dropped: IntCounter,
     pub purge_bus_flushes: IntCounter,
     purged_remote_objects: IntCounter,
+    pub shared_lookups: IntCounterVec,
+    pub shared_writes: IntCounter,
+    pub shared_timeouts: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntCounter> {
@@ -366,6 +369,25 @@ impl Metrics {
             "floodgate_purged_remote_objects_total",
             "Objects removed or expired here by purges from other nodes",
         )?;
+        let shared_lookups = counter_vec(
+            &r,
+            "floodgate_shared_lookups_total",
+            "Memory misses looked up in the shared Redis tier, by result (hit, miss)",
+            &["result"],
+        )?;
+        let shared_writes = counter(
+            &r,
+            "floodgate_shared_writes_total",
+            "Fills written to the shared Redis tier",
+        )?;
+        let shared_timeouts = counter(
+            &r,
+            "floodgate_shared_timeouts_total",
+            "Shared-tier operations that ran past redis.timeout_ms (treated as misses)",
+        )?;
+        for result in ["hit", "miss"] {
+            shared_lookups.with_label_values(&[result]);
+        }
         // Fixed label sets appear from the start, at 0, so rates work before the first event.
         for outcome in [
             Outcome::Hit,
@@ -436,6 +458,9 @@ impl Metrics {
             purge_bus_dropped,
             purge_bus_flushes,
             purged_remote_objects,
+            shared_lookups,
+            shared_writes,
+            shared_timeouts,
         })
     }
 

@@ -186,6 +186,16 @@ impl PurgeBus {
                     outbox.front().cloned()
                 };
                 let Some(message) = next else { break };
+                // Shared copies go before the purge is announced, so no node can refill
+                // its memory from a copy the purge should have removed.
+                if let Err(reason) = self
+                    .purger
+                    .purge_shared(message.pattern.as_deref(), message.pool.as_deref())
+                    .await
+                {
+                    self.disconnected(&reason);
+                    break;
+                }
                 if connection.is_none() {
                     connection = self.connect().await;
                 }

@@ -8,6 +8,7 @@ pub mod pattern;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::cache::shared_tier::{SharedSelector, SharedTier};
 use crate::cache::MemoryStore;
 use crate::warm::WarmQueue;
 
@@ -34,6 +35,8 @@ pub struct Purger {
     hot_window: Duration,
     /// Where purges go to reach the other nodes, when there are any (Redis).
     bus: OnceLock<Arc<PurgeBus>>,
+    /// The shared tier in Redis, whose copies purges remove too.
+    shared: OnceLock<Arc<SharedTier>>,
 }
 
 impl Purger {
@@ -47,7 +50,34 @@ impl Purger {
             warm,
             hot_window,
             bus: OnceLock::new(),
+            shared: OnceLock::new(),
         }
+    }
+
+    /// Purges then also remove the shared tier's copies.
+    pub fn attach_shared(&self, shared: Arc<SharedTier>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// Removes the shared copies a purge selects. `Ok` without a shared tier.
+    pub async fn purge_shared(
+        &self,
+        tags_pattern: Option<&str>,
+        pool: Option<&str>,
+    ) -> Result<usize, String> {
+        let Some(shared) = self.shared.get() else {
+            return Ok(0);
+        };
+        let selector = tags_pattern
+            .map(pattern::parse)
+            .transpose()?
+            .map(|s| match s {
+                Selector::Tags(tags) => SharedSelector::Tags(tags),
+                Selector::AllTagged => SharedSelector::AllTagged,
+                Selector::Pattern(re) => SharedSelector::Pattern(re),
+            });
+        let pool = pool.map(pattern::pool).transpose()?;
+        shared.purge(selector.as_ref(), pool.as_ref()).await
     }
 
     /// Connects the purger to the other nodes: purges applied here are published.
@@ -88,6 +118,7 @@ impl Purger {
         soft: bool,
     ) -> Result<PurgeReport, String> {
         let started = Instant::now();
+        let pool_pattern = pool;
         let selector = tags_pattern.map(pattern::parse).transpose()?;
         let pool = pool.map(pattern::pool).transpose()?;
         let now = SystemTime::now();
@@ -136,11 +167,18 @@ impl Purger {
                 }
             }
         }
-        Ok(PurgeReport {
+        let report = PurgeReport {
             objects: invalidated.len(),
             tags: tag_count,
             queued_for_warming: queued,
             took: started.elapsed(),
-        })
+        };
+        // Shared copies too, best effort: the publisher retries them with the purge when
+        // Redis was away, and every other node removes them again when it applies it (a
+        // fill in flight on another node may have landed after this removal).
+        if let Err(reason) = self.purge_shared(tags_pattern, pool_pattern).await {
+            tracing::debug!(%reason, "shared copies not removed yet");
+        }
+        Ok(report)
     }
 }

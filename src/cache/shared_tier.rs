@@ -1,0 +1,271 @@
+//! The second tier, shared by every node in Redis: a page one node fetched is a hit for
+//! the others, and a node that joins starts warm.
+//!
+//! Keys under the configured prefix: `obj:<key hash>` holds an encoded object (see
+//! `wire`) and expires with it (TTL + keep); `tag:<tag>` and `pool:<value>` are sets of
+//! object hashes, so a purge finds shared copies through the index, never by SCAN; `tags`
+//! and `pools` list the index's names, for `.*` and regex purges. Redis bounds its memory
+//! with its own `maxmemory` and an LRU policy (`allkeys-lru`); an index entry whose
+//! object was evicted costs a few bytes until the next purge of that tag.
+//!
+//! Redis never holds a request: every call has the configured timeout, a timeout is a
+//! miss, and while Redis is unreachable the tier is skipped for half a second at a time.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use redis::aio::MultiplexedConnection;
+use regex::Regex;
+
+use super::recent_purges::RecentPurges;
+use super::{wire, StoredObject};
+use crate::config::RedisSection;
+use crate::metrics::Metrics;
+
+const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
+/// What a purge selects in the shared tier; mirrors the purge pattern.
+#[derive(Debug, Clone)]
+pub enum SharedSelector {
+    Tags(Vec<String>),
+    AllTagged,
+    Pattern(Regex),
+}
+
+pub struct SharedTier {
+    client: redis::Client,
+    prefix: String,
+    timeout: Duration,
+    max_object_bytes: usize,
+    connection: Mutex<(Option<MultiplexedConnection>, Option<Instant>)>,
+    metrics: Arc<Metrics>,
+}
+
+fn hex(key: &HashBinary) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl SharedTier {
+    pub fn new(config: &RedisSection, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            client: redis::Client::open(config.url.as_str())
+                .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
+            prefix: config.key_prefix.clone(),
+            timeout: Duration::from_millis(config.timeout_ms),
+            max_object_bytes: config.shared_max_object_bytes,
+            connection: Mutex::new((None, None)),
+            metrics,
+        }))
+    }
+
+    async fn connection(&self) -> Option<MultiplexedConnection> {
+        {
+            let state = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(con) = &state.0 {
+                return Some(con.clone());
+            }
+            if state.1.is_some_and(|at| at.elapsed() < RECONNECT_AFTER) {
+                return None;
+            }
+        }
+        let attempt = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(200)),
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await;
+        let mut state = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        state.1 = Some(Instant::now());
+        match attempt {
+            Ok(Ok(con)) => {
+                state.0 = Some(con.clone());
+                Some(con)
+            }
+            _ => None,
+        }
+    }
+
+    fn broken(&self) {
+        let mut state = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 = None;
+        state.1 = Some(Instant::now());
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
+        let mut con = self.connection().await?;
+        match tokio::time::timeout(self.timeout, command.query_async::<T>(&mut con)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "shared tier: Redis refused a command");
+                if e.is_io_error() || e.is_connection_dropped() {
+                    self.broken();
+                }
+                None
+            }
+            Err(_) => {
+                self.metrics.shared_timeouts.inc();
+                None
+            }
+        }
+    }
+
+    /// The shared copy of `key`, if Redis has one and answers in time.
+    pub async fn get(&self, key: &HashBinary) -> Option<StoredObject> {
+        let value: Option<Vec<u8>> = self
+            .run(redis::cmd("GET").arg(format!("{}obj:{}", self.prefix, hex(key))))
+            .await?;
+        let object = value.and_then(|v| wire::decode(Bytes::from(v)));
+        match &object {
+            Some(_) => self
+                .metrics
+                .shared_lookups
+                .with_label_values(&["hit"])
+                .inc(),
+            None => self
+                .metrics
+                .shared_lookups
+                .with_label_values(&["miss"])
+                .inc(),
+        }
+        object
+    }
+
+    /// Writes a fill to Redis in the background, with its index entries; objects larger
+    /// than `redis.shared_max_object_bytes` stay local.
+    /// `started` is when its fetch began: a purge of its tags since then (seen here, from
+    /// any node) cancels the write, so a page fetched before a purge does not outlive it
+    /// in Redis.
+    pub fn put(
+        self: &Arc<Self>,
+        key: HashBinary,
+        object: &StoredObject,
+        started: SystemTime,
+        recent: &'static RecentPurges,
+    ) {
+        if object.body.len() > self.max_object_bytes {
+            return;
+        }
+        let Ok(ttl) = object.usable_until().duration_since(SystemTime::now()) else {
+            return;
+        };
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let value = wire::encode(object);
+        let object_tags = object.tags.clone();
+        let tags: Vec<String> = object.tags.iter().map(str::to_string).collect();
+        let pool = object.pool.as_deref().map(str::to_string);
+        let tier = self.clone();
+        tokio::spawn(async move {
+            let name = hex(&key);
+            let p = &tier.prefix;
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(format!("{p}obj:{name}"))
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+            let mut index = |kind: &str, list: &str, member: &str| {
+                let set = format!("{p}{kind}:{member}");
+                pipe.cmd("SADD").arg(&set).arg(&name).ignore();
+                // A new set gets the object's lifetime; an old one only ever grows it.
+                pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("NX").ignore();
+                pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("GT").ignore();
+                pipe.cmd("SADD")
+                    .arg(format!("{p}{list}"))
+                    .arg(member)
+                    .ignore();
+            };
+            for tag in &tags {
+                index("tag", "tags", tag);
+            }
+            if let Some(pool) = &pool {
+                index("pool", "pools", pool);
+            }
+            let Some(mut con) = tier.connection().await else {
+                return;
+            };
+            if recent.purged_since(&object_tags, pool.as_deref(), started) {
+                return;
+            }
+            match tokio::time::timeout(tier.timeout * 4, pipe.query_async::<()>(&mut con)).await {
+                Ok(Ok(())) => tier.metrics.shared_writes.inc(),
+                Ok(Err(e)) => tracing::debug!(error = %e, "shared tier: a fill was not written"),
+                Err(_) => tier.metrics.shared_timeouts.inc(),
+            }
+        });
+    }
+
+    /// Removes the shared copies a purge selects, by index; how many objects went.
+    /// `Err` when Redis could not be asked: the caller keeps the purge to retry.
+    pub async fn purge(
+        &self,
+        selector: Option<&SharedSelector>,
+        pool: Option<&Regex>,
+    ) -> Result<usize, String> {
+        let p = &self.prefix;
+        let mut sets: Vec<String> = Vec::new();
+        let mut names: Vec<(String, String)> = Vec::new(); // (list, member) to forget
+        let listed = |list: &str| redis::cmd("SMEMBERS").arg(format!("{p}{list}")).to_owned();
+        match selector {
+            Some(SharedSelector::Tags(tags)) => {
+                for tag in tags {
+                    sets.push(format!("{p}tag:{tag}"));
+                    names.push(("tags".into(), tag.clone()));
+                }
+            }
+            Some(SharedSelector::AllTagged) | Some(SharedSelector::Pattern(_)) => {
+                let all: Vec<String> = self
+                    .run(&listed("tags"))
+                    .await
+                    .ok_or("Redis did not list the shared tags")?;
+                for tag in all {
+                    let selected = match selector {
+                        Some(SharedSelector::Pattern(re)) => re.is_match(&tag),
+                        _ => true,
+                    };
+                    if selected {
+                        sets.push(format!("{p}tag:{tag}"));
+                        names.push(("tags".into(), tag));
+                    }
+                }
+            }
+            None => {}
+        }
+        if let Some(re) = pool {
+            let all: Vec<String> = self
+                .run(&listed("pools"))
+                .await
+                .ok_or("Redis did not list the shared pools")?;
+            for value in all.into_iter().filter(|v| re.is_match(v)) {
+                sets.push(format!("{p}pool:{value}"));
+                names.push(("pools".into(), value));
+            }
+        }
+        if sets.is_empty() {
+            return Ok(0);
+        }
+        let members: Vec<String> = self
+            .run(redis::cmd("SUNION").arg(&sets))
+            .await
+            .ok_or("Redis did not answer the shared index")?;
+        let mut pipe = redis::pipe();
+        for chunk in members.chunks(512) {
+            let keys: Vec<String> = chunk.iter().map(|m| format!("{p}obj:{m}")).collect();
+            pipe.cmd("DEL").arg(keys).ignore();
+        }
+        pipe.cmd("DEL").arg(&sets).ignore();
+        for (list, member) in &names {
+            pipe.cmd("SREM")
+                .arg(format!("{p}{list}"))
+                .arg(member)
+                .ignore();
+        }
+        let mut con = self.connection().await.ok_or("Redis is unreachable")?;
+        match tokio::time::timeout(self.timeout * 4, pipe.query_async::<()>(&mut con)).await {
+            Ok(Ok(())) => Ok(members.len()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("Redis timed out removing shared copies".into()),
+        }
+    }
+}
