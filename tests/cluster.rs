@@ -364,3 +364,44 @@ async fn with_redis_dead_the_shared_tier_is_a_miss_not_an_error() {
         assert_eq!(shop(&a, &format!("/p{n}.html")).await.cache_debug(), "HIT");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cross_node_coalescing_a_cold_page_is_fetched_once_for_all_nodes() {
+    let redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    origin.set(
+        "/slow.html",
+        Page::cacheable("slow")
+            .header("x-magento-tags", "cat_p_9")
+            .delay(Duration::from_millis(600)),
+    );
+    origin.set(
+        "/private.html",
+        Page::cacheable("mine")
+            .header("cache-control", "private")
+            .delay(Duration::from_millis(300)),
+    );
+    let settings = node_settings(&redis, &["coalesce = true", "coalesce_wait_ms = 3000"]);
+    let a = Arc::new(Floodgate::start_with(origin.addr, settings.clone()).await);
+    let b = Arc::new(Floodgate::start_with(origin.addr, settings).await);
+
+    let both = |path: &'static str| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let on_a = tokio::spawn(async move { shop(&a, path).await });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let on_b = tokio::spawn(async move { shop(&b, path).await });
+            (on_a.await.expect("a"), on_b.await.expect("b"))
+        }
+    };
+    let (on_a, on_b) = both("/slow.html").await;
+    assert_eq!((on_a.status, on_a.text().as_str()), (200, "slow"));
+    assert_eq!((on_b.status, on_b.text().as_str()), (200, "slow"));
+    assert_eq!(origin.hits("/slow.html"), 1, "one fetch for both nodes");
+    assert_eq!(b.metric("floodgate_shared_coalesced_total").await, 1.0);
+
+    // A page that is never shared ends the wait when its fetch ends.
+    let (on_a, on_b) = both("/private.html").await;
+    assert_eq!((on_a.status, on_b.status), (200, 200));
+    assert_eq!(origin.hits("/private.html"), 2);
+}

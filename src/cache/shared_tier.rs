@@ -41,6 +41,10 @@ pub struct SharedTier {
     max_object_bytes: usize,
     connection: Mutex<(Option<MultiplexedConnection>, Option<Instant>)>,
     metrics: Arc<Metrics>,
+    /// Cross-node coalescing: how long to wait for another node's fetch, if at all.
+    coalesce_wait: Option<Duration>,
+    /// This node's name in coalescing locks: its own requests wait on its local lock.
+    node: String,
 }
 
 fn hex(key: &HashBinary) -> String {
@@ -57,6 +61,16 @@ impl SharedTier {
             max_object_bytes: config.shared_max_object_bytes,
             connection: Mutex::new((None, None)),
             metrics,
+            coalesce_wait: config
+                .coalesce
+                .then(|| Duration::from_millis(config.coalesce_wait_ms)),
+            node: format!(
+                "{}-{}",
+                std::process::id(),
+                SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
         }))
     }
 
@@ -131,6 +145,56 @@ impl SharedTier {
         object
     }
 
+    /// For a page no node holds: whether another node is fetching it, and if so its copy
+    /// once it lands (polled for up to `coalesce_wait_ms`). `None` means this node
+    /// fetches it (it now holds the lock, or Redis could not say).
+    pub async fn fetched_elsewhere(&self, key: &HashBinary) -> Option<StoredObject> {
+        let wait = self.coalesce_wait?;
+        let lock = format!("{}lock:{}", self.prefix, hex(key));
+        let lock_ms = (wait.as_millis() as u64).max(1000) * 2;
+        // SET … GET returns the holder: nil when the lock was free and is now ours.
+        let holder: Option<Option<String>> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&lock)
+                    .arg(&self.node)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(lock_ms),
+            )
+            .await;
+        match holder {
+            // Ours now, or already ours (this node's cache lock coalesces its requests),
+            // or Redis could not say: fetch.
+            Some(None) | None => return None,
+            Some(Some(holder)) if holder == self.node => return None,
+            Some(Some(_)) => {}
+        }
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(object) = self.get(key).await {
+                self.metrics.shared_coalesced.inc();
+                return Some(object);
+            }
+        }
+        None
+    }
+
+    /// The fetch of `key` ended without a copy for the shared tier (uncacheable, failed):
+    /// nodes waiting on it stop waiting.
+    pub fn fetch_ended(self: &Arc<Self>, key: HashBinary) {
+        if self.coalesce_wait.is_none() {
+            return;
+        }
+        let tier = self.clone();
+        tokio::spawn(async move {
+            let lock = format!("{}lock:{}", tier.prefix, hex(&key));
+            let _: Option<i64> = tier.run(redis::cmd("DEL").arg(lock)).await;
+        });
+    }
+
     /// Writes a fill to Redis in the background, with its index entries; objects larger
     /// than `redis.shared_max_object_bytes` stay local.
     /// `started` is when its fetch began: a purge of its tags since then (seen here, from
@@ -165,6 +229,8 @@ impl SharedTier {
                 .arg("PX")
                 .arg(ttl_ms)
                 .ignore();
+            // The copy is there: nodes waiting on this fetch stop waiting.
+            pipe.cmd("DEL").arg(format!("{p}lock:{name}")).ignore();
             let mut index = |kind: &str, list: &str, member: &str| {
                 let set = format!("{p}{kind}:{member}");
                 pipe.cmd("SADD").arg(&set).arg(&name).ignore();

@@ -296,6 +296,13 @@ impl MemoryStore {
         }
     }
 
+    /// A fetch of `key` ended without storing anything: other nodes stop waiting for it.
+    pub fn fetch_ended_unstored(&self, key: HashBinary) {
+        if let Some(shared) = self.shared.get() {
+            shared.fetch_ended(key);
+        }
+    }
+
     /// Memory misses are then looked up in the shared tier, and fills written to it.
     pub fn attach_shared(&self, shared: Arc<SharedTier>) {
         let _ = self.shared.set(shared);
@@ -406,7 +413,11 @@ impl MemoryStore {
         let Some(shared) = self.shared.get() else {
             return Ok(None);
         };
-        let Some(object) = shared.get(&hash).await else {
+        let found = match shared.get(&hash).await {
+            Some(object) => Some(object),
+            None => shared.fetched_elsewhere(&hash).await,
+        };
+        let Some(object) = found else {
             return Ok(None);
         };
         if object.usable_until() <= SystemTime::now() {

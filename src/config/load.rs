@@ -183,6 +183,9 @@ impl Config {
         if !self.redis.url.is_empty() {
             redis::Client::open(self.redis.url.as_str())
                 .map_err(|e| invalid("redis.url", format!("`{}`: {e}", self.redis.url)))?;
+            if self.redis.coalesce && self.redis.coalesce_wait_ms == 0 {
+                return Err(invalid("redis.coalesce_wait_ms", "must be at least 1 ms"));
+            }
             if self.redis.timeout_ms == 0 {
                 return Err(invalid("redis.timeout_ms", "must be at least 1 ms"));
             }

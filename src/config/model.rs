@@ -37,6 +37,11 @@ pub struct RedisSection {
     pub shared_cache: bool,
     /// Larger bodies (as stored, gzipped) stay in this node's memory only.
     pub shared_max_object_bytes: usize,
+    /// Cross-node coalescing: a node about to fetch a page nobody has takes a short lock
+    /// in Redis; the others wait up to `coalesce_wait_ms` for the shared copy instead of
+    /// fetching it too.
+    pub coalesce: bool,
+    pub coalesce_wait_ms: u64,
 }
 
 impl Default for RedisSection {
@@ -49,6 +54,8 @@ impl Default for RedisSection {
             outbox_size: 10_000,
             shared_cache: true,
             shared_max_object_bytes: 1 << 20,
+            coalesce: false,
+            coalesce_wait_ms: 2000,
         }
     }
 }

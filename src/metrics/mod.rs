@@ -106,6 +106,7 @@ pub struct Metrics {
     pub shared_lookups: IntCounterVec,
     pub shared_writes: IntCounter,
     pub shared_timeouts: IntCounter,
+    pub shared_coalesced: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntCounter> {
@@ -385,6 +386,11 @@ impl Metrics {
             "floodgate_shared_timeouts_total",
             "Shared-tier operations that ran past redis.timeout_ms (treated as misses)",
         )?;
+        let shared_coalesced = counter(
+            &r,
+            "floodgate_shared_coalesced_total",
+            "Misses served by another node's fetch through the shared tier (cross-node coalescing)",
+        )?;
         for result in ["hit", "miss"] {
             shared_lookups.with_label_values(&[result]);
         }
@@ -461,6 +467,7 @@ impl Metrics {
             shared_lookups,
             shared_writes,
             shared_timeouts,
+            shared_coalesced,
         })
     }
 

@@ -566,10 +566,16 @@ impl ProxyHttp for Floodgate {
             }
             Storability::HitForMiss(kind) => {
                 ctx.uncacheable = true;
+                if let Some(key) = ctx.key {
+                    self.store.fetch_ended_unstored(key);
+                }
                 Ok(RespCacheable::Uncacheable(kind.reason()))
             }
             Storability::NotStored(_) => {
                 ctx.uncacheable = true;
+                if let Some(key) = ctx.key {
+                    self.store.fetch_ended_unstored(key);
+                }
                 Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
                     REASON_NOT_STORED,
                 )))
