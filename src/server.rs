@@ -119,16 +119,19 @@ pub fn build(
     let bus = if config.redis.url.is_empty() {
         None
     } else {
-        if config.redis.shared_cache {
+        let shared = if config.redis.shared_cache {
             let shared = SharedTier::new(&config.redis, metrics.clone())?;
             store.attach_shared(shared.clone());
-            purger.attach_shared(shared);
-        }
+            purger.attach_shared(shared.clone());
+            Some(shared)
+        } else {
+            None
+        };
         let bus = PurgeBus::new(&config.redis, purger.clone(), metrics.clone())?;
         purger.attach_bus(bus.clone());
         server.add_service(background_service(
             "purge bus",
-            PurgeBusService(bus.clone()),
+            PurgeBusService(bus.clone(), shared),
         ));
         Some(bus)
     };

@@ -58,6 +58,19 @@ async fn until_metric(
     None
 }
 
+/// Starts a node and waits until it has reached Redis (when Redis is up).
+async fn start_node(origin: std::net::SocketAddr, settings: Settings) -> Floodgate {
+    let node = Floodgate::start_with(origin, settings).await;
+    let _ = until_metric(
+        &node,
+        "floodgate_redis_connected",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    node
+}
+
 /// A GET as visitors send it: every node sees the shop's own Host, so they share keys.
 async fn shop(node: &Floodgate, path: &str) -> Got {
     send(client().get(node.url(path)).header("host", "shop.test")).await
@@ -71,7 +84,7 @@ async fn a_purge_sent_to_one_node_reaches_every_node() {
     let origin = tagged_origin().await;
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await);
+        nodes.push(start_node(origin.addr, node_settings(&redis, &[])).await);
     }
     for node in &nodes {
         for n in 1..=2 {
@@ -140,8 +153,8 @@ async fn a_node_that_missed_trimmed_purges_drops_its_memory_tier() {
     let origin = tagged_origin().await;
     // The memory tier alone: what is dropped must come from the origin again.
     let settings = node_settings(&redis, &["stream_max_len = 20", "shared_cache = false"]);
-    let a = Floodgate::start_with(origin.addr, settings.clone()).await;
-    let b = Floodgate::start_with(origin.addr, settings).await;
+    let a = start_node(origin.addr, settings.clone()).await;
+    let b = start_node(origin.addr, settings).await;
     shop(&a, "/p1.html").await;
     assert_eq!(shop(&a, "/p1.html").await.cache_debug(), "HIT");
     // A reads one purge, so it has a position in the stream.
@@ -190,8 +203,8 @@ async fn a_node_that_missed_trimmed_purges_drops_its_memory_tier() {
 async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_returns() {
     let mut redis = RedisServer::start().await;
     let origin = tagged_origin().await;
-    let a = Arc::new(Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await);
-    let b = Arc::new(Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await);
+    let a = Arc::new(start_node(origin.addr, node_settings(&redis, &[])).await);
+    let b = Arc::new(start_node(origin.addr, node_settings(&redis, &[])).await);
     for node in [&a, &b] {
         shop(node, "/p1.html").await;
         shop(node, "/p2.html").await;
@@ -285,8 +298,8 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
 async fn a_node_restarted_after_a_purge_does_not_serve_the_purged_page() {
     let redis = RedisServer::start().await;
     let origin = tagged_origin().await;
-    let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
-    let b = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let a = start_node(origin.addr, node_settings(&redis, &[])).await;
+    let b = start_node(origin.addr, node_settings(&redis, &[])).await;
     shop(&a, "/p1.html").await;
     let hits_before = origin.hits("/p1.html");
     drop(a); // stopped
@@ -295,7 +308,7 @@ async fn a_node_restarted_after_a_purge_does_not_serve_the_purged_page() {
         "/p1.html",
         Page::cacheable("p1 v2").header("x-magento-tags", "cat_p_1"),
     );
-    let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let a = start_node(origin.addr, node_settings(&redis, &[])).await;
     let got = shop(&a, "/p1.html").await;
     assert_eq!((got.text().as_str(), got.cache_debug()), ("p1 v2", "MISS"));
     assert_eq!(origin.hits("/p1.html"), hits_before + 1);
@@ -305,8 +318,8 @@ async fn a_node_restarted_after_a_purge_does_not_serve_the_purged_page() {
 async fn a_page_one_node_fetched_is_a_hit_for_another_and_a_new_node_starts_warm() {
     let redis = RedisServer::start().await;
     let origin = tagged_origin().await;
-    let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
-    let b = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let a = start_node(origin.addr, node_settings(&redis, &[])).await;
+    let b = start_node(origin.addr, node_settings(&redis, &[])).await;
     assert_eq!(shop(&a, "/p1.html").await.cache_debug(), "MISS");
     assert!(until_metric(
         &a,
@@ -326,7 +339,7 @@ async fn a_page_one_node_fetched_is_a_hit_for_another_and_a_new_node_starts_warm
         1.0
     );
 
-    let c = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let c = start_node(origin.addr, node_settings(&redis, &[])).await;
     assert_eq!(
         shop(&c, "/p1.html").await.cache_debug(),
         "HIT",
@@ -340,7 +353,7 @@ async fn a_page_one_node_fetched_is_a_hit_for_another_and_a_new_node_starts_warm
         "/p1.html",
         Page::cacheable("p1 v2").header("x-magento-tags", "cat_p_1"),
     );
-    let d = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let d = start_node(origin.addr, node_settings(&redis, &[])).await;
     let on_d = shop(&d, "/p1.html").await;
     assert_eq!(
         (on_d.text().as_str(), on_d.cache_debug()),
@@ -356,7 +369,7 @@ async fn a_page_one_node_fetched_is_a_hit_for_another_and_a_new_node_starts_warm
 async fn with_redis_dead_the_shared_tier_is_a_miss_not_an_error() {
     let mut redis = RedisServer::start().await;
     let origin = tagged_origin().await;
-    let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    let a = start_node(origin.addr, node_settings(&redis, &[])).await;
     redis.kill();
     for n in 1..=3 {
         let got = shop(&a, &format!("/p{n}.html")).await;
@@ -382,8 +395,8 @@ async fn with_cross_node_coalescing_a_cold_page_is_fetched_once_for_all_nodes() 
             .delay(Duration::from_millis(300)),
     );
     let settings = node_settings(&redis, &["coalesce = true", "coalesce_wait_ms = 3000"]);
-    let a = Arc::new(Floodgate::start_with(origin.addr, settings.clone()).await);
-    let b = Arc::new(Floodgate::start_with(origin.addr, settings).await);
+    let a = Arc::new(start_node(origin.addr, settings.clone()).await);
+    let b = Arc::new(start_node(origin.addr, settings).await);
 
     let both = |path: &'static str| {
         let (a, b) = (a.clone(), b.clone());
@@ -404,4 +417,56 @@ async fn with_cross_node_coalescing_a_cold_page_is_fetched_once_for_all_nodes() 
     let (on_a, on_b) = both("/private.html").await;
     assert_eq!((on_a.status, on_b.status), (200, 200));
     assert_eq!(origin.hits("/private.html"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_redis_over_tls_as_an_acl_user_and_a_wrong_password_only_degrades() {
+    let redis = RedisServer::start_tls().await;
+    let origin = tagged_origin().await;
+    let ca = redis.ca_file().expect("ca");
+    let tls = |password: &str| {
+        Settings::default()
+            .warm("enabled = false")
+            .redis(&format!("url = \"{}\"", redis.tls_url(password)))
+            .redis(&format!("tls_ca_file = \"{}\"", ca.display()))
+    };
+    let a = start_node(origin.addr, tls(common::redis::TLS_PASSWORD)).await;
+    let b = start_node(origin.addr, tls(common::redis::TLS_PASSWORD)).await;
+    let wrong = start_node(origin.addr, tls("wrong")).await;
+
+    shop(&a, "/p1.html").await;
+    assert!(
+        until_metric(
+            &a,
+            "floodgate_shared_writes_total",
+            1.0,
+            Duration::from_secs(5)
+        )
+        .await
+        .is_some(),
+        "{}",
+        a.log()
+    );
+    assert_eq!(
+        shop(&b, "/p1.html").await.cache_debug(),
+        "HIT",
+        "shared over TLS"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
+    assert!(until_metric(&a, APPLIED, 1.0, Duration::from_secs(5))
+        .await
+        .is_some());
+
+    // Refused by Redis: the node serves on its own and says so.
+    let got = shop(&wrong, "/p2.html").await;
+    assert_eq!((got.status, got.cache_debug()), (200, "MISS"));
+    assert_eq!(send(purge(&wrong, "((^|,)cat_p_2(,|$))")).await.status, 200);
+    let ready = get(&wrong.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready.text().contains("\"degraded\":true"),
+        "{}",
+        ready.text()
+    );
 }

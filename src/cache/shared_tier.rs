@@ -25,6 +25,8 @@ use crate::config::RedisSection;
 use crate::metrics::Metrics;
 
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+/// A TCP and TLS handshake, in the background.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a purge selects in the shared tier; mirrors the purge pattern.
 #[derive(Debug, Clone)]
@@ -39,7 +41,8 @@ pub struct SharedTier {
     prefix: String,
     timeout: Duration,
     max_object_bytes: usize,
-    connection: Mutex<(Option<MultiplexedConnection>, Option<Instant>)>,
+    /// The connection, and when one was last attempted.
+    connection: Arc<Mutex<(Option<MultiplexedConnection>, Option<Instant>)>>,
     metrics: Arc<Metrics>,
     /// Cross-node coalescing: how long to wait for another node's fetch, if at all.
     coalesce_wait: Option<Duration>,
@@ -54,12 +57,11 @@ fn hex(key: &HashBinary) -> String {
 impl SharedTier {
     pub fn new(config: &RedisSection, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            client: redis::Client::open(config.url.as_str())
-                .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
+            client: crate::cluster::client(config)?,
             prefix: config.key_prefix.clone(),
             timeout: Duration::from_millis(config.timeout_ms),
             max_object_bytes: config.shared_max_object_bytes,
-            connection: Mutex::new((None, None)),
+            connection: Arc::new(Mutex::new((None, None))),
             metrics,
             coalesce_wait: config
                 .coalesce
@@ -74,29 +76,46 @@ impl SharedTier {
         }))
     }
 
-    async fn connection(&self) -> Option<MultiplexedConnection> {
-        {
-            let state = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(con) = &state.0 {
-                return Some(con.clone());
+    /// The connection if there is one. Never waits: without one it starts connecting in
+    /// the background (at most every half second) and the caller treats Redis as absent,
+    /// so no request waits for a TCP or TLS handshake.
+    fn connection(&self) -> Option<MultiplexedConnection> {
+        let mut state = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(con) = &state.0 {
+            return Some(con.clone());
+        }
+        if state.1.is_some_and(|at| at.elapsed() < RECONNECT_AFTER) {
+            return None;
+        }
+        state.1 = Some(Instant::now());
+        let (client, slot) = (self.client.clone(), self.connection.clone());
+        tokio::spawn(async move {
+            let attempt =
+                tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+                    .await;
+            if let Ok(Ok(con)) = attempt {
+                slot.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(con);
             }
-            if state.1.is_some_and(|at| at.elapsed() < RECONNECT_AFTER) {
+        });
+        None
+    }
+
+    /// Connects now, waiting for it (at start-up, in the background).
+    pub async fn connect(&self) {
+        let _ = self.connection_waiting().await;
+    }
+
+    /// For background work: waits up to `CONNECT_TIMEOUT` for a connection.
+    async fn connection_waiting(&self) -> Option<MultiplexedConnection> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            if let Some(con) = self.connection() {
+                return Some(con);
+            }
+            if Instant::now() >= deadline {
                 return None;
             }
-        }
-        let attempt = tokio::time::timeout(
-            self.timeout.max(Duration::from_millis(200)),
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await;
-        let mut state = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        state.1 = Some(Instant::now());
-        match attempt {
-            Ok(Ok(con)) => {
-                state.0 = Some(con.clone());
-                Some(con)
-            }
-            _ => None,
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -107,7 +126,7 @@ impl SharedTier {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
-        let mut con = self.connection().await?;
+        let mut con = self.connection()?;
         match tokio::time::timeout(self.timeout, command.query_async::<T>(&mut con)).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
@@ -248,7 +267,7 @@ impl SharedTier {
             if let Some(pool) = &pool {
                 index("pool", "pools", pool);
             }
-            let Some(mut con) = tier.connection().await else {
+            let Some(mut con) = tier.connection_waiting().await else {
                 return;
             };
             if recent.purged_since(&object_tags, pool.as_deref(), started) {
@@ -327,7 +346,10 @@ impl SharedTier {
                 .arg(member)
                 .ignore();
         }
-        let mut con = self.connection().await.ok_or("Redis is unreachable")?;
+        let mut con = self
+            .connection_waiting()
+            .await
+            .ok_or("Redis is unreachable")?;
         match tokio::time::timeout(self.timeout * 4, pipe.query_async::<()>(&mut con)).await {
             Ok(Ok(())) => Ok(members.len()),
             Ok(Err(e)) => Err(e.to_string()),

@@ -181,8 +181,15 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("`{}`: {e}", self.log.level)))?;
         if !self.redis.url.is_empty() {
-            redis::Client::open(self.redis.url.as_str())
-                .map_err(|e| invalid("redis.url", format!("`{}`: {e}", self.redis.url)))?;
+            crate::cluster::client(&self.redis).map_err(|e| {
+                let text = e.to_string();
+                let key = if text.starts_with("redis.tls_ca_file") {
+                    "redis.tls_ca_file"
+                } else {
+                    "redis.url"
+                };
+                invalid(key, text)
+            })?;
             if self.redis.coalesce && self.redis.coalesce_wait_ms == 0 {
                 return Err(invalid("redis.coalesce_wait_ms", "must be at least 1 ms"));
             }

@@ -22,8 +22,11 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSection {
-    /// `redis://[user:password@]host:port[/db]`; empty: no Redis.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS; empty: no Redis.
     pub url: String,
+    /// PEM file of the CA that signed the Redis server's certificate, for `rediss://`
+    /// with a private CA; empty: the system's trusted roots.
+    pub tls_ca_file: String,
     /// Prefix of every key Floodgate uses, so several shops can share one Redis.
     pub key_prefix: String,
     /// Longest wait for Redis on any operation, milliseconds.
@@ -48,6 +51,7 @@ impl Default for RedisSection {
     fn default() -> Self {
         Self {
             url: String::new(),
+            tls_ca_file: String::new(),
             key_prefix: "floodgate:".into(),
             timeout_ms: 100,
             stream_max_len: 100_000,

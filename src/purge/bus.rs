@@ -28,6 +28,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use tokio::sync::Notify;
 
 use super::Purger;
+use crate::cache::shared_tier::SharedTier;
 use crate::config::RedisSection;
 use crate::metrics::Metrics;
 
@@ -91,8 +92,7 @@ impl PurgeBus {
         purger: Arc<Purger>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        let client = crate::cluster::client(config)?;
         let node = format!(
             "{}-{}",
             std::process::id(),
@@ -144,7 +144,8 @@ impl PurgeBus {
 
     async fn connect(&self) -> Option<MultiplexedConnection> {
         match tokio::time::timeout(
-            self.timeout.max(Duration::from_millis(500)),
+            // A TCP and TLS handshake; this runs in the background, never for a request.
+            self.timeout.max(Duration::from_secs(2)),
             self.client.get_multiplexed_async_connection(),
         )
         .await
@@ -385,12 +386,16 @@ fn missed(prev: u64, next: u64) -> bool {
     }
 }
 
-/// Runs the publisher and the consumer for the life of the process.
-pub struct PurgeBusService(pub Arc<PurgeBus>);
+/// Runs the publisher and the consumer for the life of the process; connects the shared
+/// tier first, so the first requests after a start find it ready.
+pub struct PurgeBusService(pub Arc<PurgeBus>, pub Option<Arc<SharedTier>>);
 
 #[async_trait]
 impl BackgroundService for PurgeBusService {
     async fn start(&self, shutdown: ShutdownWatch) {
+        if let Some(shared) = &self.1 {
+            shared.connect().await;
+        }
         tokio::join!(
             self.0.publisher(shutdown.clone()),
             self.0.consumer(shutdown)

@@ -1,6 +1,7 @@
 //! A real `redis-server` on a free loopback port, without persistence, stopped on drop.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,14 +10,105 @@ use super::floodgate::free_port;
 pub struct RedisServer {
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// With TLS: the directory holding the CA and the server's certificate.
+    tls: Option<PathBuf>,
 }
+
+/// The ACL user the TLS server accepts (the default user is off there).
+pub const TLS_USER: &str = "floodgate";
+pub const TLS_PASSWORD: &str = "s3cret";
 
 impl RedisServer {
     pub async fn start() -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let mut server = RedisServer { addr, child: None };
+        let mut server = RedisServer {
+            addr,
+            child: None,
+            tls: None,
+        };
         server.restart().await;
         server
+    }
+
+    /// A TLS-only server with a private CA and an ACL user (`TLS_USER`), the default
+    /// user disabled.
+    pub async fn start_tls() -> Self {
+        let dir = super::floodgate::temp_dir("redis-tls");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl must be installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=floodgate-test-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut server = RedisServer {
+            addr,
+            child: None,
+            tls: Some(dir),
+        };
+        server.restart().await;
+        server
+    }
+
+    /// The CA certificate of a TLS server.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|d| d.join("ca.crt"))
+    }
+
+    /// `rediss://user:password@…` for a TLS server.
+    pub fn tls_url(&self, password: &str) -> String {
+        format!("rediss://{TLS_USER}:{password}@{}", self.addr)
     }
 
     pub fn url(&self) -> String {
@@ -34,14 +126,35 @@ impl RedisServer {
     /// Starts it (again) on the same port, empty.
     pub async fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.addr.port().to_string(),
-            ])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let port = self.addr.port().to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]).args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]);
+        match &self.tls {
+            None => {
+                command.args(["--port", &port]);
+            }
+            Some(dir) => {
+                let file = |name: &str| dir.join(name).display().to_string();
+                command
+                    .args(["--port", "0", "--tls-port", &port])
+                    .args(["--tls-cert-file", &file("server.crt")])
+                    .args(["--tls-key-file", &file("server.key")])
+                    .args(["--tls-ca-cert-file", &file("ca.crt")])
+                    .args(["--tls-auth-clients", "no"])
+                    .args(["--user", "default", "off"])
+                    .args(["--user", TLS_USER, "on"])
+                    .arg(format!(">{TLS_PASSWORD}"))
+                    .args(["~*", "&*", "+@all"]);
+            }
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -61,5 +174,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
