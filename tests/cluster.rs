@@ -243,6 +243,10 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
     // B takes a purge while Redis is gone: applied at once on B, kept for A.
     let answer = send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
     assert_eq!(answer.status, 200);
+    origin.set(
+        "/p1.html",
+        Page::cacheable("p1 v2").header("x-magento-tags", "cat_p_1,cat_p"),
+    );
     assert_eq!(shop(&b, "/p1.html").await.cache_debug(), "MISS");
     assert_eq!(
         shop(&a, "/p1.html").await.cache_debug(),
@@ -274,7 +278,8 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
         "A applied the purge once Redis was back:\n{}",
         a.log()
     );
-    assert_eq!(shop(&a, "/p1.html").await.cache_debug(), "MISS");
+    // From the origin or from B's fresh copy in the new Redis, never A's old one.
+    assert_eq!(shop(&a, "/p1.html").await.text(), "p1 v2");
     assert_eq!(
         shop(&a, "/p2.html").await.cache_debug(),
         "HIT",
@@ -469,4 +474,65 @@ async fn nodes_reach_redis_over_tls_as_an_acl_user_and_a_wrong_password_only_deg
         "{}",
         ready.text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_purges_and_shared_pages_work_across_slots() {
+    let redis = RedisCluster::start().await;
+    let origin = tagged_origin().await;
+    let settings = Settings::default()
+        .warm("enabled = false")
+        .redis(&format!("url = \"{}\"", redis.url()))
+        .redis("key_prefix = \"shop1:\"");
+    let a = start_node(origin.addr, settings.clone()).await;
+    let b = start_node(origin.addr, settings).await;
+    assert_eq!(
+        a.metric("floodgate_redis_connected").await,
+        1.0,
+        "{}",
+        a.log()
+    );
+
+    // Three pages and their tags spread over the cluster's slots.
+    for n in 1..=3 {
+        shop(&a, &format!("/p{n}.html")).await;
+    }
+    assert!(until_metric(
+        &a,
+        "floodgate_shared_writes_total",
+        3.0,
+        Duration::from_secs(5)
+    )
+    .await
+    .is_some());
+    for n in 1..=3 {
+        assert_eq!(shop(&b, &format!("/p{n}.html")).await.cache_debug(), "HIT");
+    }
+    assert_eq!(origin.total_hits(), 3);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `cat_p` is on all three pages: the purge removes shared copies in every slot.
+    assert_eq!(send(purge(&b, "((^|,)cat_p(,|$))")).await.status, 200);
+    assert!(
+        until_metric(&a, APPLIED, 1.0, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "{}",
+        a.log()
+    );
+    let c = start_node(
+        origin.addr,
+        Settings::default()
+            .warm("enabled = false")
+            .redis(&format!("url = \"{}\"", redis.url()))
+            .redis("key_prefix = \"shop1:\""),
+    )
+    .await;
+    for n in 1..=3 {
+        assert_eq!(
+            shop(&c, &format!("/p{n}.html")).await.cache_debug(),
+            "MISS",
+            "no shared copy left"
+        );
+    }
 }

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
-use redis::aio::MultiplexedConnection;
 use regex::Regex;
 
 use super::recent_purges::RecentPurges;
 use super::{wire, StoredObject};
+use crate::cluster::{self, Client, Connection};
 use crate::config::RedisSection;
 use crate::metrics::Metrics;
 
@@ -37,12 +37,12 @@ pub enum SharedSelector {
 }
 
 pub struct SharedTier {
-    client: redis::Client,
+    client: Client,
     prefix: String,
     timeout: Duration,
     max_object_bytes: usize,
     /// The connection, and when one was last attempted.
-    connection: Arc<Mutex<(Option<MultiplexedConnection>, Option<Instant>)>>,
+    connection: Arc<Mutex<(Option<Connection>, Option<Instant>)>>,
     metrics: Arc<Metrics>,
     /// Cross-node coalescing: how long to wait for another node's fetch, if at all.
     coalesce_wait: Option<Duration>,
@@ -79,7 +79,7 @@ impl SharedTier {
     /// The connection if there is one. Never waits: without one it starts connecting in
     /// the background (at most every half second) and the caller treats Redis as absent,
     /// so no request waits for a TCP or TLS handshake.
-    fn connection(&self) -> Option<MultiplexedConnection> {
+    fn connection(&self) -> Option<Connection> {
         let mut state = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(con) = &state.0 {
             return Some(con.clone());
@@ -90,9 +90,7 @@ impl SharedTier {
         state.1 = Some(Instant::now());
         let (client, slot) = (self.client.clone(), self.connection.clone());
         tokio::spawn(async move {
-            let attempt =
-                tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
-                    .await;
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, client.connect()).await;
             if let Ok(Ok(con)) = attempt {
                 slot.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(con);
             }
@@ -106,7 +104,7 @@ impl SharedTier {
     }
 
     /// For background work: waits up to `CONNECT_TIMEOUT` for a connection.
-    async fn connection_waiting(&self) -> Option<MultiplexedConnection> {
+    async fn connection_waiting(&self) -> Option<Connection> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         loop {
             if let Some(con) = self.connection() {
@@ -241,25 +239,33 @@ impl SharedTier {
         tokio::spawn(async move {
             let name = hex(&key);
             let p = &tier.prefix;
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET")
-                .arg(format!("{p}obj:{name}"))
-                .arg(value.as_ref())
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore();
-            // The copy is there: nodes waiting on this fetch stop waiting.
-            pipe.cmd("DEL").arg(format!("{p}lock:{name}")).ignore();
+            // The index first, the object last: a write cut short leaves index entries
+            // without an object (harmless), never an object that purges cannot find.
+            let mut index_commands = Vec::with_capacity(4 * tags.len() + 4);
             let mut index = |kind: &str, list: &str, member: &str| {
                 let set = format!("{p}{kind}:{member}");
-                pipe.cmd("SADD").arg(&set).arg(&name).ignore();
+                index_commands.push(redis::cmd("SADD").arg(&set).arg(&name).to_owned());
                 // A new set gets the object's lifetime; an old one only ever grows it.
-                pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("NX").ignore();
-                pipe.cmd("PEXPIRE").arg(&set).arg(ttl_ms).arg("GT").ignore();
-                pipe.cmd("SADD")
-                    .arg(format!("{p}{list}"))
-                    .arg(member)
-                    .ignore();
+                index_commands.push(
+                    redis::cmd("PEXPIRE")
+                        .arg(&set)
+                        .arg(ttl_ms)
+                        .arg("NX")
+                        .to_owned(),
+                );
+                index_commands.push(
+                    redis::cmd("PEXPIRE")
+                        .arg(&set)
+                        .arg(ttl_ms)
+                        .arg("GT")
+                        .to_owned(),
+                );
+                index_commands.push(
+                    redis::cmd("SADD")
+                        .arg(format!("{p}{list}"))
+                        .arg(member)
+                        .to_owned(),
+                );
             };
             for tag in &tags {
                 index("tag", "tags", tag);
@@ -267,16 +273,29 @@ impl SharedTier {
             if let Some(pool) = &pool {
                 index("pool", "pools", pool);
             }
-            let Some(mut con) = tier.connection_waiting().await else {
+            let object_commands = vec![
+                redis::cmd("SET")
+                    .arg(format!("{p}obj:{name}"))
+                    .arg(value.as_ref())
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .to_owned(),
+                // The copy is there: nodes waiting on this fetch stop waiting.
+                redis::cmd("DEL").arg(format!("{p}lock:{name}")).to_owned(),
+            ];
+            let Some(con) = tier.connection_waiting().await else {
                 return;
             };
             if recent.purged_since(&object_tags, pool.as_deref(), started) {
                 return;
             }
-            match tokio::time::timeout(tier.timeout * 4, pipe.query_async::<()>(&mut con)).await {
-                Ok(Ok(())) => tier.metrics.shared_writes.inc(),
-                Ok(Err(e)) => tracing::debug!(error = %e, "shared tier: a fill was not written"),
-                Err(_) => tier.metrics.shared_timeouts.inc(),
+            let written = match cluster::each(&con, index_commands, tier.timeout * 4).await {
+                Ok(_) => cluster::each(&con, object_commands, tier.timeout * 4).await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(_) => tier.metrics.shared_writes.inc(),
+                Err(e) => tracing::debug!(error = %e, "shared tier: a fill was not written"),
             }
         });
     }
@@ -330,30 +349,37 @@ impl SharedTier {
         if sets.is_empty() {
             return Ok(0);
         }
-        let members: Vec<String> = self
-            .run(redis::cmd("SUNION").arg(&sets))
-            .await
-            .ok_or("Redis did not answer the shared index")?;
-        let mut pipe = redis::pipe();
-        for chunk in members.chunks(512) {
-            let keys: Vec<String> = chunk.iter().map(|m| format!("{p}obj:{m}")).collect();
-            pipe.cmd("DEL").arg(keys).ignore();
-        }
-        pipe.cmd("DEL").arg(&sets).ignore();
-        for (list, member) in &names {
-            pipe.cmd("SREM")
-                .arg(format!("{p}{list}"))
-                .arg(member)
-                .ignore();
-        }
-        let mut con = self
+        let con = self
             .connection_waiting()
             .await
             .ok_or("Redis is unreachable")?;
-        match tokio::time::timeout(self.timeout * 4, pipe.query_async::<()>(&mut con)).await {
-            Ok(Ok(())) => Ok(members.len()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("Redis timed out removing shared copies".into()),
+        let limit = self.timeout * 4;
+        let listed = cluster::each(
+            &con,
+            sets.iter()
+                .map(|set| redis::cmd("SMEMBERS").arg(set).to_owned())
+                .collect(),
+            limit,
+        )
+        .await?;
+        let mut members = std::collections::BTreeSet::new();
+        for reply in listed {
+            let names: Vec<String> = redis::from_redis_value(&reply).map_err(|e| e.to_string())?;
+            members.extend(names);
         }
+        // One key per command: the keys may live in different cluster slots.
+        let mut commands: Vec<redis::Cmd> = members
+            .iter()
+            .map(|m| redis::cmd("DEL").arg(format!("{p}obj:{m}")).to_owned())
+            .collect();
+        commands.extend(sets.iter().map(|set| redis::cmd("DEL").arg(set).to_owned()));
+        commands.extend(names.iter().map(|(list, member)| {
+            redis::cmd("SREM")
+                .arg(format!("{p}{list}"))
+                .arg(member)
+                .to_owned()
+        }));
+        cluster::each(&con, commands, limit).await?;
+        Ok(members.len())
     }
 }

@@ -23,12 +23,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use tokio::sync::Notify;
 
 use super::Purger;
 use crate::cache::shared_tier::SharedTier;
+use crate::cluster::{Client, Connection};
 use crate::config::RedisSection;
 use crate::metrics::Metrics;
 
@@ -70,7 +70,7 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, unpa
 ";
 
 pub struct PurgeBus {
-    client: redis::Client,
+    client: Client,
     stream: String,
     sequence: String,
     append: redis::Script,
@@ -93,6 +93,9 @@ impl PurgeBus {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let client = crate::cluster::client(config)?;
+        // The append script touches both keys: in a cluster they must share a slot.
+        let stream = client.slot_tag(&format!("{}purges", config.key_prefix));
+        let sequence = format!("{stream}:seq");
         let node = format!(
             "{}-{}",
             std::process::id(),
@@ -102,8 +105,8 @@ impl PurgeBus {
         );
         Ok(Arc::new(Self {
             client,
-            stream: format!("{}purges", config.key_prefix),
-            sequence: format!("{}purges:seq", config.key_prefix),
+            stream,
+            sequence,
             append: redis::Script::new(APPEND),
             node,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -142,11 +145,11 @@ impl PurgeBus {
         self.metrics.redis_connected.set(i64::from(up));
     }
 
-    async fn connect(&self) -> Option<MultiplexedConnection> {
+    async fn connect(&self) -> Option<Connection> {
         match tokio::time::timeout(
             // A TCP and TLS handshake; this runs in the background, never for a request.
             self.timeout.max(Duration::from_secs(2)),
-            self.client.get_multiplexed_async_connection(),
+            self.client.connect(),
         )
         .await
         {
@@ -246,7 +249,7 @@ impl PurgeBus {
     async fn consumer(&self, mut shutdown: ShutdownWatch) {
         let mut last: Option<EntryId> = None;
         let mut last_seq: Option<u64> = None;
-        let mut connection: Option<MultiplexedConnection> = None;
+        let mut connection: Option<Connection> = None;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -356,7 +359,7 @@ impl PurgeBus {
     }
 
     /// The newest entry's ID, or 0-0 for an empty stream.
-    async fn newest(&self, con: &mut MultiplexedConnection) -> Result<EntryId, String> {
+    async fn newest(&self, con: &mut Connection) -> Result<EntryId, String> {
         let query = redis::cmd("XREVRANGE")
             .arg(&self.stream)
             .arg("+")

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub use floodgate::{Floodgate, Settings};
 pub use origin::{Page, TestOrigin};
-pub use redis::RedisServer;
+pub use redis::{RedisCluster, RedisServer};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
