@@ -1,15 +1,7 @@
 //! The operator's side of the admin API, for the CLI (`floodgate purge`, `floodgate
 //! maintenance`).
 
-use std::time::Duration;
-
-fn client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))
-}
+use crate::warm::cli::client;
 
 /// What to purge, as `POST /purge` takes it.
 #[derive(Debug, Default, serde::Serialize)]

@@ -170,19 +170,17 @@ impl StoredObject {
 
     fn expired(&self) -> Self {
         let now = SystemTime::now() - Duration::from_secs(1);
-        Self {
-            fresh_until: self.fresh_until.min(now),
-            updated: self.updated.min(now),
-            grace_secs: self.grace_secs,
-            keep_secs: self.keep_secs,
-            header: self.header.clone(),
-            body: self.body.clone(),
-            tags: self.tags.clone(),
-            pool: self.pool.clone(),
-            identity: self.identity.clone(),
-            heat: Heat::default(),
-            generation: 0,
-        }
+        Self::restored(
+            self.fresh_until.min(now),
+            self.updated.min(now),
+            self.grace_secs,
+            self.keep_secs,
+            self.header.clone(),
+            self.body.clone(),
+            self.tags.clone(),
+            self.pool.clone(),
+            self.identity.clone(),
+        )
     }
 
     pub fn is_fresh(&self) -> bool {

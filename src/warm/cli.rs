@@ -13,7 +13,8 @@ pub fn magento_pattern(tags: &[String]) -> String {
         .join("|")
 }
 
-fn client() -> Result<reqwest::Client, String> {
+/// The CLI's HTTP client: no proxy from the environment, a minute per request.
+pub(crate) fn client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(60))
