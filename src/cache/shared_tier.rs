@@ -302,10 +302,13 @@ impl SharedTier {
 
     /// Removes the shared copies a purge selects, by index; how many objects went.
     /// `Err` when Redis could not be asked: the caller keeps the purge to retry.
+    /// With `wait`, waits for a connection (background work); without, a missing
+    /// connection is an error at once (a PURGE request is being answered).
     pub async fn purge(
         &self,
         selector: Option<&SharedSelector>,
         pool: Option<&Regex>,
+        wait: bool,
     ) -> Result<usize, String> {
         let p = &self.prefix;
         let mut sets: Vec<String> = Vec::new();
@@ -349,11 +352,14 @@ impl SharedTier {
         if sets.is_empty() {
             return Ok(0);
         }
-        let con = self
-            .connection_waiting()
-            .await
-            .ok_or("Redis is unreachable")?;
-        let limit = self.timeout * 4;
+        let con = if wait {
+            self.connection_waiting().await
+        } else {
+            self.connection()
+        }
+        .ok_or("Redis is unreachable")?;
+        // On a request's path Redis gets its timeout; the publisher retries what is left.
+        let limit = if wait { self.timeout * 4 } else { self.timeout };
         let listed = cluster::each(
             &con,
             sets.iter()

@@ -194,7 +194,7 @@ impl PurgeBus {
                 // its memory from a copy the purge should have removed.
                 if let Err(reason) = self
                     .purger
-                    .purge_shared(message.pattern.as_deref(), message.pool.as_deref())
+                    .purge_shared(message.pattern.as_deref(), message.pool.as_deref(), true)
                     .await
                 {
                     self.disconnected(&reason);

@@ -59,11 +59,13 @@ impl Purger {
         let _ = self.shared.set(shared);
     }
 
-    /// Removes the shared copies a purge selects. `Ok` without a shared tier.
+    /// Removes the shared copies a purge selects. `Ok` without a shared tier. `wait`:
+    /// wait for a connection to Redis (background work only).
     pub async fn purge_shared(
         &self,
         tags_pattern: Option<&str>,
         pool: Option<&str>,
+        wait: bool,
     ) -> Result<usize, String> {
         let Some(shared) = self.shared.get() else {
             return Ok(0);
@@ -77,7 +79,7 @@ impl Purger {
                 Selector::Pattern(re) => SharedSelector::Pattern(re),
             });
         let pool = pool.map(pattern::pool).transpose()?;
-        shared.purge(selector.as_ref(), pool.as_ref()).await
+        shared.purge(selector.as_ref(), pool.as_ref(), wait).await
     }
 
     /// Connects the purger to the other nodes: purges applied here are published.
@@ -176,7 +178,7 @@ impl Purger {
         // Shared copies too, best effort: the publisher retries them with the purge when
         // Redis was away, and every other node removes them again when it applies it (a
         // fill in flight on another node may have landed after this removal).
-        if let Err(reason) = self.purge_shared(tags_pattern, pool_pattern).await {
+        if let Err(reason) = self.purge_shared(tags_pattern, pool_pattern, false).await {
             tracing::debug!(%reason, "shared copies not removed yet");
         }
         Ok(report)
