@@ -421,6 +421,14 @@ impl MemoryStore {
         if object.usable_until() <= SystemTime::now() {
             return Ok(None);
         }
+        // The same rule as for fills: a copy stored before a purge of its tags that this
+        // node has seen is stale, even if its removal from Redis has not landed yet.
+        if self
+            .recent_purges
+            .purged_since(&object.tags, object.pool.as_deref(), object.updated)
+        {
+            return Ok(None);
+        }
         let meta = object.meta()?;
         let body = object.body.clone();
         self.put(hash, object).await;

@@ -72,16 +72,7 @@ pub struct Shared {
 impl Floodgate {
     pub fn new(shared: Shared) -> Self {
         Self {
-            // The longest a request can wait for another's fetch; reloads may shorten it.
-            shed_fanout: ShedFanout::new(Duration::from_secs(
-                shared
-                    .runtime
-                    .load()
-                    .config
-                    .cache
-                    .coalesce_wait_secs
-                    .max(300),
-            )),
+            shed_fanout: ShedFanout::new(),
             runtime: shared.runtime,
             store: shared.store,
             marks: shared.marks,

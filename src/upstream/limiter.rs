@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use prometheus::IntGauge;
+use prometheus::{IntGauge, IntGaugeVec};
 use tokio::sync::oneshot;
 
 use super::adaptive::AdaptiveLimit;
@@ -90,6 +90,7 @@ struct State {
     settings: LimitsSection,
     classes: Arc<Classes>,
     queued_gauges: Vec<IntGauge>,
+    in_flight_gauges: Vec<IntGauge>,
 }
 
 pub struct Limiter {
@@ -113,7 +114,12 @@ impl Limiter {
                 next_id: 0,
                 service_secs: 0.0,
                 settings: config.clone(),
-                queued_gauges: queued_gauges(&metrics, &classes),
+                queued_gauges: class_gauges(&metrics, &metrics.origin_queued, &classes),
+                in_flight_gauges: class_gauges(
+                    &metrics,
+                    &metrics.origin_inflight_by_class,
+                    &classes,
+                ),
                 classes,
             }),
             picker,
@@ -142,7 +148,13 @@ impl Limiter {
         for gauge in &state.queued_gauges {
             gauge.set(0);
         }
-        state.queued_gauges = queued_gauges(&self.metrics, &classes);
+        state.queued_gauges = class_gauges(&self.metrics, &self.metrics.origin_queued, &classes);
+        // Permits already out keep decrementing the gauge they incremented.
+        state.in_flight_gauges = class_gauges(
+            &self.metrics,
+            &self.metrics.origin_inflight_by_class,
+            &classes,
+        );
         let lengths: Vec<usize> = state.queues.iter().map(VecDeque::len).collect();
         for (gauge, len) in state.queued_gauges.iter().zip(lengths) {
             gauge.set(len as i64);
@@ -303,10 +315,7 @@ impl Limiter {
             slots.in_flight += 1;
             slots.in_flight_gauge.inc();
         }
-        let class_gauge = self
-            .metrics
-            .origin_inflight_by_class
-            .with_label_values(&[state.classes.name(class)]);
+        let class_gauge = state.in_flight_gauges[class.0].clone();
         class_gauge.inc();
         Permit {
             limiter: Some(self.clone()),
@@ -361,13 +370,13 @@ impl Limiter {
     }
 }
 
-fn queued_gauges(metrics: &Metrics, classes: &Classes) -> Vec<IntGauge> {
+/// One gauge of `family` per class, in class order; declares the class's other series.
+fn class_gauges(metrics: &Metrics, family: &IntGaugeVec, classes: &Classes) -> Vec<IntGauge> {
     (0..classes.len())
         .map(|i| {
-            metrics.declare_class(classes.name(ClassId(i)));
-            metrics
-                .origin_queued
-                .with_label_values(&[classes.name(ClassId(i))])
+            let name = classes.name(ClassId(i));
+            metrics.declare_class(name);
+            family.with_label_values(&[name])
         })
         .collect()
 }

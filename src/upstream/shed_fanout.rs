@@ -14,18 +14,20 @@ use super::limiter::Shed;
 
 /// Pages remembered at most; one entry is about 50 bytes.
 const CAPACITY: u64 = 100_000;
+/// Longer than any request waits for another's fetch (`cache.coalesce_wait_secs` plus a
+/// class's queue wait), so every waiter still finds the answer; only memory is at stake.
+const REMEMBER: Duration = Duration::from_secs(600);
 
 pub struct ShedFanout {
     recent: moka::sync::Cache<HashBinary, (Instant, Shed)>,
 }
 
 impl ShedFanout {
-    /// `remember`: the longest a request can wait for another's fetch.
-    pub fn new(remember: Duration) -> Self {
+    pub fn new() -> Self {
         Self {
             recent: moka::sync::Cache::builder()
                 .max_capacity(CAPACITY)
-                .time_to_live(remember)
+                .time_to_live(REMEMBER)
                 .build(),
         }
     }
@@ -46,13 +48,19 @@ impl ShedFanout {
     }
 }
 
+impl Default for ShedFanout {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn only_requests_that_were_waiting_share_the_answer() {
-        let fanout = ShedFanout::new(Duration::from_secs(30));
+        let fanout = ShedFanout::new();
         let waiting = Instant::now();
         fanout.record([1; 16], Shed::Timeout);
         let later = Instant::now() + Duration::from_millis(1);
