@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod esi;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -15,5 +15,5 @@ pub mod wire;
 pub use compact_header::CompactHeader;
 pub use hit_for_miss::HitForMissMarks;
 pub use identity::RequestIdentity;
-pub use store::{FetchStarted, MemoryStore, StoredObject, VisitorFetch};
+pub use store::{FetchStarted, MemoryStore, ParseEsi, StoredHit, StoredObject, VisitorFetch};
 pub use tags::Tags;

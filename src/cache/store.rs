@@ -34,9 +34,13 @@ use super::recent_purges::RecentPurges;
 use super::shared_tier::SharedTier;
 use super::tag_index::TagIndex;
 use super::{CompactHeader, RequestIdentity, Tags};
+use crate::esi::{Assembly, Template};
 
 /// Bookkeeping bytes per object beyond body, header and tags (key, Arc, moka node).
 const ENTRY_OVERHEAD: usize = 256;
+/// Largest body inflated to parse the ESI of a copy promoted from the shared tier, whose
+/// request's configuration is not known here: the default `cache.max_object_bytes`.
+const PROMOTED_MAX_INFLATED: usize = 16 << 20;
 /// Tag-index bytes per tag of an object (map slot, key copy, generation).
 const INDEX_BYTES_PER_TAG: usize = 48;
 
@@ -48,6 +52,11 @@ pub struct FetchStarted(pub SystemTime);
 /// for "requested recently".
 #[derive(Debug, Clone, Copy)]
 pub struct VisitorFetch;
+
+/// Cache meta extension: parse the body's ESI when it is stored (ESI is on and the
+/// response is text); bodies inflate to at most this many bytes.
+#[derive(Clone, Copy)]
+pub struct ParseEsi(pub usize);
 
 /// How often and how lately an object was served, for the re-warmer's "hottest first".
 #[derive(Debug, Default)]
@@ -91,6 +100,8 @@ pub struct StoredObject {
     /// The response's `X-Pool` header, for Magento's pool purges.
     pub pool: Option<Box<str>>,
     pub identity: Option<Arc<RequestIdentity>>,
+    /// The body's ESI, parsed when it was stored; `None` for a body without any.
+    pub template: Option<Arc<Template>>,
     pub heat: Heat,
     /// Set by `MemoryStore::put`; tells index entries of successive objects apart.
     generation: u64,
@@ -129,6 +140,7 @@ impl StoredObject {
             tags,
             pool,
             identity,
+            template: None,
             heat: Heat::default(),
             generation: 0,
         })
@@ -158,6 +170,7 @@ impl StoredObject {
             tags,
             pool,
             identity,
+            template: None,
             heat: Heat::default(),
             generation: 0,
         }
@@ -170,7 +183,7 @@ impl StoredObject {
 
     fn expired(&self) -> Self {
         let now = SystemTime::now() - Duration::from_secs(1);
-        Self::restored(
+        let mut expired = Self::restored(
             self.fresh_until.min(now),
             self.updated.min(now),
             self.grace_secs,
@@ -180,7 +193,9 @@ impl StoredObject {
             self.tags.clone(),
             self.pool.clone(),
             self.identity.clone(),
-        )
+        );
+        expired.template = self.template.clone();
+        expired
     }
 
     pub fn is_fresh(&self) -> bool {
@@ -206,6 +221,7 @@ impl StoredObject {
         let total = ENTRY_OVERHEAD
             + self.header.len_bytes()
             + self.body.len()
+            + self.template.as_ref().map_or(0, |t| t.len_bytes())
             + self.tags.len_bytes()
             + self.tags.iter().count() * INDEX_BYTES_PER_TAG;
         total.min(u32::MAX as usize) as u32
@@ -430,18 +446,13 @@ impl MemoryStore {
             return Ok(None);
         }
         let meta = object.meta()?;
-        let body = object.body.clone();
+        let mut object = object;
+        // The shared tier keeps bodies only; the template is this node's to parse.
+        object.template =
+            crate::esi::parse_stored(meta.response_header(), &object.body, PROMOTED_MAX_INFLATED);
+        let hit = StoredHit::new(object.body.clone(), object.template.clone());
         self.put(hash, object).await;
-        let end = body.len();
-        Ok(Some((
-            meta,
-            Box::new(Hit {
-                body,
-                done: false,
-                start: 0,
-                end,
-            }),
-        )))
+        Ok(Some((meta, Box::new(hit))))
     }
 }
 
@@ -458,15 +469,9 @@ impl Storage for MemoryStore {
         };
         object.heat.hit();
         let meta = object.meta()?;
-        let end = object.body.len();
         Ok(Some((
             meta,
-            Box::new(Hit {
-                body: object.body.clone(),
-                done: false,
-                start: 0,
-                end,
-            }),
+            Box::new(StoredHit::new(object.body.clone(), object.template.clone())),
         )))
     }
 
@@ -483,7 +488,9 @@ impl Storage for MemoryStore {
             .get::<FetchStarted>()
             .map_or_else(|| meta.created(), |s| s.0);
         let visitor = meta.extensions().get::<VisitorFetch>().is_some();
+        let parse_esi = meta.extensions().get::<ParseEsi>().map(|p| p.0);
         Ok(Box::new(Miss {
+            parse_esi,
             identity,
             started,
             visitor,
@@ -526,13 +533,14 @@ impl Storage for MemoryStore {
         let Some(old) = self.objects.get(&hash).await else {
             return Ok(false);
         };
-        let object = StoredObject::new(
+        let mut object = StoredObject::new(
             meta,
             meta.response_header(),
             old.body.clone(),
             old.tags.clone(),
             old.identity.clone(),
         )?;
+        object.template = old.template.clone();
         self.put(hash, object).await;
         Ok(true)
     }
@@ -542,17 +550,55 @@ impl Storage for MemoryStore {
     }
 }
 
-/// Serves one stored body; seekable, so Range requests are answered from the cache.
-struct Hit {
+/// Serves one stored body; seekable, so Range requests are answered from the cache. A
+/// page with ESI is served assembled instead, once the proxy hands it an `Assembly`.
+pub struct StoredHit {
     body: Bytes,
     done: bool,
     start: usize,
     end: usize,
+    template: Option<Arc<Template>>,
+    assembles: bool,
+    assembly: Option<Assembly>,
+}
+
+impl StoredHit {
+    fn new(body: Bytes, template: Option<Arc<Template>>) -> Self {
+        Self {
+            end: body.len(),
+            body,
+            done: false,
+            start: 0,
+            template,
+            assembles: false,
+            assembly: None,
+        }
+    }
+
+    pub fn template(&self) -> Option<&Arc<Template>> {
+        self.template.as_ref()
+    }
+
+    /// The body will be assembled: byte ranges of the stored body mean nothing then.
+    pub fn will_assemble(&mut self) {
+        self.assembles = true;
+    }
+
+    pub fn assembles(&self) -> bool {
+        self.assembles
+    }
+
+    pub fn assemble(&mut self, assembly: Assembly) {
+        self.assembly = Some(assembly);
+    }
 }
 
 #[async_trait]
-impl HandleHit for Hit {
+impl HandleHit for StoredHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if let Some(assembly) = &mut self.assembly {
+            return Ok(assembly.next_chunk().await);
+        }
         if self.done {
             return Ok(None);
         }
@@ -570,7 +616,7 @@ impl HandleHit for Hit {
     }
 
     fn can_seek(&self) -> bool {
-        true
+        !self.assembles
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
@@ -606,6 +652,8 @@ impl HandleHit for Hit {
 /// failed or cut fetch never leaves a truncated page behind.
 struct Miss {
     key: HashBinary,
+    /// Parse ESI, inflating to at most this many bytes.
+    parse_esi: Option<usize>,
     /// The response's freshness and header; taken when the object is stored.
     meta: Option<CacheMeta>,
     tags: Tags,
@@ -639,13 +687,17 @@ impl HandleMiss for Miss {
         let tags = std::mem::take(&mut self.tags);
         // Packing copies the header out of Pingora's socket read buffer, which it would
         // otherwise keep alive (about 8 KB) for as long as the object lives.
-        let object = StoredObject::new(
+        let mut object = StoredObject::new(
             &meta,
             meta.response_header(),
             body,
             tags,
             self.identity.take(),
         )?;
+        if let Some(max_bytes) = self.parse_esi {
+            object.template =
+                crate::esi::parse_stored(meta.response_header(), &object.body, max_bytes);
+        }
         if self
             .store
             .recent_purges

@@ -203,6 +203,15 @@ impl Config {
                 ));
             }
         }
+        if self.esi.enabled && self.esi.fragment_timeout_ms == 0 {
+            return Err(invalid("esi.fragment_timeout_ms", "must be at least 1 ms"));
+        }
+        if self.esi.enabled && self.esi.max_depth > 10 {
+            return Err(invalid(
+                "esi.max_depth",
+                "must be at most 10: each level multiplies the fragments a page can fetch",
+            ));
+        }
         let limits = &self.limits;
         if limits.max_inflight == 0 {
             return Err(invalid(

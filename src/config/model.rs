@@ -15,6 +15,33 @@ pub struct Config {
     pub limits: LimitsSection,
     pub log: LogSection,
     pub redis: RedisSection,
+    pub esi: EsiSection,
+}
+
+/// Edge Side Includes, as Magento emits them for blocks with a `ttl` (the top menu).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EsiSection {
+    /// Process ESI in `text/*` responses; off for shops whose pages carry none.
+    pub enabled: bool,
+    /// How deep fragments may include fragments; deeper includes are left out.
+    pub max_depth: u8,
+    /// Includes fetched per page or fragment; further ones are left out.
+    pub max_fragments: usize,
+    /// Longest wait for one fragment (queueing at the origin included), milliseconds;
+    /// a fragment not there by then is left out and the page goes on.
+    pub fragment_timeout_ms: u64,
+}
+
+impl Default for EsiSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_depth: 3,
+            max_fragments: 32,
+            fragment_timeout_ms: 5000,
+        }
+    }
 }
 
 /// Several Floodgate nodes share Redis as their purge bus. Without a URL, a node works

@@ -122,6 +122,30 @@ pub struct Metrics {
     pub shared_writes: IntCounter,
     pub shared_timeouts: IntCounter,
     pub shared_coalesced: IntCounter,
+    esi_fragments: [IntCounter; 3],
+}
+
+/// What became of one ESI include.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FragmentResult {
+    /// Served from the cache (fresh or stale).
+    Cached = 0,
+    /// Fetched from the origin (miss, pass or refresh).
+    Fetched = 1,
+    /// Left out of the page: error status, failure, timeout, depth or count limit.
+    Failed = 2,
+}
+
+impl FragmentResult {
+    const ALL: [FragmentResult; 3] = [Self::Cached, Self::Fetched, Self::Failed];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Cached => "cached",
+            Self::Fetched => "fetched",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntCounter> {
@@ -409,6 +433,14 @@ impl Metrics {
         for result in ["hit", "miss"] {
             shared_lookups.with_label_values(&[result]);
         }
+        let esi_fragments = counter_vec(
+            &r,
+            "floodgate_esi_fragments_total",
+            "ESI includes by result: cached, fetched (from the origin), failed (left out of the page)",
+            &["result"],
+        )?;
+        let esi_fragments =
+            FragmentResult::ALL.map(|result| esi_fragments.with_label_values(&[result.label()]));
         // Fixed label sets appear from the start, at 0, so rates work before the first event.
         let requests = Outcome::ALL.map(|outcome| requests.with_label_values(&[outcome.label()]));
         let responses =
@@ -471,7 +503,12 @@ impl Metrics {
             shared_writes,
             shared_timeouts,
             shared_coalesced,
+            esi_fragments,
         })
+    }
+
+    pub fn esi_fragment(&self, result: FragmentResult) {
+        self.esi_fragments[result as usize].inc();
     }
 
     /// One client request: how it was served and the status it got (0 if none was sent).

@@ -7,6 +7,7 @@ use pingora::cache::key::HashBinary;
 
 use super::runtime::Runtime;
 use crate::cache::Tags;
+use crate::esi::Role;
 use crate::policy::key::Variant;
 use crate::policy::route::Route;
 use crate::policy::storability::Decision;
@@ -44,6 +45,15 @@ pub struct RequestCtx {
     pub shed: Option<Shed>,
     /// Why a stale copy was served without asking the origin.
     pub stale_reason: Option<StaleReason>,
+    /// What this request is for when Floodgate made it for ESI (a page or a fragment).
+    pub esi_role: Option<Role>,
+    /// Pingora's background refresh of a stale object: nobody reads its response.
+    pub background: bool,
+    /// The stored hit is an ESI template that this request assembles.
+    pub esi_hit: bool,
+    /// Served by running the request again as a subrequest and assembling its response;
+    /// that subrequest reports the request.
+    pub wrapped: bool,
 }
 
 impl RequestCtx {
@@ -65,6 +75,23 @@ impl RequestCtx {
             permit: None,
             shed: None,
             stale_reason: None,
+            esi_role: None,
+            background: false,
+            esi_hit: false,
+            wrapped: false,
         }
+    }
+
+    /// How many includes deep the document this request returns is (0 for a page).
+    pub fn esi_depth(&self) -> u8 {
+        self.esi_role.as_ref().map_or(0, Role::depth)
+    }
+
+    /// Whether this request assembles the ESI of its own response: not when a wrapper
+    /// assembles it (a page subrequest), nor when nobody reads it (a background refresh).
+    pub fn assembles_esi(&self) -> bool {
+        self.rt.config.esi.enabled
+            && !self.background
+            && !matches!(self.esi_role, Some(Role::Page { .. }))
     }
 }

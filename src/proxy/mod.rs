@@ -30,8 +30,10 @@ use arc_swap::ArcSwap;
 
 use crate::cache::hit_for_miss::REASON_NOT_STORED;
 use crate::cache::{
-    FetchStarted, HitForMissMarks, MemoryStore, RequestIdentity, Tags, VisitorFetch,
+    FetchStarted, HitForMissMarks, MemoryStore, ParseEsi, RequestIdentity, StoredHit, Tags,
+    VisitorFetch,
 };
+use crate::esi::{self, Assembly, Fetcher, Role};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
 use crate::policy::key::{cache_key, Variant};
@@ -189,7 +191,7 @@ impl Floodgate {
         }
         let req = session.req_header();
         // The re-warmer and background refreshes yield to every visitor.
-        let class = if session.subrequest_ctx.is_some() || req.headers.contains_key(WARM_HEADER) {
+        let class = if ctx.background || req.headers.contains_key(WARM_HEADER) {
             self.origins.classes().warm()
         } else {
             let user_agent = req
@@ -247,6 +249,53 @@ impl Floodgate {
         }
     }
 
+    /// Starts a stored page's fragments and hands them to its hit handler, which Pingora
+    /// reads the body from.
+    fn assemble_hit(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
+        esi::prepare_assembled_header(resp);
+        if session.req_header().method == http::Method::HEAD {
+            return;
+        }
+        let template = match session
+            .cache
+            .hit_handler()
+            .as_any()
+            .downcast_ref::<StoredHit>()
+            .and_then(|hit| hit.template())
+        {
+            Some(template) => template.clone(),
+            None => return,
+        };
+        let Some(spawner) = session.subrequest_spawner.as_ref() else {
+            return;
+        };
+        let path = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
+        let fetcher = Fetcher {
+            session: session.as_downstream(),
+            spawner,
+            page_path: &path,
+            depth: ctx.esi_depth(),
+            config: &ctx.rt.config.esi,
+            max_bytes: ctx.rt.config.cache.max_object_bytes,
+            metrics: &self.metrics,
+        };
+        let assembly = Assembly::start(template, &fetcher);
+        if let Some(hit) = session
+            .cache
+            .hit_handler()
+            .as_any_mut()
+            .downcast_mut::<StoredHit>()
+        {
+            hit.assemble(assembly);
+        }
+        if let Some(compression) = session
+            .downstream_modules_ctx
+            .get_mut::<ResponseCompression>()
+        {
+            compression.adjust_level(esi::ASSEMBLED_GZIP_LEVEL);
+        }
+    }
+
     fn verdict(&self, session: &Session, ctx: &RequestCtx) -> (CacheDebug, Option<Grace>) {
         if ctx.route != Route::Lookup {
             return (CacheDebug::Uncacheable, None);
@@ -283,8 +332,21 @@ impl ProxyHttp for Floodgate {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(sub) = &session.subrequest_ctx {
+            ctx.esi_role = sub
+                .user_ctx()
+                .and_then(|u| u.downcast_ref::<Role>())
+                .cloned();
+            ctx.background = ctx.esi_role.is_none();
+        }
+        if let Some(Role::Page { arrived, .. }) = &ctx.esi_role {
+            ctx.arrived = *arrived;
+        }
+        if let Some(target) = ctx.esi_role.as_ref().and_then(Role::target) {
+            target.rewrite(session.req_header_mut())?;
+        }
         // Bodies are stored gzipped; clients that do not accept gzip get them inflated.
         if let Some(compression) = session
             .downstream_modules_ctx
@@ -315,19 +377,25 @@ impl ProxyHttp for Floodgate {
         Ok(false)
     }
 
+    fn allow_spawning_subrequest(&self, _session: &Session, ctx: &RequestCtx) -> bool {
+        ctx.rt.config.esi.enabled
+    }
+
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         if ctx.route != Route::Lookup {
             return Ok(());
         }
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(Duration::from_secs(ctx.rt.config.cache.coalesce_wait_secs));
-        session.cache.enable(
-            self.store,
-            None,
-            Some(self.marks),
-            Some(self.lock),
-            Some(overrides),
-        );
+        // A page subrequest runs for a request that already holds this key's lock: it
+        // must not wait for it. Others' requests keep waiting on that lock.
+        let lock = match ctx.esi_role {
+            Some(Role::Page { .. }) => None,
+            _ => Some(self.lock),
+        };
+        session
+            .cache
+            .enable(self.store, None, Some(self.marks), lock, Some(overrides));
         session
             .cache
             .set_max_file_size_bytes(ctx.rt.config.cache.max_object_bytes);
@@ -349,10 +417,18 @@ impl ProxyHttp for Floodgate {
         &self,
         session: &mut Session,
         _meta: &CacheMeta,
-        _hit_handler: &mut HitHandler,
+        hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
+        if ctx.assembles_esi() {
+            if let Some(hit) = hit_handler.as_any_mut().downcast_mut::<StoredHit>() {
+                if hit.template().is_some() {
+                    hit.will_assemble();
+                    ctx.esi_hit = true;
+                }
+            }
+        }
         // A stale copy now beats a wait for an origin that cannot take the request:
         // overloaded, down or in maintenance, the visitor gets the stale copy at once.
         if is_fresh {
@@ -375,6 +451,35 @@ impl ProxyHttp for Floodgate {
             // The origin failed (down, timed out, 5xx): stale for as long as it is kept.
             Some(e) => e.esource() == &ErrorSource::Upstream,
         }
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        // A response from the origin may carry ESI, and only an async caller can wait for
+        // its fragments: the request runs again as a subrequest and is assembled here.
+        let wraps = ctx.assembles_esi()
+            && session.req_header().method == http::Method::GET
+            && ctx.route != Route::Tunnel
+            && session.subrequest_spawner.is_some();
+        if !wraps {
+            return Ok(true);
+        }
+        ctx.wrapped = true;
+        let rt = ctx.rt.clone();
+        esi::origin_page::serve(
+            session,
+            ctx.esi_depth(),
+            ctx.esi_role.as_ref().and_then(Role::target).cloned(),
+            ctx.arrived,
+            &rt.config.esi,
+            rt.config.cache.max_object_bytes,
+            &self.metrics,
+        )
+        .await?;
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -553,6 +658,10 @@ impl ProxyHttp for Floodgate {
                 if !session.req_header().headers.contains_key(WARM_HEADER) {
                     meta.extensions_mut().insert(VisitorFetch);
                 }
+                if ctx.rt.config.esi.enabled && esi::applies_to(resp) {
+                    meta.extensions_mut()
+                        .insert(ParseEsi(ctx.rt.config.cache.max_object_bytes));
+                }
                 Ok(RespCacheable::Cacheable(meta))
             }
             Storability::HitForMiss(kind) => {
@@ -586,6 +695,20 @@ impl ProxyHttp for Floodgate {
         }
         let (verdict, grace) = self.verdict(session, ctx);
         prepare_for_client(resp, &ctx.url, verdict, grace);
+        if matches!(ctx.esi_role, Some(Role::Fragment(_))) && verdict == CacheDebug::Hit {
+            resp.insert_header(esi::CACHED_HEADER, "1")?;
+        }
+        let serves_stored_body = matches!(
+            session.cache.phase(),
+            CachePhase::Hit
+                | CachePhase::Stale
+                | CachePhase::StaleUpdating
+                | CachePhase::Revalidated
+                | CachePhase::RevalidatedNoCache(_)
+        );
+        if ctx.esi_hit && serves_stored_body {
+            self.assemble_hit(session, resp, ctx);
+        }
         Ok(())
     }
 
@@ -596,6 +719,13 @@ impl ProxyHttp for Floodgate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         ctx.permit = None;
+        // Part of the response is out (an assembled page cut short): nothing can be added.
+        if session.response_written().is_some() {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             // The origin is down, refused, or too slow: say when to come back, never 502.
@@ -641,9 +771,11 @@ impl ProxyHttp for Floodgate {
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
-        // A background refresh is Floodgate's own request, not a client's.
-        if session.subrequest_ctx.is_some() {
+        // A background refresh is Floodgate's own request, not a client's; a fragment is
+        // counted by the page that includes it; a wrapped request by its page subrequest.
+        if ctx.background {
             self.metrics.background_refresh();
+        } else if ctx.wrapped || matches!(ctx.esi_role, Some(Role::Fragment(_))) {
         } else {
             let outcome = self.outcome(session, ctx);
             self.metrics.request(outcome, status);

@@ -16,6 +16,7 @@ pub struct Settings {
     pub limits: Vec<String>,
     pub log: Vec<String>,
     pub redis: Vec<String>,
+    pub esi: Vec<String>,
 }
 
 impl Settings {
@@ -42,6 +43,11 @@ impl Settings {
     /// `[redis]` lines.
     pub fn redis(mut self, line: &str) -> Self {
         self.redis.push(line.into());
+        self
+    }
+    /// `[esi]` lines.
+    pub fn esi(mut self, line: &str) -> Self {
+        self.esi.push(line.into());
         self
     }
     /// `[log]` lines; with any, the config's log level applies instead of RUST_LOG=warn.
@@ -74,10 +80,11 @@ fn config_text(
     format!(
         "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
          [origin]\naddresses = [{origins}]\nhealth_check_interval_secs = 1\n{}\n\n\
-         [log]\n{}\n\n[redis]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
+         [log]\n{}\n\n[redis]\n{}\n\n[esi]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
         settings.origin.join("\n"),
         settings.log.join("\n"),
         settings.redis.join("\n"),
+        settings.esi.join("\n"),
         settings.cache.join("\n"),
         settings.magento.join("\n"),
         settings.purge.join("\n"),

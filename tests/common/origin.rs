@@ -91,6 +91,7 @@ pub struct Seen {
 struct State {
     pages: Mutex<HashMap<String, Page>>,
     counts: Mutex<HashMap<String, u64>>,
+    answered: Mutex<HashMap<String, u64>>,
     last: Mutex<HashMap<String, Seen>>,
     in_flight: Mutex<HashMap<String, (u64, u64)>>,
     /// Page requests being answered or queued for the pool, and the most at once.
@@ -182,6 +183,11 @@ impl TestOrigin {
     }
 
     /// Requests received in total, health probes excluded.
+    /// Requests for `url` answered so far.
+    pub fn answered(&self, url: &str) -> u64 {
+        lock(&self.state.answered).get(url).copied().unwrap_or(0)
+    }
+
     pub fn total_hits(&self) -> u64 {
         lock(&self.state.counts)
             .iter()
@@ -287,6 +293,7 @@ async fn answer(
     }
 
     let render = state.renders.fetch_add(1, Ordering::SeqCst) + 1;
+    *lock(&state.answered).entry(url.clone()).or_default() += 1;
     let mut builder = Response::builder().status(page.status);
     for (name, value) in &page.headers {
         builder = builder.header(name.as_str(), value.as_str());
@@ -326,6 +333,25 @@ fn magento_like(state: &State, url: &str, seen: &Seen) -> Page {
     }
     if path.starts_with("/static/") || path.starts_with("/media/") || path.starts_with("/pub/") {
         return Page::cacheable(body).header("cache-control", "public, max-age=31536000");
+    }
+    if path.starts_with("/page_cache/block/esi/") {
+        // Magento's ESI controller: the block as HTML, cached for the block's ttl, tagged
+        // with the block's identities, one variant per X-Magento-Vary.
+        let vary = seen
+            .headers
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix("X-Magento-Vary="))
+            .unwrap_or("none")
+            .to_string();
+        let render = lock(&state.counts).get(url).copied().unwrap_or(0);
+        return Page::cacheable(format!(
+            "<ul class=\"topmenu\" data-vary=\"{vary}\" data-render=\"{render}\">menu</ul>"
+        ))
+        .header("cache-control", "public, max-age=3600, s-maxage=3600")
+        .header("x-magento-tags", "cat_c,cat_c_3,cms_b_topmenu");
     }
     if path.starts_with("/graphql") {
         let mut page = Page::cacheable(body).header("x-magento-tags", "cat_p_1");

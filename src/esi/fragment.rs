@@ -1,0 +1,252 @@
+//! One include, fetched as a subrequest through Floodgate's own request path: the same
+//! key rules, cache, coalescing, limiter and purges as any page, so a fragment is cached
+//! under its own URL with its own TTL and tags.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::subrequest::server::SubrequestHandle;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::PreparedSubrequest;
+
+use super::CACHED_HEADER;
+
+/// What a subrequest is for; travels in Pingora's subrequest context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The page a client asked for, fetched so its body can be assembled on the way out.
+    /// It is the client's request in every other respect (metrics, access log, class).
+    /// A fragment's page carries the fragment's target: a subrequest starts as a copy of
+    /// the request as it arrived, before the fragment's rewrite. `arrived` is the
+    /// client's: it tells whether a shed fetch of the same page was already waited for.
+    Page {
+        depth: u8,
+        target: Option<Target>,
+        arrived: Instant,
+    },
+    /// An included fragment.
+    Fragment(Target),
+}
+
+impl Role {
+    /// Where the request is re-pointed, for fragments and their pages.
+    pub fn target(&self) -> Option<&Target> {
+        match self {
+            Role::Page { target, .. } => target.as_ref(),
+            Role::Fragment(target) => Some(target),
+        }
+    }
+
+    /// How many includes deep the document this request returns is.
+    pub fn depth(&self) -> u8 {
+        match self {
+            Role::Page { depth, .. } => *depth,
+            Role::Fragment(target) => target.depth,
+        }
+    }
+}
+
+/// Where a fragment is fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host (and port) from `src`; `None` keeps the including page's.
+    pub host: Option<String>,
+    pub path_and_query: String,
+    pub depth: u8,
+}
+
+/// Request headers a fragment never inherits from the page's request: ESI fragments are
+/// plain GETs for the whole entity, in identity encoding so they can be spliced.
+const DROPPED: [HeaderName; 9] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_TYPE,
+];
+
+impl Target {
+    /// Resolves `src` against the including page's Host and path.
+    pub fn resolve(src: &str, page_path: &str, depth: u8) -> Result<Target, String> {
+        let (host, path_and_query) = if let Some(rest) = src
+            .strip_prefix("http://")
+            .or_else(|| src.strip_prefix("https://"))
+            .or_else(|| src.strip_prefix("//"))
+        {
+            let (host, path) = match rest.find(['/', '?']) {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            if host.is_empty() {
+                return Err(format!("`{src}` has no host"));
+            }
+            let path = if path.starts_with('?') {
+                format!("/{path}")
+            } else {
+                path.to_string()
+            };
+            (Some(host.to_string()), path)
+        } else if src.starts_with('/') {
+            (None, src.to_string())
+        } else {
+            let page = page_path.split('?').next().unwrap_or("/");
+            let dir = &page[..page.rfind('/').map_or(0, |i| i + 1)];
+            let dir = if dir.is_empty() { "/" } else { dir };
+            (None, format!("{dir}{src}"))
+        };
+        path_and_query
+            .parse::<http::uri::PathAndQuery>()
+            .map_err(|e| format!("`{src}` is not a URL path: {e}"))?;
+        if let Some(host) = &host {
+            host.parse::<http::uri::Authority>()
+                .map_err(|e| format!("`{src}` has an invalid host: {e}"))?;
+        }
+        Ok(Target {
+            host,
+            path_and_query,
+            depth,
+        })
+    }
+
+    /// Turns the copy of the page's request into the fragment's: GET, its URL and Host,
+    /// the client's other headers (cookies included, so X-Magento-Vary applies).
+    pub fn rewrite(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        req.set_method(http::Method::GET);
+        let uri = self.path_and_query.parse::<http::Uri>().map_err(|e| {
+            pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "ESI fragment URL", e)
+        })?;
+        req.set_uri(uri);
+        if let Some(host) = &self.host {
+            req.insert_header(header::HOST, host.as_str())?;
+        }
+        for name in &DROPPED {
+            req.remove_header(name);
+        }
+        req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        Ok(())
+    }
+}
+
+/// A fragment's body, or why it is left out.
+pub struct Fetched {
+    pub body: Bytes,
+    /// Served from the cache rather than the origin.
+    pub cached: bool,
+}
+
+/// Runs a prepared fragment subrequest and collects its body, within `timeout`.
+pub async fn fetch(
+    prepared: PreparedSubrequest,
+    handle: SubrequestHandle,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<Fetched, String> {
+    // The subrequest runs on its own, so it completes (and fills the cache) even when
+    // this page stops waiting for it.
+    tokio::spawn(prepared.run());
+    match tokio::time::timeout(timeout, collect(handle, max_bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+async fn collect(mut handle: SubrequestHandle, max_bytes: usize) -> Result<Fetched, String> {
+    let mut body = BytesMut::new();
+    let mut cached = false;
+    let mut gzipped = false;
+    let mut status = None;
+    while let Some(task) = handle.rx.recv().await {
+        let end = match task {
+            HttpTask::Header(resp, end) => {
+                if !resp.status.is_success() {
+                    return Err(format!("the origin answered {}", resp.status.as_u16()));
+                }
+                status = Some(resp.status);
+                cached = resp.headers.contains_key(CACHED_HEADER);
+                gzipped = resp
+                    .headers
+                    .get(header::CONTENT_ENCODING)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+                end
+            }
+            HttpTask::Body(data, end) | HttpTask::UpgradedBody(data, end) => {
+                if let Some(data) = data {
+                    if body.len() + data.len() > max_bytes {
+                        return Err(format!("larger than {max_bytes} bytes"));
+                    }
+                    body.extend_from_slice(&data);
+                }
+                end
+            }
+            HttpTask::Trailer(_) | HttpTask::Done => true,
+            HttpTask::Failed(e) => return Err(e.to_string()),
+        };
+        if end {
+            break;
+        }
+    }
+    if status.is_none() {
+        return Err("the subrequest ended without a response".into());
+    }
+    let body = body.freeze();
+    let body = if gzipped {
+        super::gunzip(&body, max_bytes).map_err(|e| format!("gzip body: {e}"))?
+    } else {
+        body
+    };
+    Ok(Fetched { body, cached })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(src: &str, page: &str) -> (Option<String>, String) {
+        let t = Target::resolve(src, page, 1).expect(src);
+        (t.host, t.path_and_query)
+    }
+
+    #[test]
+    fn absolute_src_takes_its_host() {
+        assert_eq!(
+            resolve(
+                "http://shop.test/page_cache/block/esi/blocks/x/handles/y/",
+                "/women.html"
+            ),
+            (
+                Some("shop.test".into()),
+                "/page_cache/block/esi/blocks/x/handles/y/".into()
+            )
+        );
+        assert_eq!(
+            resolve("https://shop.test:8443?a=1", "/"),
+            (Some("shop.test:8443".into()), "/?a=1".into())
+        );
+        assert_eq!(
+            resolve("//cdn.test/menu", "/"),
+            (Some("cdn.test".into()), "/menu".into())
+        );
+    }
+
+    #[test]
+    fn relative_src_keeps_the_page_host() {
+        assert_eq!(
+            resolve("/menu?x=1", "/a/b.html"),
+            (None, "/menu?x=1".into())
+        );
+        assert_eq!(resolve("menu", "/a/b.html?q=1"), (None, "/a/menu".into()));
+        assert_eq!(resolve("menu", "/"), (None, "/menu".into()));
+    }
+
+    #[test]
+    fn unusable_src_is_an_error() {
+        assert!(Target::resolve("http:///x", "/", 1).is_err());
+        assert!(Target::resolve("/a b", "/", 1).is_err());
+    }
+}

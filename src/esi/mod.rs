@@ -1,0 +1,161 @@
+//! Edge Side Includes: Magento replaces every layout block with a `ttl` (the top menu)
+//! by `<esi:include src=…/>` when its cache is Varnish, and expects the cache in front
+//! to splice the fragment in (contract section 6).
+//!
+//! The way through Floodgate:
+//! - `template`: a `text/*` body is parsed once, when it is stored; the store keeps the
+//!   template beside the body.
+//! - a hit on such a page is assembled by the store's hit handler (`assembly`), which
+//!   Pingora reads asynchronously, so fragments are awaited in order while the page
+//!   streams; they are fetched concurrently from the start.
+//! - a page that has to come from the origin (miss, expired, pass) is fetched as a
+//!   subrequest and assembled on its way to the client (`origin_page`), because
+//!   Pingora's body filters cannot wait for a fragment.
+//! - every fragment is a subrequest through the whole request path (`fragment`): its own
+//!   key, TTL, tags, coalescing and origin slot.
+
+pub mod assembly;
+pub mod fragment;
+pub mod origin_page;
+pub mod template;
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header;
+use pingora::http::ResponseHeader;
+
+pub use assembly::{Assembly, Fetcher};
+pub use fragment::{Role, Target};
+pub use template::Template;
+
+/// Marks a fragment's response as served from the cache, for the fragment metrics. It
+/// only travels between a fragment subrequest and the page that includes it.
+pub const CACHED_HEADER: &str = "x-floodgate-esi-cached";
+
+/// Compression level for assembled pages sent to clients that accept gzip. The page is
+/// compressed again on every hit, so speed beats ratio: level 1 compresses about four
+/// times faster than 6, for a few percent more bytes.
+pub const ASSEMBLED_GZIP_LEVEL: u32 = 1;
+
+/// Whether a response is one ESI applies to (`text/*`, as Magento's VCL says).
+pub fn applies_to(resp: &ResponseHeader) -> bool {
+    resp.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().len() >= 5 && v.as_bytes()[..5].eq_ignore_ascii_case(b"text/")
+    })
+}
+
+/// The template of a body as stored (maybe gzipped); `None` when ESI does not apply or
+/// the body has none.
+pub fn parse_stored(
+    resp: &ResponseHeader,
+    body: &Bytes,
+    max_bytes: usize,
+) -> Option<Arc<Template>> {
+    if !applies_to(resp) {
+        return None;
+    }
+    let gzipped = resp
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let identity = if gzipped {
+        match gunzip(body, max_bytes) {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(error = %e, "stored gzip body could not be inflated; its ESI is not processed");
+                return None;
+            }
+        }
+    } else {
+        body.clone()
+    };
+    Template::parse(&identity).map(Arc::new)
+}
+
+/// Inflates a gzip body, refusing to grow past `max_bytes`.
+pub fn gunzip(body: &[u8], max_bytes: usize) -> std::io::Result<Bytes> {
+    let mut out = Vec::with_capacity(body.len() * 4);
+    let read = flate2::read::MultiGzDecoder::new(body)
+        .take(max_bytes as u64 + 1)
+        .read_to_end(&mut out)?;
+    if read > max_bytes {
+        return Err(std::io::Error::other(format!(
+            "inflates to more than {max_bytes} bytes"
+        )));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// An assembled page's header: its length and encoding are no longer the template's, and
+/// a validator of the template would validate a page whose fragments may have changed.
+pub fn prepare_assembled_header(resp: &mut ResponseHeader) {
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::ACCEPT_RANGES,
+    ] {
+        resp.remove_header(&name);
+    }
+    // Pingora frames a response without a length as close-delimited, which would cost
+    // the keep-alive connection; chunked keeps it (and is dropped for HTTP/2).
+    let _ = resp.insert_header(header::TRANSFER_ENCODING, "chunked");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Bytes {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        encoder.write_all(data).expect("gzip");
+        Bytes::from(encoder.finish().expect("gzip"))
+    }
+
+    fn header(content_type: &str, encoding: Option<&str>) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(200, None).expect("header");
+        resp.insert_header("content-type", content_type)
+            .expect("header");
+        if let Some(encoding) = encoding {
+            resp.insert_header("content-encoding", encoding)
+                .expect("header");
+        }
+        resp
+    }
+
+    #[test]
+    fn stored_gzip_text_is_parsed_and_other_types_are_not() {
+        let page = b"<p><esi:include src=\"/menu\"/></p>";
+        let t = parse_stored(
+            &header("text/html; charset=UTF-8", Some("gzip")),
+            &gzip(page),
+            1 << 20,
+        )
+        .expect("template");
+        assert_eq!(t.include_count(), 1);
+        assert!(parse_stored(
+            &header("application/json", None),
+            &Bytes::from_static(page),
+            1 << 20
+        )
+        .is_none());
+        assert!(parse_stored(
+            &header("TEXT/plain", None),
+            &Bytes::from_static(page),
+            1 << 20
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn inflating_is_bounded() {
+        let big = gzip(&vec![b'a'; 100_000]);
+        assert!(gunzip(&big, 1000).is_err());
+        assert_eq!(gunzip(&big, 100_000).expect("fits").len(), 100_000);
+        assert!(gunzip(b"not gzip", 1000).is_err());
+    }
+}

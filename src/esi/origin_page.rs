@@ -1,0 +1,205 @@
+//! A page that has to come from the origin (a miss, an expired page, a pass) reaches the
+//! client through this wrapper: the request runs again as a subrequest, which fetches,
+//! stores and coalesces it as usual, and its response is assembled here on the way out.
+//!
+//! Why a subrequest: Pingora's body filters are synchronous and cannot wait for a
+//! fragment, while this function can. Its cost (one more pass through the request path)
+//! is paid only when the origin is asked anyway; hits are assembled by the store.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::modules::http::compression::ResponseCompression;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::subrequest::Ctx as SubrequestCtx;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use super::{
+    applies_to, gunzip, prepare_assembled_header, Assembly, Fetcher, Role, Template,
+    ASSEMBLED_GZIP_LEVEL,
+};
+use crate::config::EsiSection;
+use crate::metrics::Metrics;
+
+/// Writes the whole response for `session`; the caller then tells Pingora not to proxy.
+pub async fn serve(
+    session: &mut Session,
+    depth: u8,
+    target: Option<super::Target>,
+    arrived: std::time::Instant,
+    config: &EsiSection,
+    max_bytes: usize,
+    metrics: &Arc<Metrics>,
+) -> Result<()> {
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
+    };
+    let ctx = SubrequestCtx::builder()
+        .user_ctx(Box::new(Role::Page {
+            depth,
+            target,
+            arrived,
+        }))
+        .build();
+    let (prepared, mut handle) = spawner.create_subrequest(session.as_downstream(), ctx);
+    tokio::spawn(prepared.run());
+
+    // A text response is held until complete: its template is only known then.
+    let mut held: Option<(Box<ResponseHeader>, BytesMut)> = None;
+    while let Some(task) = handle.rx.recv().await {
+        match (held.as_mut(), task) {
+            (None, HttpTask::Header(resp, false))
+                if resp.status != http::StatusCode::PARTIAL_CONTENT
+                    && !resp.status.is_informational()
+                    && applies_to(&resp) =>
+            {
+                held = Some((resp, BytesMut::new()));
+            }
+            (Some((_, body)), HttpTask::Body(data, end)) => {
+                if let Some(data) = data {
+                    body.extend_from_slice(&data);
+                }
+                if body.len() > max_bytes {
+                    // Too large to be a page: sent as it came, unprocessed.
+                    let (resp, body) = held.take().expect("held");
+                    let body = body.freeze();
+                    session
+                        .write_response_tasks(vec![
+                            HttpTask::Header(resp, false),
+                            HttpTask::Body(Some(body), end),
+                        ])
+                        .await?;
+                    if end {
+                        return Ok(());
+                    }
+                } else if end {
+                    let (resp, body) = held.take().expect("held");
+                    return assemble(
+                        session,
+                        resp,
+                        body.freeze(),
+                        depth,
+                        config,
+                        max_bytes,
+                        metrics,
+                    )
+                    .await;
+                }
+            }
+            (Some(_), HttpTask::Done | HttpTask::Trailer(_)) => {
+                let (resp, body) = held.take().expect("held");
+                return assemble(
+                    session,
+                    resp,
+                    body.freeze(),
+                    depth,
+                    config,
+                    max_bytes,
+                    metrics,
+                )
+                .await;
+            }
+            (_, HttpTask::Failed(e)) => return Err(e),
+            (_, task) => {
+                let end = task.is_end();
+                session.write_response_tasks(vec![task]).await?;
+                if end {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    // The subrequest ends without a final task when it answered from an error path (a
+    // busy page, say); a held response whose length is complete is then whole.
+    if let Some((resp, body)) = held {
+        let complete = resp
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            == Some(body.len());
+        if complete {
+            return assemble(
+                session,
+                resp,
+                body.freeze(),
+                depth,
+                config,
+                max_bytes,
+                metrics,
+            )
+            .await;
+        }
+    } else if session.response_written().is_some() {
+        // Pingora checks the body against its length when it finishes the response.
+        session.write_response_tasks(vec![HttpTask::Done]).await?;
+        return Ok(());
+    }
+    if let Ok(e) = handle.subreq_proxy_error.try_recv() {
+        return Err(e);
+    }
+    Error::e_explain(
+        ErrorType::ConnectionClosed,
+        "the page's subrequest ended before its response did",
+    )
+}
+
+async fn assemble(
+    session: &mut Session,
+    mut resp: Box<ResponseHeader>,
+    body: Bytes,
+    depth: u8,
+    config: &EsiSection,
+    max_bytes: usize,
+    metrics: &Arc<Metrics>,
+) -> Result<()> {
+    let gzipped = resp
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let identity = if gzipped {
+        gunzip(&body, max_bytes).ok()
+    } else {
+        Some(body.clone())
+    };
+    let Some(template) = identity.as_ref().and_then(Template::parse) else {
+        session
+            .write_response_tasks(vec![
+                HttpTask::Header(resp, false),
+                HttpTask::Body(Some(body), true),
+            ])
+            .await?;
+        return Ok(());
+    };
+    prepare_assembled_header(&mut resp);
+    if let Some(compression) = session
+        .downstream_modules_ctx
+        .get_mut::<ResponseCompression>()
+    {
+        compression.adjust_level(ASSEMBLED_GZIP_LEVEL);
+    }
+    let path = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
+    let mut assembly = {
+        let Some(spawner) = session.subrequest_spawner.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
+        };
+        let fetcher = Fetcher {
+            session: session.as_downstream(),
+            spawner,
+            page_path: &path,
+            depth,
+            config,
+            max_bytes,
+            metrics,
+        };
+        Assembly::start(Arc::new(template), &fetcher)
+    };
+    session.write_response_header(resp, false).await?;
+    while let Some(chunk) = assembly.next_chunk().await {
+        session.write_response_body(Some(chunk), false).await?;
+    }
+    session.write_response_body(None, true).await
+}

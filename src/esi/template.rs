@@ -1,0 +1,368 @@
+//! A page body cut into what is sent as-is and what is fetched: parsed once, when the page
+//! is stored, so a hit only walks the segments.
+//!
+//! The subset is what Magento emits and Varnish processes: `<esi:include src=…/>`
+//! (with `alt` and `onerror`), `<esi:remove>…</esi:remove>`, `<esi:comment …/>` and
+//! `<!--esi … -->`. Any other `<esi:` tag, and any tag that is not well formed, passes
+//! through untouched: the browser ignores an unknown tag, whereas dropping text could
+//! cut a page in half.
+
+use bytes::Bytes;
+use memchr::memmem;
+
+const ESI_TAG: &[u8] = b"<esi:";
+const ESI_COMMENT_OPEN: &[u8] = b"<!--esi";
+const COMMENT_CLOSE: &[u8] = b"-->";
+const REMOVE_CLOSE: &[u8] = b"</esi:remove>";
+const INCLUDE_CLOSE: &[u8] = b"</esi:include>";
+
+/// One `<esi:include>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// As written in the page, entities decoded: absolute, protocol-relative or relative.
+    pub src: String,
+    /// Fetched when `src` fails.
+    pub alt: Option<String>,
+    /// `onerror="continue"`. A failed fragment is left out either way (a whole page is
+    /// never failed for one fragment); the flag only decides how loudly it is logged.
+    pub continue_on_error: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(Bytes),
+    Include(Include),
+}
+
+/// A parsed page: literals are slices of the identity body, so they cost no copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    segments: Vec<Segment>,
+    includes: usize,
+    /// Bytes held, for the store's weighing.
+    body_len: usize,
+}
+
+impl Template {
+    /// Parses an identity (not compressed) body. `None` when it has no ESI at all, so
+    /// pages without ESI cost nothing on a hit.
+    pub fn parse(body: &Bytes) -> Option<Template> {
+        if !has_esi(body) {
+            return None;
+        }
+        let mut parser = Parser {
+            body,
+            segments: Vec::new(),
+            literal_start: 0,
+            includes: 0,
+        };
+        parser.run();
+        let changed = parser
+            .segments
+            .iter()
+            .any(|s| matches!(s, Segment::Include(_)))
+            || parser.segments.len() != 1;
+        changed.then(|| Template {
+            includes: parser.includes,
+            segments: parser.segments,
+            body_len: body.len(),
+        })
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    pub fn includes(&self) -> impl Iterator<Item = &Include> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Include(include) => Some(include),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    pub fn include_count(&self) -> usize {
+        self.includes
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.body_len + self.segments.len() * std::mem::size_of::<Segment>()
+    }
+}
+
+/// Whether a body has anything the parser would act on, found without parsing.
+fn has_esi(body: &[u8]) -> bool {
+    memmem::find(body, ESI_TAG).is_some() || memmem::find(body, ESI_COMMENT_OPEN).is_some()
+}
+
+struct Parser<'a> {
+    body: &'a Bytes,
+    segments: Vec<Segment>,
+    /// Where the literal being collected starts.
+    literal_start: usize,
+    includes: usize,
+}
+
+impl Parser<'_> {
+    fn run(&mut self) {
+        let body: &[u8] = self.body;
+        let mut pos = 0;
+        // Inside `<!--esi … -->` the markers go and the content stays (and is processed).
+        let mut in_esi_comment = false;
+        while pos < body.len() {
+            let rest = &body[pos..];
+            let tag = memmem::find(rest, ESI_TAG);
+            let open = if in_esi_comment {
+                None
+            } else {
+                memmem::find(rest, ESI_COMMENT_OPEN)
+            };
+            let close = if in_esi_comment {
+                memmem::find(rest, COMMENT_CLOSE)
+            } else {
+                None
+            };
+            let next = [tag, open, close].into_iter().flatten().min();
+            let Some(offset) = next else { break };
+            let at = pos + offset;
+            if close == Some(offset) {
+                self.cut(at, at + COMMENT_CLOSE.len());
+                in_esi_comment = false;
+                pos = at + COMMENT_CLOSE.len();
+            } else if open == Some(offset) {
+                self.cut(at, at + ESI_COMMENT_OPEN.len());
+                in_esi_comment = true;
+                pos = at + ESI_COMMENT_OPEN.len();
+            } else {
+                pos = self.tag(at);
+            }
+        }
+        self.flush_literal(body.len());
+    }
+
+    /// Handles the `<esi:` tag at `at`; returns where scanning goes on.
+    fn tag(&mut self, at: usize) -> usize {
+        let body: &[u8] = self.body;
+        let name_start = at + ESI_TAG.len();
+        let name_end = body[name_start..]
+            .iter()
+            .position(|b| !b.is_ascii_alphabetic())
+            .map_or(body.len(), |n| name_start + n);
+        let name = &body[name_start..name_end];
+        let Some(tag_end) = tag_end(body, name_end) else {
+            return name_end;
+        };
+        match name {
+            b"include" => {
+                let attributes = &body[name_end..tag_end];
+                let self_closing = attributes.ends_with(b"/>");
+                let Some(include) = include(attributes) else {
+                    tracing::warn!(
+                        tag = %String::from_utf8_lossy(&body[at..tag_end]),
+                        "ESI include without a src is passed through as it is"
+                    );
+                    return tag_end;
+                };
+                let mut end = tag_end;
+                if !self_closing {
+                    match memmem::find(&body[tag_end..], INCLUDE_CLOSE) {
+                        Some(close) => end = tag_end + close + INCLUDE_CLOSE.len(),
+                        None => return tag_end,
+                    }
+                }
+                self.flush_literal(at);
+                self.segments.push(Segment::Include(include));
+                self.includes += 1;
+                self.literal_start = end;
+                end
+            }
+            b"remove" => match memmem::find(&body[tag_end..], REMOVE_CLOSE) {
+                Some(close) => {
+                    let end = tag_end + close + REMOVE_CLOSE.len();
+                    self.cut(at, end);
+                    end
+                }
+                None => tag_end,
+            },
+            b"comment" => {
+                self.cut(at, tag_end);
+                tag_end
+            }
+            _ => tag_end,
+        }
+    }
+
+    /// Leaves `start..end` out of the output.
+    fn cut(&mut self, start: usize, end: usize) {
+        self.flush_literal(start);
+        self.literal_start = end;
+    }
+
+    fn flush_literal(&mut self, end: usize) {
+        if end > self.literal_start {
+            self.segments
+                .push(Segment::Literal(self.body.slice(self.literal_start..end)));
+        }
+        self.literal_start = end;
+    }
+}
+
+/// The index just past the `>` that ends the tag whose attributes start at `from`,
+/// skipping `>` inside quoted values.
+fn tag_end(body: &[u8], from: usize) -> Option<usize> {
+    let mut quote: Option<u8> = None;
+    for (i, &b) in body[from..].iter().enumerate() {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'>') => return Some(from + i + 1),
+            (None, b'<') => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn include(attributes: &[u8]) -> Option<Include> {
+    let text = std::str::from_utf8(attributes).ok()?;
+    let src = attribute(text, "src").filter(|s| !s.is_empty())?;
+    Some(Include {
+        src,
+        alt: attribute(text, "alt").filter(|s| !s.is_empty()),
+        continue_on_error: attribute(text, "onerror").is_some_and(|v| v == "continue"),
+    })
+}
+
+/// The value of `name="…"` (or single-quoted) among a tag's attributes.
+fn attribute(text: &str, name: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(i) = rest.find(name) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + name.len()..].trim_start();
+        rest = &rest[i + name.len()..];
+        if before.is_some_and(|c| !c.is_whitespace()) {
+            continue;
+        }
+        let Some(value) = after.strip_prefix('=') else {
+            continue;
+        };
+        let value = value.trim_start();
+        let quote = value.chars().next()?;
+        if quote != '"' && quote != '\'' {
+            let end = value
+                .find(|c: char| c.is_whitespace() || c == '/' || c == '>')
+                .unwrap_or(value.len());
+            return Some(decode_entities(&value[..end]));
+        }
+        let value = &value[1..];
+        let end = value.find(quote)?;
+        return Some(decode_entities(&value[..end]));
+    }
+    None
+}
+
+/// Magento writes `src` through the HTML escaper, so `&amp;` in a query is `&`.
+fn decode_entities(value: &str) -> String {
+    if !value.contains('&') {
+        return value.to_string();
+    }
+    value
+        .replace("&quot;", "\"")
+        .replace("&#039;", "'")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(template: &Template, fragment: impl Fn(&Include) -> String) -> String {
+        template
+            .segments()
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(b) => String::from_utf8_lossy(b).into_owned(),
+                Segment::Include(i) => fragment(i),
+            })
+            .collect()
+    }
+
+    fn parse(text: &str) -> Option<Template> {
+        Template::parse(&Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    #[test]
+    fn a_body_without_esi_is_not_a_template() {
+        assert!(parse("<html><body>plain <b>page</b></body></html>").is_none());
+        assert!(parse("").is_none());
+    }
+
+    #[test]
+    fn magento_top_menu_include_is_found() {
+        let page = "<nav><esi:include src=\"http://shop.test/page_cache/block/esi/blocks/%5B%22catalog.topnav%22%5D/handles/WyJkZWZhdWx0Il0%3D/\" /></nav>";
+        let t = parse(page).expect("template");
+        assert_eq!(t.include_count(), 1);
+        let include = t.includes().next().expect("include");
+        assert_eq!(
+            include.src,
+            "http://shop.test/page_cache/block/esi/blocks/%5B%22catalog.topnav%22%5D/handles/WyJkZWZhdWx0Il0%3D/"
+        );
+        assert_eq!(render(&t, |_| "MENU".into()), "<nav>MENU</nav>");
+    }
+
+    #[test]
+    fn attributes_in_any_order_quote_and_entity() {
+        let t = parse(
+            "a<esi:include onerror='continue' alt=\"/b\" src='/f?x=1&amp;y=2'></esi:include>z",
+        )
+        .expect("template");
+        let include = t.includes().next().expect("include");
+        assert_eq!(include.src, "/f?x=1&y=2");
+        assert_eq!(include.alt.as_deref(), Some("/b"));
+        assert!(include.continue_on_error);
+        assert_eq!(render(&t, |_| "F".into()), "aFz");
+    }
+
+    #[test]
+    fn remove_comment_and_esi_comments() {
+        let t = parse(
+            "1<esi:remove><a href=\"/x\">no ESI</a></esi:remove>2<esi:comment text=\"hi\"/>3<!--esi <esi:include src=\"/in\"/> -->4",
+        )
+        .expect("template");
+        assert_eq!(render(&t, |i| format!("[{}]", i.src)), "123 [/in] 4");
+    }
+
+    #[test]
+    fn ordinary_comments_and_unknown_tags_pass_untouched() {
+        let text = "<!-- normal --><esi:choose><esi:when test=\"1\">x</esi:when></esi:choose><esi:include src=\"/a\"/>";
+        let t = parse(text).expect("template");
+        assert_eq!(
+            render(&t, |_| "A".into()),
+            "<!-- normal --><esi:choose><esi:when test=\"1\">x</esi:when></esi:choose>A"
+        );
+    }
+
+    #[test]
+    fn malformed_tags_pass_through_rather_than_cutting_the_page() {
+        for text in [
+            "before <esi:include src=\"/a\" after",
+            "x <esi:include/> y",
+            "x <esi:remove> never closed",
+            "x <esi:include src=\"/a\"> never closed",
+        ] {
+            let rendered =
+                parse(text).map_or_else(|| text.to_string(), |t| render(&t, |_| "F".into()));
+            assert_eq!(rendered, text, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_quoted_greater_than_does_not_end_the_tag() {
+        let t = parse("<esi:include src=\"/a?b=>\"/>!").expect("template");
+        assert_eq!(t.includes().next().map(|i| i.src.as_str()), Some("/a?b=>"));
+        assert_eq!(render(&t, |_| "F".into()), "F!");
+    }
+}
