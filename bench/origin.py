@@ -8,6 +8,9 @@ tags, Cache-Control, Set-Cookie), counts requests per URL, and can be slow on pu
   GET /stampede-X.html       cacheable page that takes 1 s to render
   GET /expiring-X.html       like stampede, but s-maxage=1 (for expiry stampedes)
   GET /new-X.html            cacheable page
+  GET /esi-N.html            product N with Magento's top menu as an ESI include
+  GET /page_cache/block/esi/blocks/topnav/
+                             the top menu fragment (about 6 KB, ttl 3600, tagged cat_c)
   GET /old-N.html            cacheable page with s-maxage=1 (expires at once)
   GET /health_check.php      200
   GET /__count?url=/path     requests seen for that URL (not counted itself)
@@ -63,10 +66,18 @@ def varied_page(n):
     return (f"<html><body><h1>Page {n}</h1><p>" + BLOBS[int(n) % 64] + "</p></body></html>\n").encode()
 
 
-def page(n):
+def page(n, menu=""):
     head = f"<html><head><title>Product {n}</title></head><body><h1>Product {n}</h1>\n"
     body = FILLER * (40_000 // len(FILLER))
-    return (head + body + "</body></html>\n").encode()
+    return (head + menu + body + "</body></html>\n").encode()
+
+
+# What Magento 2.4 writes for the top navigation block (ttl="3600") under Varnish.
+MENU_SRC = "http://shop.bench/page_cache/block/esi/blocks/topnav/"
+MENU_INCLUDE = f'<nav><esi:include src="{MENU_SRC}" /></nav>\n'
+MENU = ("<ul class=\"navigation\">"
+        + "".join(f'<li class="level0 nav-{i}"><a href="/category-{i}.html">Category {i}</a></li>' for i in range(80))
+        + "</ul>\n").encode()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -137,8 +148,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 ttl = 1
         if parsed.path.startswith("/old-"):
             ttl = 1
+        if parsed.path.startswith("/page_cache/block/esi/"):
+            return self.reply(200, MENU, {
+                "Content-Type": "text/html; charset=UTF-8",
+                "Cache-Control": "public, max-age=3600, s-maxage=3600",
+                "X-Magento-Tags": "cat_c,cat_c_1,cat_c_2",
+            })
         n = parsed.path.strip("/").split("-")[-1].split(".")[0]
-        body = varied_page(n) if parsed.path.startswith("/page-") else page(n)
+        if parsed.path.startswith("/page-"):
+            body = varied_page(n)
+        elif parsed.path.startswith("/esi-"):
+            body = page(n, MENU_INCLUDE)
+        else:
+            body = page(n)
         self.reply(200, body, {
             "Content-Type": "text/html; charset=UTF-8",
             "Cache-Control": f"public, max-age={ttl}, s-maxage={ttl}",

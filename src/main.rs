@@ -336,7 +336,10 @@ Try, in another terminal:
   curl -s -o /dev/null -w '%{{time_total}}s\\n' {base}/category-7.html             # first time ~0.15 s, then ~0.001 s
   curl -s -X PURGE -H 'X-Magento-Tags-Pattern: ((^|,)cat_p_1(,|$))' {base}/            # what Magento sends on a product save
   curl -si {base}/product-1.html | grep -i x-magento-cache-debug                    # HIT again: it was hot, so it was re-warmed
-  curl -s http://{admin}/metrics | grep -E 'floodgate_(requests|purged|warm)'        # hits, misses, purges, re-warms so far
+  curl -s {base}/product-1.html | grep -o '<nav>.*</nav>'                           # the top menu: an ESI fragment, cached once for all pages
+  curl -s -X PURGE -H 'X-Magento-Tags-Pattern: ((^|,)cat_c_2(,|$))' {base}/            # a category save: the menu (and category 2) refresh
+  curl -s {base}/product-1.html | grep -o '<nav>.*</nav>'                           # a new menu render in the same cached product page
+  curl -s http://{admin}/metrics | grep -E 'floodgate_(requests|purged|warm|esi)'    # hits, misses, purges, re-warms, fragments so far
 
 Stop with Ctrl-C."
     );

@@ -96,6 +96,11 @@ async fn demo_serves_a_miss_then_a_hit_from_its_built_in_origin() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let second = get(&url).await;
+    assert!(
+        second.text().contains("<nav><ul><li>Category 1</li>"),
+        "the demo's top menu is an ESI include, spliced in: {}",
+        second.text()
+    );
     let checkout = get(&format!("http://{listen}/checkout/cart/")).await;
     let metrics = get(&format!("http://{admin}/metrics")).await.text();
     let _ = child.kill();

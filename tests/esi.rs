@@ -328,3 +328,94 @@ async fn passed_pages_are_processed_and_esi_can_be_turned_off() {
         "<p>cart</p><esi:include src=\"/frag\"/><esi:remove>fallback</esi:remove>"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_range_and_the_fragment_limit_on_an_assembled_page() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/many.html",
+        Page::cacheable(
+            "<esi:include src=\"/f1\"/><esi:include src=\"/f2\"/><esi:include src=\"/f3\"/><esi:include src=\"/f4\"/>!",
+        ),
+    );
+    for n in 1..=4 {
+        origin.set(&format!("/f{n}"), Page::cacheable(format!("[{n}]")));
+    }
+    let fg = Floodgate::start_with(origin.addr, no_warm().esi("max_fragments = 3")).await;
+    assert_eq!(page(&fg, "/many.html").await.text(), "[1][2][3]!");
+    assert_eq!(
+        origin.hits("/f4"),
+        0,
+        "includes past the limit are not fetched"
+    );
+
+    // A byte range of the stored template would cut the page anywhere: the whole
+    // assembled page is sent instead (a range is optional for a server).
+    let ranged = send(
+        client()
+            .get(fg.url("/many.html"))
+            .header("host", "shop.test")
+            .header("range", "bytes=0-3"),
+    )
+    .await;
+    assert_eq!(ranged.status, 200);
+    assert_eq!(ranged.text(), "[1][2][3]!");
+
+    let head = send(
+        client()
+            .head(fg.url("/many.html"))
+            .header("host", "shop.test"),
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(
+        head.header("content-length").is_none(),
+        "the template's length is not the page's"
+    );
+    assert_eq!(origin.hits("/many.html"), 1);
+    assert_eq!(origin.hits("/f1"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_are_coalesced_and_queue_for_the_origin_like_pages() {
+    let origin = TestOrigin::start().await;
+    for n in 0..20 {
+        origin.set(
+            &format!("/cold-{n}.html"),
+            Page::cacheable(format!(
+                "<p>{n}</p><esi:include src=\"/shared-menu\"/><esi:include src=\"/own-{n}\"/>"
+            )),
+        );
+        origin.set(
+            &format!("/own-{n}"),
+            Page::cacheable(format!("[own {n}]")).delay(Duration::from_millis(100)),
+        );
+    }
+    origin.set(
+        "/shared-menu",
+        Page::cacheable("[menu]").delay(Duration::from_millis(300)),
+    );
+    let fg = Floodgate::start_with(origin.addr, no_warm().limits("max_inflight = 3")).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let url = fg.url(&format!("/cold-{n}.html"));
+            tokio::spawn(async move { (n, get(&url).await) })
+        })
+        .collect();
+    for task in tasks {
+        let (n, got) = task.await.expect("request");
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), format!("<p>{n}</p>[menu][own {n}]"));
+    }
+    assert_eq!(
+        origin.hits("/shared-menu"),
+        1,
+        "20 pages waiting for one fragment make one origin request"
+    );
+    assert!(
+        origin.max_total_in_flight() <= 3,
+        "pages and fragments together stay within the origin's slots: {}",
+        origin.max_total_in_flight()
+    );
+}

@@ -1,5 +1,6 @@
 //! A tiny origin that answers like Magento: tagged, cacheable catalogue pages that take a
-//! while to render, private checkout pages, uncacheable customer sections, a health check.
+//! while to render, with the top menu as an ESI include (as Magento emits it under
+//! Varnish), private checkout pages, uncacheable customer sections, a health check.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,6 +12,10 @@ use pingora::protocols::http::ServerSession;
 
 /// How long the demo "PHP" takes to render a page, so a MISS is visibly slower than a HIT.
 const RENDER_TIME: Duration = Duration::from_millis(150);
+
+/// Magento's top navigation block (ttl 3600) as an include.
+const MENU_INCLUDE: &str =
+    "<nav><esi:include src=\"/page_cache/block/esi/blocks/%5B%22catalog.topnav%22%5D/handles/WyJkZWZhdWx0Il0%3D/\" /></nav>";
 
 #[derive(Default)]
 pub struct DemoOrigin {
@@ -33,8 +38,25 @@ impl ServeHttp for DemoOrigin {
         let n = self.rendered.fetch_add(1, Ordering::Relaxed) + 1;
         let rendered = n.to_string();
         let cacheable = "public, max-age=86400, s-maxage=86400";
+        if path.starts_with("/page_cache/block/esi/") {
+            let body = format!(
+                "<ul><li>Category 1</li><li>Category 2</li><li>Category 3</li><li>menu render #{n}</li></ul>"
+            );
+            return page(
+                200,
+                "text/html",
+                body,
+                &[
+                    ("cache-control", "public, max-age=3600, s-maxage=3600"),
+                    ("x-magento-tags", "cat_c_1,cat_c_2,cat_c_3"),
+                    ("x-demo-render", &rendered),
+                ],
+            );
+        }
         if path == "/" {
-            let body = format!("<html><body><h1>Demo shop</h1><p>render #{n}</p></body></html>\n");
+            let body = format!(
+                "<html><body>{MENU_INCLUDE}<h1>Demo shop</h1><p>render #{n}</p></body></html>\n"
+            );
             return page(
                 200,
                 "text/html",
@@ -47,8 +69,9 @@ impl ServeHttp for DemoOrigin {
             );
         }
         if let Some(id) = number_in(&path, "/product-", ".html") {
-            let body =
-                format!("<html><body><h1>Product {id}</h1><p>render #{n}</p></body></html>\n");
+            let body = format!(
+                "<html><body>{MENU_INCLUDE}<h1>Product {id}</h1><p>render #{n}</p></body></html>\n"
+            );
             let tags = format!("cat_p_{id},cat_p,store");
             return page(
                 200,
@@ -67,8 +90,9 @@ impl ServeHttp for DemoOrigin {
                 .map(|p| format!("cat_p_{p}"))
                 .collect();
             let tags = format!("cat_c_{id},cat_c,{},store", products.join(","));
-            let body =
-                format!("<html><body><h1>Category {id}</h1><p>render #{n}</p></body></html>\n");
+            let body = format!(
+                "<html><body>{MENU_INCLUDE}<h1>Category {id}</h1><p>render #{n}</p></body></html>\n"
+            );
             return page(
                 200,
                 "text/html",

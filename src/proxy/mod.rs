@@ -460,8 +460,10 @@ impl ProxyHttp for Floodgate {
     ) -> Result<bool> {
         // A response from the origin may carry ESI, and only an async caller can wait for
         // its fragments: the request runs again as a subrequest and is assembled here.
+        let req = session.req_header();
         let wraps = ctx.assembles_esi()
-            && session.req_header().method == http::Method::GET
+            && req.method == http::Method::GET
+            && !req.headers.contains_key(http::header::UPGRADE)
             && ctx.route != Route::Tunnel
             && session.subrequest_spawner.is_some();
         if !wraps {
