@@ -419,3 +419,52 @@ async fn fragments_are_coalesced_and_queue_for_the_origin_like_pages() {
         origin.max_total_in_flight()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_page_is_assembled_from_its_stale_copy_in_grace_and_when_the_origin_fails() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/in-grace.html",
+        Page::cacheable("<p>v1</p><esi:include src=\"/menu\"/>").ttl(1),
+    );
+    origin.set(
+        "/erroring.html",
+        Page::cacheable("<p>kept</p><esi:include src=\"/menu\"/>").ttl(1),
+    );
+    origin.set("/menu", Page::cacheable("[menu]"));
+    let fg = Floodgate::start_with(origin.addr, no_warm().cache("grace_secs = 1")).await;
+    page(&fg, "/in-grace.html").await;
+    page(&fg, "/erroring.html").await;
+    origin.set(
+        "/in-grace.html",
+        Page::cacheable("<p>v2</p><esi:include src=\"/menu\"/>").ttl(60),
+    );
+    origin.set(
+        "/erroring.html",
+        Page::cacheable("down")
+            .status(500)
+            .header("cache-control", "no-store"),
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Within grace: the stale copy at once, assembled, while one refresh runs.
+    let stale = page(&fg, "/in-grace.html").await;
+    assert_eq!(stale.text(), "<p>v1</p>[menu]");
+    assert!(
+        eventually(Duration::from_secs(5), || origin.hits("/in-grace.html")
+            == 2)
+        .await,
+        "refreshed in the background"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(page(&fg, "/in-grace.html").await.text(), "<p>v2</p>[menu]");
+
+    // Past grace, the origin answers 500: the kept copy, assembled, never the error.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let kept = page(&fg, "/erroring.html").await;
+    assert_eq!(
+        (kept.status, kept.text().as_str()),
+        (200, "<p>kept</p>[menu]")
+    );
+    assert_eq!(origin.hits("/menu"), 1);
+}

@@ -34,6 +34,7 @@ use super::recent_purges::RecentPurges;
 use super::shared_tier::SharedTier;
 use super::tag_index::TagIndex;
 use super::{CompactHeader, RequestIdentity, Tags};
+use crate::esi::gzip::Piece;
 use crate::esi::{Assembly, Template};
 
 /// Bookkeeping bytes per object beyond body, header and tags (key, Arc, moka node).
@@ -66,7 +67,7 @@ pub struct Heat {
 }
 
 impl Heat {
-    fn hit(&self) {
+    pub fn hit(&self) {
         self.hits.fetch_add(1, Ordering::Relaxed);
         self.last_hit_secs
             .store(unix_secs(SystemTime::now()), Ordering::Relaxed);
@@ -102,6 +103,10 @@ pub struct StoredObject {
     pub identity: Option<Arc<RequestIdentity>>,
     /// The body's ESI, parsed when it was stored; `None` for a body without any.
     pub template: Option<Arc<Template>>,
+    /// The body as a piece of other pages, when it is an ESI fragment: compressed on its
+    /// first use. Not weighed (moka weighs at insert); a fragment's piece is about its
+    /// gzipped body, and fragments are few.
+    piece: std::sync::OnceLock<Option<Piece>>,
     pub heat: Heat,
     /// Set by `MemoryStore::put`; tells index entries of successive objects apart.
     generation: u64,
@@ -141,6 +146,7 @@ impl StoredObject {
             pool,
             identity,
             template: None,
+            piece: std::sync::OnceLock::new(),
             heat: Heat::default(),
             generation: 0,
         })
@@ -171,6 +177,7 @@ impl StoredObject {
             pool,
             identity,
             template: None,
+            piece: std::sync::OnceLock::new(),
             heat: Heat::default(),
             generation: 0,
         }
@@ -196,6 +203,35 @@ impl StoredObject {
         );
         expired.template = self.template.clone();
         expired
+    }
+
+    /// This object spliced into a page as an ESI fragment, or `None` when it cannot be
+    /// as it is: an error status, a body past `max_bytes`, or includes of its own (those
+    /// are assembled by a request of its own).
+    pub fn splice_piece(&self, max_bytes: usize) -> Option<&Piece> {
+        if self.template.is_some() {
+            return None;
+        }
+        self.piece
+            .get_or_init(|| {
+                let header = self.header.unpack().ok()?;
+                if !header.status.is_success() {
+                    return None;
+                }
+                let gzipped = header
+                    .headers
+                    .get(http::header::CONTENT_ENCODING)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+                let body = if gzipped {
+                    crate::esi::gunzip(&self.body, max_bytes).ok()?
+                } else if self.body.len() <= max_bytes {
+                    self.body.clone()
+                } else {
+                    return None;
+                };
+                Some(Piece::compress(&body, crate::esi::TEMPLATE_GZIP_LEVEL))
+            })
+            .as_ref()
     }
 
     pub fn is_fresh(&self) -> bool {

@@ -1,152 +1,280 @@
-//! A template turned into the page's body, chunk by chunk, in order. Every include's
-//! fetch starts at once, so fragments load concurrently while the chunks before them are
-//! already on their way to the client.
+//! A template turned into the page's body, chunk by chunk, in order. Every include is
+//! resolved before the first chunk leaves: a fragment the cache holds fresh is taken from
+//! it at once, every other one is fetched as a subrequest, all of them concurrently, while
+//! the chunks before them are already on their way to the client.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use pingora::protocols::http::subrequest::server::SubrequestHandle;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::subrequest::Ctx as SubrequestCtx;
-use pingora::proxy::{PreparedSubrequest, SubrequestSpawner};
+use pingora::proxy::SubrequestSpawner;
 use tokio::task::JoinHandle;
 
 use super::fragment::{self, Role, Target};
+use super::gzip::{Piece, Stitcher};
 use super::template::{Include, Segment, Template};
+use super::PER_REQUEST_GZIP_LEVEL;
+use crate::cache::StoredObject;
 use crate::config::EsiSection;
 use crate::metrics::{FragmentResult, Metrics};
 
-/// What starting a page's fragments needs from the request that includes them.
-pub struct Fetcher<'a> {
+/// Fresh fragments straight from the cache. A fresh hit needs nothing of the request path
+/// but its key and the store, so it skips the subrequest (a third of an ESI hit's cost);
+/// everything else (misses, stale, passes) goes through the whole path.
+#[async_trait]
+pub trait FragmentCache: Send + Sync {
+    /// The fresh stored object `req` would be served, if it can be spliced as it is.
+    async fn fresh(&self, req: &RequestHeader) -> Option<Arc<StoredObject>>;
+}
+
+/// The including document: what its fragments are resolved against.
+pub struct Page<'a> {
     /// The including request: fragments are copies of it, re-pointed at their URL.
-    pub session: &'a ServerSession,
-    pub spawner: &'a SubrequestSpawner,
-    /// The including document's path, for relative `src`.
-    pub page_path: &'a str,
+    pub req: &'a RequestHeader,
     /// How many includes deep the including document is (a client's page is 0).
     pub depth: u8,
     pub config: &'a EsiSection,
     /// Largest fragment accepted, bytes.
     pub max_bytes: usize,
+    /// The client takes gzip: the page goes out as one stitched gzip stream.
+    pub gzip: bool,
     pub metrics: &'a Arc<Metrics>,
 }
 
-type Subrequest = (PreparedSubrequest, SubrequestHandle);
-
-impl Fetcher<'_> {
-    fn prepare(&self, src: &str) -> Result<Subrequest, String> {
-        let target = Target::resolve(src, self.page_path, self.depth + 1)?;
-        let ctx = SubrequestCtx::builder()
-            .user_ctx(Box::new(Role::Fragment(target)))
-            .build();
-        Ok(self.spawner.create_subrequest(self.session, ctx))
+impl Page<'_> {
+    fn page_path(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.req.raw_path())
     }
 
-    /// Starts one include's fetch; `None` when it is left out from the start.
-    fn start(&self, include: &Include, nth: usize) -> Option<JoinHandle<Option<Bytes>>> {
-        let refuse = |why: String| {
-            tracing::warn!(src = %include.src, depth = self.depth + 1, "ESI include left out: {why}");
-            self.metrics.esi_fragment(FragmentResult::Failed);
-            None
-        };
-        if nth >= self.config.max_fragments {
-            return refuse(format!(
-                "more than esi.max_fragments ({}) in one document",
-                self.config.max_fragments
-            ));
-        }
-        if self.depth >= self.config.max_depth {
-            return refuse(format!(
-                "nested deeper than esi.max_depth ({}); a fragment may include itself",
-                self.config.max_depth
-            ));
-        }
-        let primary = match self.prepare(&include.src) {
-            Ok(primary) => primary,
-            Err(why) => return refuse(why),
-        };
-        let alt = include
-            .alt
-            .as_deref()
-            .and_then(|alt| self.prepare(alt).ok());
-        let timeout = Duration::from_millis(self.config.fragment_timeout_ms);
-        let max_bytes = self.max_bytes;
-        let metrics = self.metrics.clone();
-        let src = include.src.clone();
-        let loud = !include.continue_on_error;
-        Some(tokio::spawn(async move {
-            let mut result = fragment::fetch(primary.0, primary.1, timeout, max_bytes).await;
-            if let (Err(_), Some(alt)) = (&result, alt) {
-                result = fragment::fetch(alt.0, alt.1, timeout, max_bytes).await;
-            }
-            match result {
-                Ok(fetched) => {
-                    metrics.esi_fragment(if fetched.cached {
-                        FragmentResult::Cached
-                    } else {
-                        FragmentResult::Fetched
-                    });
-                    Some(fetched.body)
-                }
-                Err(why) => {
-                    metrics.esi_fragment(FragmentResult::Failed);
-                    // Without onerror="continue" the ESI spec would fail the page; a shop
-                    // page without its menu beats an error page, so it is left out either
-                    // way, and said louder.
-                    if loud {
-                        tracing::warn!(%src, "ESI fragment left out of the page: {why}");
-                    } else {
-                        tracing::info!(%src, "ESI fragment left out (onerror=continue): {why}");
-                    }
-                    None
-                }
-            }
-        }))
+    fn left_out(&self, include: &Include, why: &str) -> Pending {
+        tracing::warn!(src = %include.src, depth = self.depth + 1, "ESI include left out: {why}");
+        self.metrics.esi_fragment(FragmentResult::Failed);
+        Pending::Ready(None)
     }
 }
 
+/// What starts fragment subrequests: the including session, from a synchronous stretch
+/// (a session is not shared across awaits).
+pub struct Fetcher<'a> {
+    pub session: &'a ServerSession,
+    pub spawner: &'a SubrequestSpawner,
+}
+
+/// A fetched fragment, in the page's encoding.
+enum Chunk {
+    Gzip(Piece),
+    Identity(Bytes),
+}
+
+enum Pending {
+    /// From the cache, or left out (`None`).
+    Ready(Option<Chunk>),
+    /// To be fetched as a subrequest.
+    Planned {
+        target: Target,
+        include: Include,
+    },
+    Running(JoinHandle<Option<Chunk>>),
+}
+
+/// The page, as one gzip stream (see `gzip`) or in identity.
 pub struct Assembly {
     template: Arc<Template>,
     next: usize,
-    /// One per include, in order; `None` for those left out.
-    fetches: VecDeque<Option<JoinHandle<Option<Bytes>>>>,
+    /// One per include, in order.
+    fragments: VecDeque<Pending>,
+    /// `None` for identity.
+    gzip: Option<Stitcher>,
+    finished: bool,
+    /// What fetching the rest needs, kept from planning.
+    depth: u8,
+    timeout: Duration,
+    max_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Assembly {
-    /// Starts every include's fetch.
-    pub fn start(template: Arc<Template>, fetcher: &Fetcher<'_>) -> Self {
-        let fetches = template
-            .includes()
-            .enumerate()
-            .map(|(nth, include)| fetcher.start(include, nth))
-            .collect();
-        Self {
+    /// Resolves every include: left out (limits, bad `src`), fresh in the cache, or
+    /// planned for `fetch_rest`.
+    pub async fn plan(
+        template: Arc<Template>,
+        page: &Page<'_>,
+        cache: &dyn FragmentCache,
+    ) -> Assembly {
+        let path = page.page_path();
+        let mut fragments = VecDeque::with_capacity(template.include_count());
+        for (nth, include) in template.includes().enumerate() {
+            let pending = if nth >= page.config.max_fragments {
+                page.left_out(
+                    include,
+                    &format!(
+                        "more than esi.max_fragments ({}) in one document",
+                        page.config.max_fragments
+                    ),
+                )
+            } else if page.depth >= page.config.max_depth {
+                page.left_out(
+                    include,
+                    &format!(
+                        "nested deeper than esi.max_depth ({}); a fragment may include itself",
+                        page.config.max_depth
+                    ),
+                )
+            } else {
+                match Target::resolve(&include.src, &path, page.depth + 1) {
+                    Err(why) => page.left_out(include, &why),
+                    Ok(target) => match cached(&target, page, cache).await {
+                        Some(chunk) => {
+                            page.metrics.esi_fragment(FragmentResult::Cached);
+                            Pending::Ready(Some(chunk))
+                        }
+                        None => Pending::Planned {
+                            target,
+                            include: include.clone(),
+                        },
+                    },
+                }
+            };
+            fragments.push_back(pending);
+        }
+        Assembly {
             template,
             next: 0,
-            fetches,
+            fragments,
+            gzip: page.gzip.then(Stitcher::default),
+            finished: false,
+            depth: page.depth,
+            timeout: Duration::from_millis(page.config.fragment_timeout_ms),
+            max_bytes: page.max_bytes,
+            metrics: page.metrics.clone(),
         }
     }
 
-    /// The next piece of the page; `None` at its end.
-    pub async fn next_chunk(&mut self) -> Option<Bytes> {
-        loop {
-            let segment = self.template.segments().get(self.next)?;
-            self.next += 1;
-            match segment {
-                Segment::Literal(bytes) => return Some(bytes.clone()),
-                Segment::Include(_) => {
-                    let fetch = self.fetches.pop_front().flatten();
-                    if let Some(fetch) = fetch {
-                        if let Ok(Some(body)) = fetch.await {
-                            if !body.is_empty() {
-                                return Some(body);
+    /// Starts a subrequest for every include the cache did not have.
+    pub fn fetch_rest(&mut self, fetcher: &Fetcher<'_>) {
+        let path = String::from_utf8_lossy(fetcher.session.req_header().raw_path()).into_owned();
+        for pending in self.fragments.iter_mut() {
+            let Pending::Planned { target, include } = pending else {
+                continue;
+            };
+            let prepare = |target: Target| {
+                let ctx = SubrequestCtx::builder()
+                    .user_ctx(Box::new(Role::Fragment(target)))
+                    .build();
+                fetcher.spawner.create_subrequest(fetcher.session, ctx)
+            };
+            let primary = prepare(target.clone());
+            let alt = include
+                .alt
+                .as_deref()
+                .and_then(|alt| Target::resolve(alt, &path, self.depth + 1).ok())
+                .map(prepare);
+            let (timeout, max_bytes, gzip) = (self.timeout, self.max_bytes, self.gzip.is_some());
+            let metrics = self.metrics.clone();
+            let include = include.clone();
+            *pending = Pending::Running(tokio::spawn(async move {
+                let mut result = fragment::fetch(primary.0, primary.1, timeout, max_bytes).await;
+                if let (Err(_), Some(alt)) = (&result, alt) {
+                    result = fragment::fetch(alt.0, alt.1, timeout, max_bytes).await;
+                }
+                match result {
+                    Ok(fetched) => {
+                        metrics.esi_fragment(if fetched.cached {
+                            FragmentResult::Cached
+                        } else {
+                            FragmentResult::Fetched
+                        });
+                        // Compressed here, in the fetch's own task, while the page waits
+                        // for earlier pieces.
+                        let body = fetched.body;
+                        (!body.is_empty()).then(|| {
+                            if gzip {
+                                Chunk::Gzip(Piece::compress(&body, PER_REQUEST_GZIP_LEVEL))
+                            } else {
+                                Chunk::Identity(body)
                             }
+                        })
+                    }
+                    Err(why) => {
+                        metrics.esi_fragment(FragmentResult::Failed);
+                        // Without onerror="continue" the ESI spec would fail the page; a
+                        // shop page without its menu beats an error page, so it is left
+                        // out either way, and said louder.
+                        if include.continue_on_error {
+                            tracing::info!(src = %include.src, "ESI fragment left out (onerror=continue): {why}");
+                        } else {
+                            tracing::warn!(src = %include.src, "ESI fragment left out of the page: {why}");
                         }
+                        None
                     }
                 }
+            }));
+        }
+    }
+
+    /// The next stretch of the page: everything that is ready, in one chunk (one write
+    /// to the client), up to a fragment still being fetched; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        loop {
+            let Some(segment) = self.template.segments().get(self.next) else {
+                if !self.finished {
+                    self.finished = true;
+                    if let Some(gzip) = &mut self.gzip {
+                        out.extend_from_slice(&gzip.finish());
+                    }
+                }
+                return (!out.is_empty()).then(|| out.freeze());
+            };
+            let chunk = match segment {
+                Segment::Literal(piece) => {
+                    self.next += 1;
+                    match &mut self.gzip {
+                        Some(gzip) => out.extend_from_slice(&gzip.piece(piece)),
+                        None => out.extend_from_slice(&piece.inflate()),
+                    }
+                    continue;
+                }
+                Segment::Include(_) => {
+                    let waits = matches!(self.fragments.front(), Some(Pending::Running(_)));
+                    if waits && !out.is_empty() {
+                        // What comes before a fragment leaves before it is waited for.
+                        return Some(out.freeze());
+                    }
+                    self.next += 1;
+                    match self.fragments.pop_front() {
+                        Some(Pending::Ready(chunk)) => chunk,
+                        Some(Pending::Running(task)) => task.await.ok().flatten(),
+                        // Never started (no session to start it from): left out.
+                        Some(Pending::Planned { .. }) | None => None,
+                    }
+                }
+            };
+            match (chunk, &mut self.gzip) {
+                (Some(Chunk::Gzip(piece)), Some(gzip)) => {
+                    out.extend_from_slice(&gzip.piece(&piece))
+                }
+                (Some(Chunk::Identity(body)), None) => out.extend_from_slice(&body),
+                _ => {}
             }
         }
     }
+}
+
+/// A fresh cached copy of the fragment `target`, in the page's encoding.
+async fn cached(target: &Target, page: &Page<'_>, cache: &dyn FragmentCache) -> Option<Chunk> {
+    let mut req = page.req.clone();
+    target.rewrite(&mut req).ok()?;
+    let object = cache.fresh(&req).await?;
+    let piece = object.splice_piece(page.max_bytes)?;
+    Some(if page.gzip {
+        Chunk::Gzip(piece.clone())
+    } else {
+        Chunk::Identity(piece.inflate())
+    })
 }

@@ -16,6 +16,7 @@
 
 pub mod assembly;
 pub mod fragment;
+pub mod gzip;
 pub mod origin_page;
 pub mod template;
 
@@ -24,9 +25,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
-pub use assembly::{Assembly, Fetcher};
+pub use assembly::{Assembly, Fetcher, FragmentCache, Page};
 pub use fragment::{Role, Target};
 pub use template::Template;
 
@@ -34,10 +35,11 @@ pub use template::Template;
 /// only travels between a fragment subrequest and the page that includes it.
 pub const CACHED_HEADER: &str = "x-floodgate-esi-cached";
 
-/// Compression level for assembled pages sent to clients that accept gzip. The page is
-/// compressed again on every hit, so speed beats ratio: level 1 compresses about four
-/// times faster than 6, for a few percent more bytes.
-pub const ASSEMBLED_GZIP_LEVEL: u32 = 1;
+/// Compression of a stored template's literals: once per fill, as stored bodies are.
+pub const TEMPLATE_GZIP_LEVEL: u32 = 6;
+/// Compression of what is compressed per request (a fragment on every hit, the template
+/// of a page that is not stored): speed beats ratio.
+pub const PER_REQUEST_GZIP_LEVEL: u32 = 1;
 
 /// Whether a response is one ESI applies to (`text/*`, as Magento's VCL says).
 pub fn applies_to(resp: &ResponseHeader) -> bool {
@@ -71,7 +73,7 @@ pub fn parse_stored(
     } else {
         body.clone()
     };
-    Template::parse(&identity).map(Arc::new)
+    Template::parse(&identity, TEMPLATE_GZIP_LEVEL).map(Arc::new)
 }
 
 /// Inflates a gzip body, refusing to grow past `max_bytes`.
@@ -88,9 +90,30 @@ pub fn gunzip(body: &[u8], max_bytes: usize) -> std::io::Result<Bytes> {
     Ok(Bytes::from(out))
 }
 
-/// An assembled page's header: its length and encoding are no longer the template's, and
-/// a validator of the template would validate a page whose fragments may have changed.
-pub fn prepare_assembled_header(resp: &mut ResponseHeader) {
+/// Whether the client takes gzip (`Accept-Encoding`, a zero q-value refuses it).
+pub fn accepts_gzip(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+/// An assembled page's header: its encoding is the assembly's, its length unknown, and
+/// it has no validator, since one of the template would validate a page whose fragments
+/// may have changed.
+pub fn prepare_assembled_header(resp: &mut ResponseHeader, gzip: bool) {
     for name in [
         header::CONTENT_LENGTH,
         header::CONTENT_ENCODING,
@@ -103,6 +126,9 @@ pub fn prepare_assembled_header(resp: &mut ResponseHeader) {
     // Pingora frames a response without a length as close-delimited, which would cost
     // the keep-alive connection; chunked keeps it (and is dropped for HTTP/2).
     let _ = resp.insert_header(header::TRANSFER_ENCODING, "chunked");
+    if gzip {
+        let _ = resp.insert_header(header::CONTENT_ENCODING, "gzip");
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +175,23 @@ mod tests {
             1 << 20
         )
         .is_some());
+    }
+
+    #[test]
+    fn gzip_is_accepted_unless_refused() {
+        let accepts = |value: Option<&str>| {
+            let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+            if let Some(value) = value {
+                req.insert_header("accept-encoding", value).expect("header");
+            }
+            accepts_gzip(&req)
+        };
+        assert!(accepts(Some("gzip, deflate, br")));
+        assert!(accepts(Some("br;q=1.0, GZIP;q=0.5")));
+        assert!(accepts(Some("*")));
+        assert!(!accepts(Some("gzip;q=0, br")));
+        assert!(!accepts(Some("identity")));
+        assert!(!accepts(None));
     }
 
     #[test]

@@ -7,41 +7,48 @@
 //! is paid only when the origin is asked anyway; hits are assembled by the store.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::ResponseHeader;
-use pingora::modules::http::compression::ResponseCompression;
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::subrequest::Ctx as SubrequestCtx;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::{
-    applies_to, gunzip, prepare_assembled_header, Assembly, Fetcher, Role, Template,
-    ASSEMBLED_GZIP_LEVEL,
+    accepts_gzip, applies_to, gunzip, prepare_assembled_header, Assembly, Fetcher, FragmentCache,
+    Page, Role, Target, Template, PER_REQUEST_GZIP_LEVEL,
 };
 use crate::config::EsiSection;
 use crate::metrics::Metrics;
 
+/// What the wrapped request brings to ESI.
+pub struct Wrapped<'a> {
+    /// How many includes deep the page is (0 unless it is a fragment's).
+    pub depth: u8,
+    /// The fragment this page is, re-applied to the subrequest's copy of the request.
+    pub target: Option<Target>,
+    /// When the client's request arrived.
+    pub arrived: Instant,
+    pub config: &'a EsiSection,
+    pub max_bytes: usize,
+    pub metrics: &'a Arc<Metrics>,
+    pub cache: &'a dyn FragmentCache,
+}
+
 /// Writes the whole response for `session`; the caller then tells Pingora not to proxy.
-pub async fn serve(
-    session: &mut Session,
-    depth: u8,
-    target: Option<super::Target>,
-    arrived: std::time::Instant,
-    config: &EsiSection,
-    max_bytes: usize,
-    metrics: &Arc<Metrics>,
-) -> Result<()> {
+pub async fn serve(session: &mut Session, wrapped: &Wrapped<'_>) -> Result<()> {
+    let max_bytes = wrapped.max_bytes;
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
     };
     let ctx = SubrequestCtx::builder()
         .user_ctx(Box::new(Role::Page {
-            depth,
-            target,
-            arrived,
+            depth: wrapped.depth,
+            target: wrapped.target.clone(),
+            arrived: wrapped.arrived,
         }))
         .build();
     let (prepared, mut handle) = spawner.create_subrequest(session.as_downstream(), ctx);
@@ -77,30 +84,12 @@ pub async fn serve(
                     }
                 } else if end {
                     let (resp, body) = held.take().expect("held");
-                    return assemble(
-                        session,
-                        resp,
-                        body.freeze(),
-                        depth,
-                        config,
-                        max_bytes,
-                        metrics,
-                    )
-                    .await;
+                    return assemble(session, resp, body.freeze(), wrapped).await;
                 }
             }
             (Some(_), HttpTask::Done | HttpTask::Trailer(_)) => {
                 let (resp, body) = held.take().expect("held");
-                return assemble(
-                    session,
-                    resp,
-                    body.freeze(),
-                    depth,
-                    config,
-                    max_bytes,
-                    metrics,
-                )
-                .await;
+                return assemble(session, resp, body.freeze(), wrapped).await;
             }
             (_, HttpTask::Failed(e)) => return Err(e),
             (_, task) => {
@@ -122,16 +111,7 @@ pub async fn serve(
             .and_then(|v| v.parse::<usize>().ok())
             == Some(body.len());
         if complete {
-            return assemble(
-                session,
-                resp,
-                body.freeze(),
-                depth,
-                config,
-                max_bytes,
-                metrics,
-            )
-            .await;
+            return assemble(session, resp, body.freeze(), wrapped).await;
         }
     } else if session.response_written().is_some() {
         // Pingora checks the body against its length when it finishes the response.
@@ -151,11 +131,9 @@ async fn assemble(
     session: &mut Session,
     mut resp: Box<ResponseHeader>,
     body: Bytes,
-    depth: u8,
-    config: &EsiSection,
-    max_bytes: usize,
-    metrics: &Arc<Metrics>,
+    wrapped: &Wrapped<'_>,
 ) -> Result<()> {
+    let max_bytes = wrapped.max_bytes;
     let gzipped = resp
         .headers
         .get(header::CONTENT_ENCODING)
@@ -165,7 +143,10 @@ async fn assemble(
     } else {
         Some(body.clone())
     };
-    let Some(template) = identity.as_ref().and_then(Template::parse) else {
+    let template = identity
+        .as_ref()
+        .and_then(|body| Template::parse(body, PER_REQUEST_GZIP_LEVEL));
+    let Some(template) = template else {
         session
             .write_response_tasks(vec![
                 HttpTask::Header(resp, false),
@@ -174,29 +155,24 @@ async fn assemble(
             .await?;
         return Ok(());
     };
-    prepare_assembled_header(&mut resp);
-    if let Some(compression) = session
-        .downstream_modules_ctx
-        .get_mut::<ResponseCompression>()
-    {
-        compression.adjust_level(ASSEMBLED_GZIP_LEVEL);
-    }
-    let path = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
-    let mut assembly = {
-        let Some(spawner) = session.subrequest_spawner.as_ref() else {
-            return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
-        };
-        let fetcher = Fetcher {
-            session: session.as_downstream(),
-            spawner,
-            page_path: &path,
-            depth,
-            config,
-            max_bytes,
-            metrics,
-        };
-        Assembly::start(Arc::new(template), &fetcher)
+    let gzip = accepts_gzip(session.req_header());
+    prepare_assembled_header(&mut resp, gzip);
+    let page = Page {
+        req: session.req_header(),
+        depth: wrapped.depth,
+        config: wrapped.config,
+        max_bytes,
+        gzip,
+        metrics: wrapped.metrics,
     };
+    let mut assembly = Assembly::plan(Arc::new(template), &page, wrapped.cache).await;
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
+    };
+    assembly.fetch_rest(&Fetcher {
+        session: session.as_downstream(),
+        spawner,
+    });
     session.write_response_header(resp, false).await?;
     while let Some(chunk) = assembly.next_chunk().await {
         session.write_response_body(Some(chunk), false).await?;

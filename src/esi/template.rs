@@ -1,5 +1,6 @@
 //! A page body cut into what is sent as-is and what is fetched: parsed once, when the page
-//! is stored, so a hit only walks the segments.
+//! is stored, so a hit only walks the segments. Literals are kept compressed (`gzip`), so
+//! a template costs about what the gzipped body does and a hit does not compress them.
 //!
 //! The subset is what Magento emits and Varnish processes: `<esi:include src=…/>`
 //! (with `alt` and `onerror`), `<esi:remove>…</esi:remove>`, `<esi:comment …/>` and
@@ -7,8 +8,9 @@
 //! through untouched: the browser ignores an unknown tag, whereas dropping text could
 //! cut a page in half.
 
-use bytes::Bytes;
 use memchr::memmem;
+
+use super::gzip::Piece;
 
 const ESI_TAG: &[u8] = b"<esi:";
 const ESI_COMMENT_OPEN: &[u8] = b"<!--esi";
@@ -30,28 +32,27 @@ pub struct Include {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
-    Literal(Bytes),
+    Literal(Piece),
     Include(Include),
 }
 
-/// A parsed page: literals are slices of the identity body, so they cost no copies.
+/// A parsed page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     segments: Vec<Segment>,
     includes: usize,
-    /// Bytes held, for the store's weighing.
-    body_len: usize,
 }
 
 impl Template {
-    /// Parses an identity (not compressed) body. `None` when it has no ESI at all, so
-    /// pages without ESI cost nothing on a hit.
-    pub fn parse(body: &Bytes) -> Option<Template> {
+    /// Parses an identity (not compressed) body, compressing its literals at `level`.
+    /// `None` when it has no ESI at all, so pages without ESI cost nothing on a hit.
+    pub fn parse(body: &[u8], level: u32) -> Option<Template> {
         if !has_esi(body) {
             return None;
         }
         let mut parser = Parser {
             body,
+            level,
             segments: Vec::new(),
             literal_start: 0,
             includes: 0,
@@ -65,7 +66,6 @@ impl Template {
         changed.then(|| Template {
             includes: parser.includes,
             segments: parser.segments,
-            body_len: body.len(),
         })
     }
 
@@ -85,7 +85,14 @@ impl Template {
     }
 
     pub fn len_bytes(&self) -> usize {
-        self.body_len + self.segments.len() * std::mem::size_of::<Segment>()
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(piece) => piece.compressed_len(),
+                Segment::Include(include) => include.src.len() * 2,
+            })
+            .sum::<usize>()
+            + self.segments.len() * std::mem::size_of::<Segment>()
     }
 }
 
@@ -95,7 +102,8 @@ fn has_esi(body: &[u8]) -> bool {
 }
 
 struct Parser<'a> {
-    body: &'a Bytes,
+    body: &'a [u8],
+    level: u32,
     segments: Vec<Segment>,
     /// Where the literal being collected starts.
     literal_start: usize,
@@ -199,8 +207,10 @@ impl Parser<'_> {
 
     fn flush_literal(&mut self, end: usize) {
         if end > self.literal_start {
-            self.segments
-                .push(Segment::Literal(self.body.slice(self.literal_start..end)));
+            self.segments.push(Segment::Literal(Piece::compress(
+                &self.body[self.literal_start..end],
+                self.level,
+            )));
         }
         self.literal_start = end;
     }
@@ -284,14 +294,14 @@ mod tests {
             .segments()
             .iter()
             .map(|s| match s {
-                Segment::Literal(b) => String::from_utf8_lossy(b).into_owned(),
+                Segment::Literal(piece) => String::from_utf8_lossy(&piece.inflate()).into_owned(),
                 Segment::Include(i) => fragment(i),
             })
             .collect()
     }
 
     fn parse(text: &str) -> Option<Template> {
-        Template::parse(&Bytes::copy_from_slice(text.as_bytes()))
+        Template::parse(text.as_bytes(), 6)
     }
 
     #[test]

@@ -45,4 +45,25 @@ impl Rules {
             ssl_offload_header: http::HeaderName::from_bytes(m.ssl_offload_header.as_bytes())?,
         })
     }
+
+    /// A request's way through the rules: its normalised URL, its route, and (for a
+    /// lookup) what varies it.
+    pub fn classify(
+        &self,
+        method: &http::Method,
+        target: &[u8],
+        headers: &http::HeaderMap,
+    ) -> (String, route::Route, key::Variant) {
+        let url = match String::from_utf8_lossy(target) {
+            std::borrow::Cow::Borrowed(t) => self.normalizer.normalize(t).into_owned(),
+            std::borrow::Cow::Owned(t) => t,
+        };
+        let route = route::route(method, &url, headers, self);
+        let variant = if route == route::Route::Lookup {
+            key::Variant::of(&url, headers)
+        } else {
+            key::Variant::default()
+        };
+        (url, route, variant)
+    }
 }

@@ -2,10 +2,10 @@
 //! `cache` or `upstream`. Read top to bottom, the hooks are in the order Pingora calls them.
 
 mod ctx;
+mod fresh_fragments;
 mod respond;
 pub mod runtime;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +24,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 pub use ctx::RequestCtx;
+use fresh_fragments::FreshFragments;
 pub use runtime::Runtime;
 
 use arc_swap::ArcSwap;
@@ -33,11 +34,11 @@ use crate::cache::{
     FetchStarted, HitForMissMarks, MemoryStore, ParseEsi, RequestIdentity, StoredHit, Tags,
     VisitorFetch,
 };
-use crate::esi::{self, Assembly, Fetcher, Role};
+use crate::esi::{self, Assembly, Fetcher, Page, Role};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
-use crate::policy::key::{cache_key, Variant};
-use crate::policy::route::{has_bearer, route, Route};
+use crate::policy::key::cache_key;
+use crate::policy::route::{has_bearer, Route};
 use crate::policy::storability::{decide, Decision, Storability};
 use crate::purge::Purger;
 use crate::upstream::{ClassId, Origins, Shed, ShedFanout, StaleReason};
@@ -251,8 +252,14 @@ impl Floodgate {
 
     /// Starts a stored page's fragments and hands them to its hit handler, which Pingora
     /// reads the body from.
-    fn assemble_hit(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
-        esi::prepare_assembled_header(resp);
+    async fn assemble_hit(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &RequestCtx,
+    ) {
+        let gzip = esi::accepts_gzip(session.req_header());
+        esi::prepare_assembled_header(resp, gzip);
         if session.req_header().method == http::Method::HEAD {
             return;
         }
@@ -266,20 +273,25 @@ impl Floodgate {
             Some(template) => template.clone(),
             None => return,
         };
-        let Some(spawner) = session.subrequest_spawner.as_ref() else {
-            return;
-        };
-        let path = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
-        let fetcher = Fetcher {
-            session: session.as_downstream(),
-            spawner,
-            page_path: &path,
+        let page = Page {
+            req: session.req_header(),
             depth: ctx.esi_depth(),
             config: &ctx.rt.config.esi,
             max_bytes: ctx.rt.config.cache.max_object_bytes,
+            gzip,
             metrics: &self.metrics,
         };
-        let assembly = Assembly::start(template, &fetcher);
+        let fresh = FreshFragments {
+            rules: &ctx.rt.rules,
+            store: self.store,
+        };
+        let mut assembly = Assembly::plan(template, &page, &fresh).await;
+        if let Some(spawner) = session.subrequest_spawner.as_ref() {
+            assembly.fetch_rest(&Fetcher {
+                session: session.as_downstream(),
+                spawner,
+            });
+        }
         if let Some(hit) = session
             .cache
             .hit_handler()
@@ -287,12 +299,6 @@ impl Floodgate {
             .downcast_mut::<StoredHit>()
         {
             hit.assemble(assembly);
-        }
-        if let Some(compression) = session
-            .downstream_modules_ctx
-            .get_mut::<ResponseCompression>()
-        {
-            compression.adjust_level(esi::ASSEMBLED_GZIP_LEVEL);
         }
     }
 
@@ -359,15 +365,12 @@ impl ProxyHttp for Floodgate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let target = String::from_utf8_lossy(req.raw_path());
-        let url = match &target {
-            Cow::Borrowed(t) => ctx.rt.rules.normalizer.normalize(t).into_owned(),
-            Cow::Owned(t) => t.clone(),
-        };
-        ctx.route = route(&req.method, &url, &req.headers, &ctx.rt.rules);
-        if ctx.route == Route::Lookup {
-            ctx.variant = Variant::of(&url, &req.headers);
-        }
+        let (url, route, variant) =
+            ctx.rt
+                .rules
+                .classify(&req.method, req.raw_path(), &req.headers);
+        ctx.route = route;
+        ctx.variant = variant;
         ctx.url = url;
         if ctx.route == Route::Purge {
             let rt = ctx.rt.clone();
@@ -471,16 +474,20 @@ impl ProxyHttp for Floodgate {
         }
         ctx.wrapped = true;
         let rt = ctx.rt.clone();
-        esi::origin_page::serve(
-            session,
-            ctx.esi_depth(),
-            ctx.esi_role.as_ref().and_then(Role::target).cloned(),
-            ctx.arrived,
-            &rt.config.esi,
-            rt.config.cache.max_object_bytes,
-            &self.metrics,
-        )
-        .await?;
+        let fresh = FreshFragments {
+            rules: &rt.rules,
+            store: self.store,
+        };
+        let wrapped = esi::origin_page::Wrapped {
+            depth: ctx.esi_depth(),
+            target: ctx.esi_role.as_ref().and_then(Role::target).cloned(),
+            arrived: ctx.arrived,
+            config: &rt.config.esi,
+            max_bytes: rt.config.cache.max_object_bytes,
+            metrics: &self.metrics,
+            cache: &fresh,
+        };
+        esi::origin_page::serve(session, &wrapped).await?;
         Ok(false)
     }
 
@@ -709,7 +716,7 @@ impl ProxyHttp for Floodgate {
                 | CachePhase::RevalidatedNoCache(_)
         );
         if ctx.esi_hit && serves_stored_body {
-            self.assemble_hit(session, resp, ctx);
+            self.assemble_hit(session, resp, ctx).await;
         }
         Ok(())
     }
