@@ -218,10 +218,7 @@ impl StoredObject {
                 if !header.status.is_success() {
                     return None;
                 }
-                let gzipped = header
-                    .headers
-                    .get(http::header::CONTENT_ENCODING)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+                let gzipped = crate::esi::is_gzip(&header.headers);
                 let body = if gzipped {
                     crate::esi::gunzip(&self.body, max_bytes).ok()?
                 } else if self.body.len() <= max_bytes {
@@ -618,10 +615,6 @@ impl StoredHit {
     /// The body will be assembled: byte ranges of the stored body mean nothing then.
     pub fn will_assemble(&mut self) {
         self.assembles = true;
-    }
-
-    pub fn assembles(&self) -> bool {
-        self.assembles
     }
 
     pub fn assemble(&mut self, assembly: Assembly) {

@@ -169,10 +169,7 @@ async fn collect(mut handle: SubrequestHandle, max_bytes: usize) -> Result<Fetch
                 }
                 status = Some(resp.status);
                 cached = resp.headers.contains_key(CACHED_HEADER);
-                gzipped = resp
-                    .headers
-                    .get(header::CONTENT_ENCODING)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+                gzipped = super::is_gzip(&resp.headers);
                 end
             }
             HttpTask::Body(data, end) | HttpTask::UpgradedBody(data, end) => {

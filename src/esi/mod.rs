@@ -48,6 +48,13 @@ pub fn applies_to(resp: &ResponseHeader) -> bool {
     })
 }
 
+/// Whether a response body is gzip-encoded.
+pub fn is_gzip(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
+}
+
 /// The template of a body as stored (maybe gzipped); `None` when ESI does not apply or
 /// the body has none.
 pub fn parse_stored(
@@ -58,10 +65,7 @@ pub fn parse_stored(
     if !applies_to(resp) {
         return None;
     }
-    let gzipped = resp
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let gzipped = is_gzip(&resp.headers);
     let identity = if gzipped {
         match gunzip(body, max_bytes) {
             Ok(identity) => identity,

@@ -134,10 +134,7 @@ async fn assemble(
     wrapped: &Wrapped<'_>,
 ) -> Result<()> {
     let max_bytes = wrapped.max_bytes;
-    let gzipped = resp
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let gzipped = super::is_gzip(&resp.headers);
     let identity = if gzipped {
         gunzip(&body, max_bytes).ok()
     } else {
