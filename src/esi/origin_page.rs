@@ -65,31 +65,34 @@ pub async fn serve(session: &mut Session, wrapped: &Wrapped<'_>) -> Result<()> {
             {
                 held = Some((resp, BytesMut::new()));
             }
-            (Some((_, body)), HttpTask::Body(data, end)) => {
+            (Some(_), HttpTask::Body(data, end)) => {
+                let Some((resp, mut body)) = held.take() else {
+                    continue;
+                };
                 if let Some(data) = data {
                     body.extend_from_slice(&data);
                 }
                 if body.len() > max_bytes {
                     // Too large to be a page: sent as it came, unprocessed.
-                    let (resp, body) = held.take().expect("held");
-                    let body = body.freeze();
                     session
                         .write_response_tasks(vec![
                             HttpTask::Header(resp, false),
-                            HttpTask::Body(Some(body), end),
+                            HttpTask::Body(Some(body.freeze()), end),
                         ])
                         .await?;
                     if end {
                         return Ok(());
                     }
                 } else if end {
-                    let (resp, body) = held.take().expect("held");
                     return assemble(session, resp, body.freeze(), wrapped).await;
+                } else {
+                    held = Some((resp, body));
                 }
             }
             (Some(_), HttpTask::Done | HttpTask::Trailer(_)) => {
-                let (resp, body) = held.take().expect("held");
-                return assemble(session, resp, body.freeze(), wrapped).await;
+                if let Some((resp, body)) = held.take() {
+                    return assemble(session, resp, body.freeze(), wrapped).await;
+                }
             }
             (_, HttpTask::Failed(e)) => return Err(e),
             (_, task) => {
