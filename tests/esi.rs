@@ -177,7 +177,7 @@ async fn a_failing_fragment_leaves_the_page_intact() {
     origin.set(
         "/broken.html",
         Page::cacheable(
-            "<p>before</p><esi:include src=\"/fails\" onerror=\"continue\"/><p>between</p><esi:include src=\"/slow\"/><p>after</p><esi:include src=\"/loop\"/><p>end</p>",
+            "<p>before</p><esi:include src=\"/fails\" onerror=\"continue\"/><p>between</p><esi:include src=\"/slow\"/><p>after</p><esi:include src=\"/loop\"/><p>end</p><esi:include src=\"/fails\" alt=\"/fallback\"/>",
         ),
     );
     origin.set(
@@ -190,6 +190,7 @@ async fn a_failing_fragment_leaves_the_page_intact() {
         "/slow",
         Page::cacheable("too late").delay(Duration::from_secs(3)),
     );
+    origin.set("/fallback", Page::cacheable("[fallback]"));
     // A fragment that includes itself: the depth limit ends it.
     origin.set("/loop", Page::cacheable("L<esi:include src=\"/loop\"/>"));
     let fg = Floodgate::start_with(
@@ -205,7 +206,8 @@ async fn a_failing_fragment_leaves_the_page_intact() {
         assert_eq!(got.status, 200);
         assert_eq!(
             got.text(),
-            "<p>before</p><p>between</p><p>after</p>LLL<p>end</p>"
+            "<p>before</p><p>between</p><p>after</p>LLL<p>end</p>[fallback]",
+            "failed fragments are left out; alt replaces a failed src"
         );
     }
     assert!(
