@@ -470,3 +470,25 @@ async fn an_expired_page_is_assembled_from_its_stale_copy_in_grace_and_when_the_
     );
     assert_eq!(origin.hits("/menu"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_fragment_is_served_stale_once_and_refreshed_in_the_background() {
+    let origin = TestOrigin::start().await;
+    origin.set("/page.html", Page::cacheable("<p>page</p><esi:include src=\"/menu\"/>"));
+    origin.set("/menu", Page::cacheable("[menu v1]").ttl(1));
+    let fg = Floodgate::start_with(origin.addr, no_warm()).await;
+    assert_eq!(page(&fg, "/page.html").await.text(), "<p>page</p>[menu v1]");
+    origin.set("/menu", Page::cacheable("[menu v2]").ttl(60));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Within grace: the stale menu at once, while its refresh (of the menu's own URL)
+    // runs in the background.
+    assert_eq!(page(&fg, "/page.html").await.text(), "<p>page</p>[menu v1]");
+    assert!(
+        eventually(Duration::from_secs(5), || origin.hits("/menu") == 2).await,
+        "the menu was refreshed"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(page(&fg, "/page.html").await.text(), "<p>page</p>[menu v2]");
+    assert_eq!(origin.hits("/page.html"), 1, "the page itself was never refetched");
+}

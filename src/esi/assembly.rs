@@ -58,13 +58,6 @@ impl Page<'_> {
     }
 }
 
-/// What starts fragment subrequests: the including session, from a synchronous stretch
-/// (a session is not shared across awaits).
-pub struct Fetcher<'a> {
-    pub session: &'a ServerSession,
-    pub spawner: &'a SubrequestSpawner,
-}
-
 /// A fetched fragment, in the page's encoding.
 enum Chunk {
     Gzip(Piece),
@@ -74,11 +67,7 @@ enum Chunk {
 enum Pending {
     /// From the cache, or left out (`None`).
     Ready(Option<Chunk>),
-    /// To be fetched as a subrequest.
-    Planned {
-        target: Target,
-        include: Include,
-    },
+    /// Being fetched as a subrequest.
     Running(JoinHandle<Option<Chunk>>),
 }
 
@@ -91,20 +80,17 @@ pub struct Assembly {
     /// `None` for identity.
     gzip: Option<Stitcher>,
     finished: bool,
-    /// What fetching the rest needs, kept from planning.
-    depth: u8,
-    timeout: Duration,
-    max_bytes: usize,
-    metrics: Arc<Metrics>,
 }
 
 impl Assembly {
-    /// Resolves every include: left out (limits, bad `src`), fresh in the cache, or
-    /// planned for `fetch_rest`.
-    pub async fn plan(
+    /// Resolves every include and starts what has to be fetched: each one is left out
+    /// (limits, a bad `src`), taken fresh from the cache, or fetched as a subrequest
+    /// through `spawner`, all concurrently.
+    pub async fn start(
         template: Arc<Template>,
         page: &Page<'_>,
         cache: &dyn FragmentCache,
+        spawner: &SubrequestSpawner,
     ) -> Assembly {
         let path = page.page_path();
         let mut fragments = VecDeque::with_capacity(template.include_count());
@@ -133,10 +119,7 @@ impl Assembly {
                             page.metrics.esi_fragment(FragmentResult::Cached);
                             Pending::Ready(Some(chunk))
                         }
-                        None => Pending::Planned {
-                            target,
-                            include: include.clone(),
-                        },
+                        None => fetch(&target, include, &path, page, spawner).await,
                     },
                 }
             };
@@ -148,72 +131,6 @@ impl Assembly {
             fragments,
             gzip: page.gzip.then(Stitcher::default),
             finished: false,
-            depth: page.depth,
-            timeout: Duration::from_millis(page.config.fragment_timeout_ms),
-            max_bytes: page.max_bytes,
-            metrics: page.metrics.clone(),
-        }
-    }
-
-    /// Starts a subrequest for every include the cache did not have.
-    pub fn fetch_rest(&mut self, fetcher: &Fetcher<'_>) {
-        let path = String::from_utf8_lossy(fetcher.session.req_header().raw_path()).into_owned();
-        for pending in self.fragments.iter_mut() {
-            let Pending::Planned { target, include } = pending else {
-                continue;
-            };
-            let prepare = |target: Target| {
-                let ctx = SubrequestCtx::builder()
-                    .user_ctx(Box::new(Role::Fragment(target)))
-                    .build();
-                fetcher.spawner.create_subrequest(fetcher.session, ctx)
-            };
-            let primary = prepare(target.clone());
-            let alt = include
-                .alt
-                .as_deref()
-                .and_then(|alt| Target::resolve(alt, &path, self.depth + 1).ok())
-                .map(prepare);
-            let (timeout, max_bytes, gzip) = (self.timeout, self.max_bytes, self.gzip.is_some());
-            let metrics = self.metrics.clone();
-            let include = include.clone();
-            *pending = Pending::Running(tokio::spawn(async move {
-                let mut result = fragment::fetch(primary.0, primary.1, timeout, max_bytes).await;
-                if let (Err(_), Some(alt)) = (&result, alt) {
-                    result = fragment::fetch(alt.0, alt.1, timeout, max_bytes).await;
-                }
-                match result {
-                    Ok(fetched) => {
-                        metrics.esi_fragment(if fetched.cached {
-                            FragmentResult::Cached
-                        } else {
-                            FragmentResult::Fetched
-                        });
-                        // Compressed here, in the fetch's own task, while the page waits
-                        // for earlier pieces.
-                        let body = fetched.body;
-                        (!body.is_empty()).then(|| {
-                            if gzip {
-                                Chunk::Gzip(Piece::compress(&body, PER_REQUEST_GZIP_LEVEL))
-                            } else {
-                                Chunk::Identity(body)
-                            }
-                        })
-                    }
-                    Err(why) => {
-                        metrics.esi_fragment(FragmentResult::Failed);
-                        // Without onerror="continue" the ESI spec would fail the page; a
-                        // shop page without its menu beats an error page, so it is left
-                        // out either way, and said louder.
-                        if include.continue_on_error {
-                            tracing::info!(src = %include.src, "ESI fragment left out (onerror=continue): {why}");
-                        } else {
-                            tracing::warn!(src = %include.src, "ESI fragment left out of the page: {why}");
-                        }
-                        None
-                    }
-                }
-            }));
         }
     }
 
@@ -250,8 +167,7 @@ impl Assembly {
                     match self.fragments.pop_front() {
                         Some(Pending::Ready(chunk)) => chunk,
                         Some(Pending::Running(task)) => task.await.ok().flatten(),
-                        // Never started (no session to start it from): left out.
-                        Some(Pending::Planned { .. }) | None => None,
+                        None => None,
                     }
                 }
             };
@@ -264,6 +180,76 @@ impl Assembly {
             }
         }
     }
+}
+
+/// Starts the subrequest for one include (and its `alt`, tried if `src` fails).
+async fn fetch(
+    target: &Target,
+    include: &Include,
+    page_path: &str,
+    page: &Page<'_>,
+    spawner: &SubrequestSpawner,
+) -> Pending {
+    let prepare = |session: ServerSession| {
+        let ctx = SubrequestCtx::builder()
+            .user_ctx(Box::new(Role::Fragment {
+                depth: page.depth + 1,
+            }))
+            .build();
+        spawner.create_subrequest(&session, ctx)
+    };
+    let Some(primary) = target.session(page.req).await.map(prepare) else {
+        return page.left_out(include, "its request could not be built");
+    };
+    let alt = match include
+        .alt
+        .as_deref()
+        .and_then(|alt| Target::resolve(alt, page_path, page.depth + 1).ok())
+    {
+        Some(alt) => alt.session(page.req).await.map(prepare),
+        None => None,
+    };
+    let timeout = Duration::from_millis(page.config.fragment_timeout_ms);
+    let (max_bytes, gzip) = (page.max_bytes, page.gzip);
+    let metrics = page.metrics.clone();
+    let include = include.clone();
+    Pending::Running(tokio::spawn(async move {
+        let mut result = fragment::fetch(primary.0, primary.1, timeout, max_bytes).await;
+        if let (Err(_), Some(alt)) = (&result, alt) {
+            result = fragment::fetch(alt.0, alt.1, timeout, max_bytes).await;
+        }
+        match result {
+            Ok(fetched) => {
+                metrics.esi_fragment(if fetched.cached {
+                    FragmentResult::Cached
+                } else {
+                    FragmentResult::Fetched
+                });
+                // Compressed here, in the fetch's own task, while the page waits for
+                // earlier pieces.
+                let body = fetched.body;
+                (!body.is_empty()).then(|| {
+                    if gzip {
+                        Chunk::Gzip(Piece::compress(&body, PER_REQUEST_GZIP_LEVEL))
+                    } else {
+                        Chunk::Identity(body)
+                    }
+                })
+            }
+            Err(why) => {
+                metrics.esi_fragment(FragmentResult::Failed);
+                // Without onerror="continue" the ESI spec would fail the page; a shop
+                // page without its menu beats an error page, so it is left out either
+                // way, and said louder.
+                if include.continue_on_error {
+                    tracing::info!(src = %include.src, "ESI fragment left out (onerror=continue): {why}");
+                } else {
+                    tracing::warn!(src = %include.src, "ESI fragment left out of the page: {why}");
+                }
+                None
+            }
+        }
+    }))
 }
 
 /// A fresh cached copy of the fragment `target`, in the page's encoding.

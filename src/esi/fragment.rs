@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::subrequest::server::SubrequestHandle;
-use pingora::protocols::http::HttpTask;
+use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::proxy::PreparedSubrequest;
 
 use super::CACHED_HEADER;
@@ -18,32 +18,18 @@ use super::CACHED_HEADER;
 pub enum Role {
     /// The page a client asked for, fetched so its body can be assembled on the way out.
     /// It is the client's request in every other respect (metrics, access log, class).
-    /// A fragment's page carries the fragment's target: a subrequest starts as a copy of
-    /// the request as it arrived, before the fragment's rewrite. `arrived` is the
-    /// client's: it tells whether a shed fetch of the same page was already waited for.
-    Page {
-        depth: u8,
-        target: Option<Target>,
-        arrived: Instant,
-    },
+    /// `arrived` is the client's: it tells whether a shed fetch of the same page was
+    /// already waited for.
+    Page { depth: u8, arrived: Instant },
     /// An included fragment.
-    Fragment(Target),
+    Fragment { depth: u8 },
 }
 
 impl Role {
-    /// Where the request is re-pointed, for fragments and their pages.
-    pub fn target(&self) -> Option<&Target> {
-        match self {
-            Role::Page { target, .. } => target.as_ref(),
-            Role::Fragment(target) => Some(target),
-        }
-    }
-
     /// How many includes deep the document this request returns is.
     pub fn depth(&self) -> u8 {
         match self {
-            Role::Page { depth, .. } => *depth,
-            Role::Fragment(target) => target.depth,
+            Role::Page { depth, .. } | Role::Fragment { depth } => *depth,
         }
     }
 }
@@ -114,7 +100,33 @@ impl Target {
         })
     }
 
-    /// Turns the copy of the page's request into the fragment's: GET, its URL and Host,
+    /// The fragment's request as a session of its own, which its subrequest is made from.
+    /// A subrequest copies its parent's request as it arrived (raw bytes), so one made
+    /// from the page's session and re-pointed later would leave anything Pingora derives
+    /// from it (a background refresh of a stale fragment) asking for the page.
+    pub async fn session(&self, page_req: &RequestHeader) -> Option<ServerSession> {
+        let mut req = page_req.clone();
+        self.rewrite(&mut req).ok()?;
+        let mut raw = Vec::with_capacity(512);
+        raw.extend_from_slice(req.method.as_str().as_bytes());
+        raw.push(b' ');
+        raw.extend_from_slice(self.path_and_query.as_bytes());
+        raw.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in req.headers.iter() {
+            raw.extend_from_slice(name.as_str().as_bytes());
+            raw.extend_from_slice(b": ");
+            raw.extend_from_slice(value.as_bytes());
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"\r\n");
+        let mut session = ServerSession::new_http1(Box::new(std::io::Cursor::new(raw)));
+        match session.read_request().await {
+            Ok(true) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Turns a copy of the page's request into the fragment's: GET, its URL and Host,
     /// the client's other headers (cookies included, so X-Magento-Vary applies).
     pub fn rewrite(&self, req: &mut RequestHeader) -> pingora::Result<()> {
         req.set_method(http::Method::GET);

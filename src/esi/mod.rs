@@ -27,7 +27,7 @@ use bytes::Bytes;
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-pub use assembly::{Assembly, Fetcher, FragmentCache, Page};
+pub use assembly::{Assembly, FragmentCache, Page};
 pub use fragment::{Role, Target};
 pub use template::Template;
 

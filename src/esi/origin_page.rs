@@ -18,8 +18,8 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::{
-    accepts_gzip, applies_to, gunzip, prepare_assembled_header, Assembly, Fetcher, FragmentCache,
-    Page, Role, Target, Template, PER_REQUEST_GZIP_LEVEL,
+    accepts_gzip, applies_to, gunzip, prepare_assembled_header, Assembly, FragmentCache, Page,
+    Role, Template, PER_REQUEST_GZIP_LEVEL,
 };
 use crate::config::EsiSection;
 use crate::metrics::Metrics;
@@ -28,8 +28,6 @@ use crate::metrics::Metrics;
 pub struct Wrapped<'a> {
     /// How many includes deep the page is (0 unless it is a fragment's).
     pub depth: u8,
-    /// The fragment this page is, re-applied to the subrequest's copy of the request.
-    pub target: Option<Target>,
     /// When the client's request arrived.
     pub arrived: Instant,
     pub config: &'a EsiSection,
@@ -47,7 +45,6 @@ pub async fn serve(session: &mut Session, wrapped: &Wrapped<'_>) -> Result<()> {
     let ctx = SubrequestCtx::builder()
         .user_ctx(Box::new(Role::Page {
             depth: wrapped.depth,
-            target: wrapped.target.clone(),
             arrived: wrapped.arrived,
         }))
         .build();
@@ -165,14 +162,10 @@ async fn assemble(
         gzip,
         metrics: wrapped.metrics,
     };
-    let mut assembly = Assembly::plan(Arc::new(template), &page, wrapped.cache).await;
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
     };
-    assembly.fetch_rest(&Fetcher {
-        session: session.as_downstream(),
-        spawner,
-    });
+    let mut assembly = Assembly::start(Arc::new(template), &page, wrapped.cache, spawner).await;
     session.write_response_header(resp, false).await?;
     while let Some(chunk) = assembly.next_chunk().await {
         session.write_response_body(Some(chunk), false).await?;

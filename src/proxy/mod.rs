@@ -34,7 +34,7 @@ use crate::cache::{
     FetchStarted, HitForMissMarks, MemoryStore, ParseEsi, RequestIdentity, StoredHit, Tags,
     VisitorFetch,
 };
-use crate::esi::{self, Assembly, Fetcher, Page, Role};
+use crate::esi::{self, Assembly, Page, Role};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
 use crate::policy::key::cache_key;
@@ -285,13 +285,10 @@ impl Floodgate {
             rules: &ctx.rt.rules,
             store: self.store,
         };
-        let mut assembly = Assembly::plan(template, &page, &fresh).await;
-        if let Some(spawner) = session.subrequest_spawner.as_ref() {
-            assembly.fetch_rest(&Fetcher {
-                session: session.as_downstream(),
-                spawner,
-            });
-        }
+        let Some(spawner) = session.subrequest_spawner.as_ref() else {
+            return;
+        };
+        let assembly = Assembly::start(template, &page, &fresh, spawner).await;
         if let Some(hit) = session
             .cache
             .hit_handler()
@@ -349,9 +346,6 @@ impl ProxyHttp for Floodgate {
         }
         if let Some(Role::Page { arrived, .. }) = &ctx.esi_role {
             ctx.arrived = *arrived;
-        }
-        if let Some(target) = ctx.esi_role.as_ref().and_then(Role::target) {
-            target.rewrite(session.req_header_mut())?;
         }
         // Bodies are stored gzipped; clients that do not accept gzip get them inflated.
         if let Some(compression) = session
@@ -480,7 +474,6 @@ impl ProxyHttp for Floodgate {
         };
         let wrapped = esi::origin_page::Wrapped {
             depth: ctx.esi_depth(),
-            target: ctx.esi_role.as_ref().and_then(Role::target).cloned(),
             arrived: ctx.arrived,
             config: &rt.config.esi,
             max_bytes: rt.config.cache.max_object_bytes,
@@ -704,7 +697,7 @@ impl ProxyHttp for Floodgate {
         }
         let (verdict, grace) = self.verdict(session, ctx);
         prepare_for_client(resp, &ctx.url, verdict, grace);
-        if matches!(ctx.esi_role, Some(Role::Fragment(_))) && verdict == CacheDebug::Hit {
+        if matches!(ctx.esi_role, Some(Role::Fragment { .. })) && verdict == CacheDebug::Hit {
             resp.insert_header(esi::CACHED_HEADER, "1")?;
         }
         let serves_stored_body = matches!(
@@ -784,7 +777,7 @@ impl ProxyHttp for Floodgate {
         // counted by the page that includes it; a wrapped request by its page subrequest.
         if ctx.background {
             self.metrics.background_refresh();
-        } else if ctx.wrapped || matches!(ctx.esi_role, Some(Role::Fragment(_))) {
+        } else if ctx.wrapped || matches!(ctx.esi_role, Some(Role::Fragment { .. })) {
         } else {
             let outcome = self.outcome(session, ctx);
             self.metrics.request(outcome, status);
