@@ -82,6 +82,15 @@ async fn the_top_menu_is_spliced_in_and_fetched_once_for_many_pages() {
     // The fragment request is a plain GET with the client's headers and src's Host.
     let seen = origin.last(MENU).expect("menu fetched");
     assert_eq!(seen.method, "GET");
+    assert_eq!(
+        seen.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        Some("127.0.0.1"),
+        "the origin learns the visitor's address, as for a page"
+    );
+    assert_eq!(
+        seen.headers.get("host").and_then(|v| v.to_str().ok()),
+        Some("shop.test")
+    );
     assert!(
         fg.metric("floodgate_esi_fragments_total{result=\"fetched\"}")
             .await
@@ -474,7 +483,10 @@ async fn an_expired_page_is_assembled_from_its_stale_copy_in_grace_and_when_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_fragment_is_served_stale_once_and_refreshed_in_the_background() {
     let origin = TestOrigin::start().await;
-    origin.set("/page.html", Page::cacheable("<p>page</p><esi:include src=\"/menu\"/>"));
+    origin.set(
+        "/page.html",
+        Page::cacheable("<p>page</p><esi:include src=\"/menu\"/>"),
+    );
     origin.set("/menu", Page::cacheable("[menu v1]").ttl(1));
     let fg = Floodgate::start_with(origin.addr, no_warm()).await;
     assert_eq!(page(&fg, "/page.html").await.text(), "<p>page</p>[menu v1]");
@@ -490,5 +502,9 @@ async fn an_expired_fragment_is_served_stale_once_and_refreshed_in_the_backgroun
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(page(&fg, "/page.html").await.text(), "<p>page</p>[menu v2]");
-    assert_eq!(origin.hits("/page.html"), 1, "the page itself was never refetched");
+    assert_eq!(
+        origin.hits("/page.html"),
+        1,
+        "the page itself was never refetched"
+    );
 }

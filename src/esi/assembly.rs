@@ -36,6 +36,8 @@ pub trait FragmentCache: Send + Sync {
 pub struct Page<'a> {
     /// The including request: fragments are copies of it, re-pointed at their URL.
     pub req: &'a RequestHeader,
+    /// The visitor's address, when the including request has it.
+    pub client: Option<String>,
     /// How many includes deep the including document is (a client's page is 0).
     pub depth: u8,
     pub config: &'a EsiSection,
@@ -198,7 +200,8 @@ async fn fetch(
             .build();
         spawner.create_subrequest(&session, ctx)
     };
-    let Some(primary) = target.session(page.req).await.map(prepare) else {
+    let client = page.client.as_deref();
+    let Some(primary) = target.session(page.req, client).await.map(prepare) else {
         return page.left_out(include, "its request could not be built");
     };
     let alt = match include
@@ -206,7 +209,7 @@ async fn fetch(
         .as_deref()
         .and_then(|alt| Target::resolve(alt, page_path, page.depth + 1).ok())
     {
-        Some(alt) => alt.session(page.req).await.map(prepare),
+        Some(alt) => alt.session(page.req, client).await.map(prepare),
         None => None,
     };
     let timeout = Duration::from_millis(page.config.fragment_timeout_ms);

@@ -104,9 +104,22 @@ impl Target {
     /// A subrequest copies its parent's request as it arrived (raw bytes), so one made
     /// from the page's session and re-pointed later would leave anything Pingora derives
     /// from it (a background refresh of a stale fragment) asking for the page.
-    pub async fn session(&self, page_req: &RequestHeader) -> Option<ServerSession> {
+    /// `client` is the visitor's address, which that session does not have: it is added
+    /// to `X-Forwarded-For` as the origin request of a page would have it.
+    pub async fn session(
+        &self,
+        page_req: &RequestHeader,
+        client: Option<&str>,
+    ) -> Option<ServerSession> {
         let mut req = page_req.clone();
         self.rewrite(&mut req).ok()?;
+        if let Some(client) = client {
+            let forwarded = match req.headers.get("x-forwarded-for") {
+                Some(prior) => format!("{}, {client}", String::from_utf8_lossy(prior.as_bytes())),
+                None => client.to_string(),
+            };
+            req.insert_header("x-forwarded-for", forwarded).ok()?;
+        }
         let mut raw = Vec::with_capacity(512);
         raw.extend_from_slice(req.method.as_str().as_bytes());
         raw.push(b' ');

@@ -156,6 +156,10 @@ async fn assemble(
     prepare_assembled_header(&mut resp, gzip);
     let page = Page {
         req: session.req_header(),
+        client: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string()),
         depth: wrapped.depth,
         config: wrapped.config,
         max_bytes,

@@ -275,6 +275,10 @@ impl Floodgate {
         };
         let page = Page {
             req: session.req_header(),
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string()),
             depth: ctx.esi_depth(),
             config: &ctx.rt.config.esi,
             max_bytes: ctx.rt.config.cache.max_object_bytes,
