@@ -83,7 +83,9 @@ async fn the_top_menu_is_spliced_in_and_fetched_once_for_many_pages() {
     let seen = origin.last(MENU).expect("menu fetched");
     assert_eq!(seen.method, "GET");
     assert_eq!(
-        seen.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        seen.headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok()),
         Some("127.0.0.1"),
         "the origin learns the visitor's address, as for a page"
     );
