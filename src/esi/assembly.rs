@@ -114,7 +114,7 @@ impl Assembly {
                     ),
                 )
             } else {
-                match Target::resolve(&include.src, &path, page.depth + 1) {
+                match Target::resolve(&include.src, &path) {
                     Err(why) => page.left_out(include, &why),
                     Ok(target) => match cached(&target, page, cache).await {
                         Some(chunk) => {
@@ -207,7 +207,7 @@ async fn fetch(
     let alt = match include
         .alt
         .as_deref()
-        .and_then(|alt| Target::resolve(alt, page_path, page.depth + 1).ok())
+        .and_then(|alt| Target::resolve(alt, page_path).ok())
     {
         Some(alt) => alt.session(page.req, client).await.map(prepare),
         None => None,

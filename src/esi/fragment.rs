@@ -40,7 +40,6 @@ pub struct Target {
     /// Host (and port) from `src`; `None` keeps the including page's.
     pub host: Option<String>,
     pub path_and_query: String,
-    pub depth: u8,
 }
 
 /// Request headers a fragment never inherits from the page's request: ESI fragments are
@@ -59,7 +58,7 @@ const DROPPED: [HeaderName; 9] = [
 
 impl Target {
     /// Resolves `src` against the including page's Host and path.
-    pub fn resolve(src: &str, page_path: &str, depth: u8) -> Result<Target, String> {
+    pub fn resolve(src: &str, page_path: &str) -> Result<Target, String> {
         let (host, path_and_query) = if let Some(rest) = src
             .strip_prefix("http://")
             .or_else(|| src.strip_prefix("https://"))
@@ -96,7 +95,6 @@ impl Target {
         Ok(Target {
             host,
             path_and_query,
-            depth,
         })
     }
 
@@ -158,7 +156,7 @@ impl Target {
     }
 }
 
-/// A fragment's body, or why it is left out.
+/// A fragment's body.
 pub struct Fetched {
     pub body: Bytes,
     /// Served from the cache rather than the origin.
@@ -230,7 +228,7 @@ mod tests {
     use super::*;
 
     fn resolve(src: &str, page: &str) -> (Option<String>, String) {
-        let t = Target::resolve(src, page, 1).expect(src);
+        let t = Target::resolve(src, page).expect(src);
         (t.host, t.path_and_query)
     }
 
@@ -268,7 +266,7 @@ mod tests {
 
     #[test]
     fn unusable_src_is_an_error() {
-        assert!(Target::resolve("http:///x", "/", 1).is_err());
-        assert!(Target::resolve("/a b", "/", 1).is_err());
+        assert!(Target::resolve("http:///x", "/").is_err());
+        assert!(Target::resolve("/a b", "/").is_err());
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! The way through Floodgate:
 //! - `template`: a `text/*` body is parsed once, when it is stored; the store keeps the
-//!   template beside the body.
+//!   template beside the body, its literals compressed (`gzip`: pieces stitched into one
+//!   gzip stream, so a hit is not compressed again).
 //! - a hit on such a page is assembled by the store's hit handler (`assembly`), which
 //!   Pingora reads asynchronously, so fragments are awaited in order while the page
 //!   streams; they are fetched concurrently from the start.
@@ -12,7 +13,8 @@
 //!   subrequest and assembled on its way to the client (`origin_page`), because
 //!   Pingora's body filters cannot wait for a fragment.
 //! - every fragment is a subrequest through the whole request path (`fragment`): its own
-//!   key, TTL, tags, coalescing and origin slot.
+//!   key, TTL, tags, coalescing and origin slot; only a fragment the cache holds fresh is
+//!   taken straight from the store, under the same key.
 
 pub mod assembly;
 pub mod fragment;
@@ -37,7 +39,7 @@ pub const CACHED_HEADER: &str = "x-floodgate-esi-cached";
 
 /// Compression of a stored template's literals: once per fill, as stored bodies are.
 pub const TEMPLATE_GZIP_LEVEL: u32 = 6;
-/// Compression of what is compressed per request (a fragment on every hit, the template
+/// Compression of what is compressed per request (a fetched fragment, the template
 /// of a page that is not stored): speed beats ratio.
 pub const PER_REQUEST_GZIP_LEVEL: u32 = 1;
 
