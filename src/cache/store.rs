@@ -135,25 +135,20 @@ impl StoredObject {
         // origin's length), which saves a write and the chunk framing on every hit.
         let length = body.len().to_string();
         let header = CompactHeader::pack(header, NOT_STORED, &[("content-length", &length)]);
-        Ok(Self {
-            fresh_until: freshness.fresh_until(),
-            updated: freshness.updated(),
-            grace_secs: freshness.stale_while_revalidate_sec(),
-            keep_secs: freshness.stale_if_error_sec(),
+        Ok(Self::restored(
+            freshness.fresh_until(),
+            freshness.updated(),
+            freshness.stale_while_revalidate_sec(),
+            freshness.stale_if_error_sec(),
             header,
             body,
             tags,
             pool,
             identity,
-            template: None,
-            piece: std::sync::OnceLock::new(),
-            heat: Heat::default(),
-            generation: 0,
-        })
+        ))
     }
 
-    /// The same object, expired now: served stale within grace while one refresh runs.
-    /// An object as the shared tier hands it back.
+    /// An object from its parts (as the shared tier hands it back, too).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn restored(
         fresh_until: SystemTime,
@@ -188,6 +183,7 @@ impl StoredObject {
         self.unusable_at()
     }
 
+    /// The same object, expired now: served stale within grace while one refresh runs.
     fn expired(&self) -> Self {
         let now = SystemTime::now() - Duration::from_secs(1);
         let mut expired = Self::restored(

@@ -4,21 +4,22 @@
 //! the chunks before them are already on their way to the client.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::subrequest::Ctx as SubrequestCtx;
-use pingora::proxy::SubrequestSpawner;
+use pingora::proxy::{Session, SubrequestSpawner};
 use tokio::task::JoinHandle;
 
 use super::fragment::{self, Role, Target};
 use super::gzip::{Piece, Stitcher};
 use super::template::{Include, Segment, Template};
-use super::PER_REQUEST_GZIP_LEVEL;
+use super::{accepts_gzip, prepare_assembled_header, PER_REQUEST_GZIP_LEVEL};
 use crate::cache::StoredObject;
 use crate::config::EsiSection;
 use crate::metrics::{FragmentResult, Metrics};
@@ -32,20 +33,29 @@ pub trait FragmentCache: Send + Sync {
     async fn fresh(&self, req: &RequestHeader) -> Option<Arc<StoredObject>>;
 }
 
-/// The including document: what its fragments are resolved against.
-pub struct Page<'a> {
-    /// The including request: fragments are copies of it, re-pointed at their URL.
-    pub req: &'a RequestHeader,
-    /// The visitor's address, when the including request has it.
-    pub client: Option<String>,
-    /// How many includes deep the including document is (a client's page is 0).
+/// What a request brings to the assembly of its response.
+pub struct Settings<'a> {
+    /// How many includes deep the document is (a client's page is 0).
     pub depth: u8,
     pub config: &'a EsiSection,
-    /// Largest fragment accepted, bytes.
+    /// Largest fragment (and held page) accepted, bytes.
     pub max_bytes: usize,
-    /// The client takes gzip: the page goes out as one stitched gzip stream.
-    pub gzip: bool,
     pub metrics: &'a Arc<Metrics>,
+    pub cache: &'a dyn FragmentCache,
+}
+
+/// The including document: what its fragments are resolved against.
+struct Page<'a> {
+    /// The including request: fragments are copies of it, re-pointed at their URL.
+    req: &'a RequestHeader,
+    /// The visitor's address, when the including request has it.
+    client: Option<IpAddr>,
+    depth: u8,
+    config: &'a EsiSection,
+    max_bytes: usize,
+    /// The client takes gzip: the page goes out as one stitched gzip stream.
+    gzip: bool,
+    metrics: &'a Arc<Metrics>,
 }
 
 impl Page<'_> {
@@ -85,10 +95,40 @@ pub struct Assembly {
 }
 
 impl Assembly {
+    /// Readies `resp` to carry `template` assembled for the client of `session`, and
+    /// starts the assembly; `None` when no body goes out (HEAD) or nothing can fetch.
+    pub async fn for_response(
+        session: &Session,
+        resp: &mut ResponseHeader,
+        template: Arc<Template>,
+        settings: &Settings<'_>,
+    ) -> Option<Assembly> {
+        let req = session.req_header();
+        let gzip = accepts_gzip(req);
+        prepare_assembled_header(resp, gzip);
+        if req.method == http::Method::HEAD {
+            return None;
+        }
+        let spawner = session.subrequest_spawner.as_ref()?;
+        let page = Page {
+            req,
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            depth: settings.depth,
+            config: settings.config,
+            max_bytes: settings.max_bytes,
+            gzip,
+            metrics: settings.metrics,
+        };
+        Some(Self::start(template, &page, settings.cache, spawner).await)
+    }
+
     /// Resolves every include and starts what has to be fetched: each one is left out
     /// (limits, a bad `src`), taken fresh from the cache, or fetched as a subrequest
     /// through `spawner`, all concurrently.
-    pub async fn start(
+    async fn start(
         template: Arc<Template>,
         page: &Page<'_>,
         cache: &dyn FragmentCache,
@@ -200,7 +240,7 @@ async fn fetch(
             .build();
         spawner.create_subrequest(&session, ctx)
     };
-    let client = page.client.as_deref();
+    let client = page.client;
     let Some(primary) = target.session(page.req, client).await.map(prepare) else {
         return page.left_out(include, "its request could not be built");
     };

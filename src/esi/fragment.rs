@@ -107,7 +107,7 @@ impl Target {
     pub async fn session(
         &self,
         page_req: &RequestHeader,
-        client: Option<&str>,
+        client: Option<std::net::IpAddr>,
     ) -> Option<ServerSession> {
         let mut req = page_req.clone();
         self.rewrite(&mut req).ok()?;

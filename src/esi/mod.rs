@@ -29,8 +29,8 @@ use bytes::Bytes;
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-pub use assembly::{Assembly, FragmentCache, Page};
-pub use fragment::{Role, Target};
+pub use assembly::{Assembly, FragmentCache, Settings};
+pub use fragment::Role;
 pub use template::Template;
 
 /// Marks a fragment's response as served from the cache, for the fragment metrics. It
@@ -67,19 +67,29 @@ pub fn parse_stored(
     if !applies_to(resp) {
         return None;
     }
-    let gzipped = is_gzip(&resp.headers);
-    let identity = if gzipped {
+    template_of(resp, body, max_bytes, TEMPLATE_GZIP_LEVEL).map(Arc::new)
+}
+
+/// The template of a response body (maybe gzipped), its literals compressed at `level`;
+/// `None` when it has no ESI or does not inflate within `max_bytes`.
+pub fn template_of(
+    resp: &ResponseHeader,
+    body: &Bytes,
+    max_bytes: usize,
+    level: u32,
+) -> Option<Template> {
+    let identity = if is_gzip(&resp.headers) {
         match gunzip(body, max_bytes) {
             Ok(identity) => identity,
             Err(e) => {
-                tracing::warn!(error = %e, "stored gzip body could not be inflated; its ESI is not processed");
+                tracing::warn!(error = %e, "gzip body could not be inflated; its ESI is not processed");
                 return None;
             }
         }
     } else {
         body.clone()
     };
-    Template::parse(&identity, TEMPLATE_GZIP_LEVEL).map(Arc::new)
+    Template::parse(&identity, level)
 }
 
 /// Inflates a gzip body, refusing to grow past `max_bytes`.

@@ -17,35 +17,19 @@ use pingora::proxy::subrequest::Ctx as SubrequestCtx;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
-use super::{
-    accepts_gzip, applies_to, gunzip, prepare_assembled_header, Assembly, FragmentCache, Page,
-    Role, Template, PER_REQUEST_GZIP_LEVEL,
-};
-use crate::config::EsiSection;
-use crate::metrics::Metrics;
+use super::{applies_to, template_of, Assembly, Role, Settings, PER_REQUEST_GZIP_LEVEL};
 
-/// What the wrapped request brings to ESI.
-pub struct Wrapped<'a> {
-    /// How many includes deep the page is (0 unless it is a fragment's).
-    pub depth: u8,
-    /// When the client's request arrived.
-    pub arrived: Instant,
-    pub config: &'a EsiSection,
-    pub max_bytes: usize,
-    pub metrics: &'a Arc<Metrics>,
-    pub cache: &'a dyn FragmentCache,
-}
-
-/// Writes the whole response for `session`; the caller then tells Pingora not to proxy.
-pub async fn serve(session: &mut Session, wrapped: &Wrapped<'_>) -> Result<()> {
-    let max_bytes = wrapped.max_bytes;
+/// Writes the whole response for `session`, whose client's request arrived at
+/// `arrived`; the caller then tells Pingora not to proxy.
+pub async fn serve(session: &mut Session, esi: &Settings<'_>, arrived: Instant) -> Result<()> {
+    let max_bytes = esi.max_bytes;
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
     };
     let ctx = SubrequestCtx::builder()
         .user_ctx(Box::new(Role::Page {
-            depth: wrapped.depth,
-            arrived: wrapped.arrived,
+            depth: esi.depth,
+            arrived,
         }))
         .build();
     let (prepared, mut handle) = spawner.create_subrequest(session.as_downstream(), ctx);
@@ -81,14 +65,14 @@ pub async fn serve(session: &mut Session, wrapped: &Wrapped<'_>) -> Result<()> {
                         return Ok(());
                     }
                 } else if end {
-                    return assemble(session, resp, body.freeze(), wrapped).await;
+                    return assemble(session, resp, body.freeze(), esi).await;
                 } else {
                     held = Some((resp, body));
                 }
             }
             (Some(_), HttpTask::Done | HttpTask::Trailer(_)) => {
                 if let Some((resp, body)) = held.take() {
-                    return assemble(session, resp, body.freeze(), wrapped).await;
+                    return assemble(session, resp, body.freeze(), esi).await;
                 }
             }
             (_, HttpTask::Failed(e)) => return Err(e),
@@ -111,7 +95,7 @@ pub async fn serve(session: &mut Session, wrapped: &Wrapped<'_>) -> Result<()> {
             .and_then(|v| v.parse::<usize>().ok())
             == Some(body.len());
         if complete {
-            return assemble(session, resp, body.freeze(), wrapped).await;
+            return assemble(session, resp, body.freeze(), esi).await;
         }
     } else if session.response_written().is_some() {
         // Pingora checks the body against its length when it finishes the response.
@@ -131,19 +115,9 @@ async fn assemble(
     session: &mut Session,
     mut resp: Box<ResponseHeader>,
     body: Bytes,
-    wrapped: &Wrapped<'_>,
+    esi: &Settings<'_>,
 ) -> Result<()> {
-    let max_bytes = wrapped.max_bytes;
-    let gzipped = super::is_gzip(&resp.headers);
-    let identity = if gzipped {
-        gunzip(&body, max_bytes).ok()
-    } else {
-        Some(body.clone())
-    };
-    let template = identity
-        .as_ref()
-        .and_then(|body| Template::parse(body, PER_REQUEST_GZIP_LEVEL));
-    let Some(template) = template else {
+    let Some(template) = template_of(&resp, &body, esi.max_bytes, PER_REQUEST_GZIP_LEVEL) else {
         session
             .write_response_tasks(vec![
                 HttpTask::Header(resp, false),
@@ -152,24 +126,11 @@ async fn assemble(
             .await?;
         return Ok(());
     };
-    let gzip = accepts_gzip(session.req_header());
-    prepare_assembled_header(&mut resp, gzip);
-    let page = Page {
-        req: session.req_header(),
-        client: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string()),
-        depth: wrapped.depth,
-        config: wrapped.config,
-        max_bytes,
-        gzip,
-        metrics: wrapped.metrics,
-    };
-    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+    let Some(mut assembly) =
+        Assembly::for_response(session, &mut resp, Arc::new(template), esi).await
+    else {
         return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
     };
-    let mut assembly = Assembly::start(Arc::new(template), &page, wrapped.cache, spawner).await;
     session.write_response_header(resp, false).await?;
     while let Some(chunk) = assembly.next_chunk().await {
         session.write_response_body(Some(chunk), false).await?;

@@ -34,7 +34,7 @@ use crate::cache::{
     FetchStarted, HitForMissMarks, MemoryStore, ParseEsi, RequestIdentity, StoredHit, Tags,
     VisitorFetch,
 };
-use crate::esi::{self, Assembly, Page, Role};
+use crate::esi::{self, Assembly, Role};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
 use crate::policy::key::cache_key;
@@ -250,6 +250,22 @@ impl Floodgate {
         }
     }
 
+    /// What ESI needs of this request and of the configuration it runs under.
+    fn esi_settings<'a>(
+        &'a self,
+        ctx: &RequestCtx,
+        rt: &'a Runtime,
+        cache: &'a FreshFragments<'a>,
+    ) -> esi::Settings<'a> {
+        esi::Settings {
+            depth: ctx.esi_depth(),
+            config: &rt.config.esi,
+            max_bytes: rt.config.cache.max_object_bytes,
+            metrics: &self.metrics,
+            cache,
+        }
+    }
+
     /// Starts a stored page's fragments and hands them to its hit handler, which Pingora
     /// reads the body from.
     async fn assemble_hit(
@@ -258,11 +274,6 @@ impl Floodgate {
         resp: &mut ResponseHeader,
         ctx: &RequestCtx,
     ) {
-        let gzip = esi::accepts_gzip(session.req_header());
-        esi::prepare_assembled_header(resp, gzip);
-        if session.req_header().method == http::Method::HEAD {
-            return;
-        }
         let template = match session
             .cache
             .hit_handler()
@@ -273,26 +284,15 @@ impl Floodgate {
             Some(template) => template.clone(),
             None => return,
         };
-        let page = Page {
-            req: session.req_header(),
-            client: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string()),
-            depth: ctx.esi_depth(),
-            config: &ctx.rt.config.esi,
-            max_bytes: ctx.rt.config.cache.max_object_bytes,
-            gzip,
-            metrics: &self.metrics,
-        };
         let fresh = FreshFragments {
             rules: &ctx.rt.rules,
             store: self.store,
         };
-        let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        let settings = self.esi_settings(ctx, &ctx.rt, &fresh);
+        let Some(assembly) = Assembly::for_response(session, resp, template, &settings).await
+        else {
             return;
         };
-        let assembly = Assembly::start(template, &page, &fresh, spawner).await;
         if let Some(hit) = session
             .cache
             .hit_handler()
@@ -476,15 +476,8 @@ impl ProxyHttp for Floodgate {
             rules: &rt.rules,
             store: self.store,
         };
-        let wrapped = esi::origin_page::Wrapped {
-            depth: ctx.esi_depth(),
-            arrived: ctx.arrived,
-            config: &rt.config.esi,
-            max_bytes: rt.config.cache.max_object_bytes,
-            metrics: &self.metrics,
-            cache: &fresh,
-        };
-        esi::origin_page::serve(session, &wrapped).await?;
+        let settings = self.esi_settings(ctx, &rt, &fresh);
+        esi::origin_page::serve(session, &settings, ctx.arrived).await?;
         Ok(false)
     }
 
