@@ -60,6 +60,10 @@ enum Command {
         /// Every object that carries a tag (Magento's "Flush Magento Cache").
         #[arg(long, conflicts_with = "pattern")]
         all: bool,
+        /// Every object, tagged or not, on every node (an emergency: Varnish's
+        /// `ban req.url ~ .`). Through the admin API only.
+        #[arg(long, conflicts_with_all = ["pattern", "all", "tags", "pool", "url", "soft"])]
+        everything: bool,
         /// A regular expression over tags.
         #[arg(long)]
         pattern: Option<String>,
@@ -72,6 +76,9 @@ enum Command {
         /// Floodgate's admin listener, which the purge goes through.
         #[arg(long, default_value = "http://127.0.0.1:6085")]
         admin: String,
+        /// The admin token (server.admin_token_file), when one is configured.
+        #[arg(long)]
+        token_file: Option<String>,
         /// Send Magento's PURGE request to this proxy address instead (from an address
         /// in `purge.allow`), exactly as Magento does.
         #[arg(long)]
@@ -102,6 +109,9 @@ enum Command {
         /// Floodgate's admin listener.
         #[arg(long, default_value = "http://127.0.0.1:6085")]
         admin: String,
+        /// The admin token (server.admin_token_file), when one is configured.
+        #[arg(long)]
+        token_file: Option<String>,
     },
     /// Run Floodgate in front of a built-in Magento-like origin on loopback.
     Demo {
@@ -172,29 +182,44 @@ fn main() -> ExitCode {
         Command::Purge {
             tags,
             all,
+            everything,
             pattern,
             pool,
             soft,
             admin,
+            token_file,
             url,
         } => {
             let Some(url) = url else {
+                let token = match floodgate::admin::client::token(token_file.as_deref()) {
+                    Ok(token) => token,
+                    Err(e) => {
+                        eprintln!("floodgate: --token-file: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
                 let request = floodgate::admin::client::PurgeRequest {
                     tags,
                     pattern,
                     all,
+                    everything,
                     pool,
                     soft,
                 };
                 if !request.all
+                    && !request.everything
                     && request.tags.is_empty()
                     && request.pattern.is_none()
                     && request.pool.is_none()
                 {
-                    eprintln!("floodgate: say what to purge: --tags, --all, --pattern or --pool");
+                    eprintln!("floodgate: say what to purge: --tags, --all, --everything, --pattern or --pool");
                     return ExitCode::from(2);
                 }
-                return match block_on(floodgate::admin::client::purge(&admin, &request)) {
+                return match block_on(floodgate::admin::client::purge(
+                    &admin,
+                    token.as_deref(),
+                    &request,
+                )) {
                     Ok(summary) => {
                         print!("{summary}");
                         ExitCode::SUCCESS
@@ -266,9 +291,24 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Maintenance { state, admin } => {
+        Command::Maintenance {
+            state,
+            admin,
+            token_file,
+        } => {
             let on = state.map(|s| matches!(s, Switch::On));
-            match block_on(floodgate::admin::client::maintenance(&admin, on)) {
+            let token = match floodgate::admin::client::token(token_file.as_deref()) {
+                Ok(token) => token,
+                Err(e) => {
+                    eprintln!("floodgate: --token-file: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match block_on(floodgate::admin::client::maintenance(
+                &admin,
+                token.as_deref(),
+                on,
+            )) {
                 Ok(body) => {
                     print!("{body}");
                     ExitCode::SUCCESS

@@ -17,13 +17,13 @@ use pingora::services::listening::Service;
 use crate::admin::reload::{ReloadOnHangup, Reloader};
 use crate::admin::Admin;
 use crate::cache::shared_tier::SharedTier;
-use crate::cache::{HitForMissMarks, MemoryStore};
+use crate::cache::{HitForMissMarks, MemoryStore, Variants};
 use crate::config::{Config, Overrides};
 use crate::metrics::Metrics;
 use crate::proxy::{Floodgate, Runtime, Shared};
 use crate::purge::bus::PurgeBusService;
 use crate::purge::{PurgeBus, Purger};
-use crate::upstream::Origins;
+use crate::upstream::{ClientSlots, Origins};
 use crate::warm::{WarmQueue, Warmer};
 
 /// Keys remembered as hit-for-miss at most (about 100 bytes each).
@@ -176,6 +176,8 @@ pub fn build(
         metrics,
         purger,
         runtime,
+        variants: Arc::new(Variants::default()),
+        client_slots: Arc::new(ClientSlots::default()),
     };
     let proxy = Floodgate::new(shared);
     let mut service = http_proxy_service(&server.configuration, proxy);

@@ -11,16 +11,20 @@ pub struct PurgeRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pattern: Option<String>,
     pub all: bool,
+    pub everything: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
     pub soft: bool,
 }
 
 /// Purges through the admin API; returns a one-line summary.
-pub async fn purge(admin: &str, request: &PurgeRequest) -> Result<String, String> {
+pub async fn purge(
+    admin: &str,
+    token: Option<&str>,
+    request: &PurgeRequest,
+) -> Result<String, String> {
     let base = admin.trim_end_matches('/');
-    let response = client()?
-        .post(format!("{base}/purge"))
+    let response = authorized(client()?.post(format!("{base}/purge")), token)
         .json(request)
         .send()
         .await
@@ -49,19 +53,41 @@ pub async fn purge(admin: &str, request: &PurgeRequest) -> Result<String, String
     ))
 }
 
+/// The admin token from `--token-file`, read once per command.
+pub fn token(file: Option<&str>) -> Result<Option<String>, String> {
+    file.map(crate::config::read_token).transpose()
+}
+
+fn authorized(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
 fn unreachable_admin(base: &str, e: reqwest::Error) -> String {
     format!("cannot reach Floodgate's admin listener at {base}: {e} (is server.admin_listen set?)")
 }
 
 /// Switches maintenance mode (`Some`) or reads it (`None`); returns the admin's JSON answer.
-pub async fn maintenance(admin: &str, on: Option<bool>) -> Result<String, String> {
+pub async fn maintenance(
+    admin: &str,
+    token: Option<&str>,
+    on: Option<bool>,
+) -> Result<String, String> {
     let client = client()?;
     let base = admin.trim_end_matches('/');
+    // Operations are JSON: the admin API refuses what a browser could send cross-site.
     let request = match on {
-        Some(true) => client.post(format!("{base}/maintenance/on")),
-        Some(false) => client.post(format!("{base}/maintenance/off")),
+        Some(true) => client
+            .post(format!("{base}/maintenance/on"))
+            .json(&serde_json::json!({})),
+        Some(false) => client
+            .post(format!("{base}/maintenance/off"))
+            .json(&serde_json::json!({})),
         None => client.get(format!("{base}/maintenance")),
     };
+    let request = authorized(request, token);
     let response = request.send().await.map_err(|e| {
         format!(
             "cannot reach Floodgate's admin listener at {base}: {e} (is server.admin_listen set?)"

@@ -7,12 +7,16 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` (`/health`) | 200 while the process runs |
 //! | `GET /readyz` | 200 when the proxy listener accepts and an origin is healthy, else 503 |
-//! | `POST /purge` | `{"tags": [..]}`, `{"pattern": ".."}`, `{"all": true}`, `{"pool": ".."}`, `"soft": true` |
+//! | `POST /purge` | `{"tags": [..]}`, `{"pattern": ".."}`, `{"all": true}`, `{"everything": true}`, `{"pool": ".."}`, `"soft": true` |
 //! | `POST /warm` | `{"urls": ["https://shop/page.html", ..]}` queued for the re-warmer |
 //! | `GET /maintenance`, `POST /maintenance/on`, `POST /maintenance/off` | maintenance mode |
 //! | `POST /reload` | re-read the config file |
+//!
+//! Every operation (all but `/metrics` and the health checks) passes `guard` first: JSON
+//! only, no cross-site browser requests, a known `Host`, and the token when configured.
 
 pub mod client;
+mod guard;
 mod operations;
 pub mod reload;
 
@@ -57,6 +61,14 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if !guard::is_open(&path) {
+            let rt = self.runtime.load();
+            if let Err(guard::Refusal(status, why)) =
+                guard::check(session.req_header(), &rt.config.server)
+            {
+                return json_reply(status, json!({ "error": why }));
+            }
+        }
         match (method, path.as_str()) {
             (Method::GET, "/metrics") => self.metrics_text().await,
             (Method::GET, "/healthz" | "/health") => reply(200, "text/plain", b"ok\n".to_vec()),

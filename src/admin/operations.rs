@@ -17,6 +17,8 @@ struct PurgeRequest {
     tags: Vec<String>,
     pattern: Option<String>,
     all: bool,
+    /// Every object, tagged or not, on every node.
+    everything: bool,
     pool: Option<String>,
     soft: bool,
 }
@@ -42,6 +44,20 @@ impl Admin {
                 )
             }
         };
+        if request.everything {
+            let report = self.purger.everything().await;
+            self.metrics.purged(report.objects, 0, report.took);
+            return json_reply(
+                200,
+                json!({
+                    "objects": report.objects,
+                    "everything": true,
+                    "soft": false,
+                    "queued_for_warming": 0,
+                    "took_ms": report.took.as_secs_f64() * 1000.0,
+                }),
+            );
+        }
         let pattern = if request.all {
             Some(".*".to_string())
         } else if !request.tags.is_empty() {
@@ -52,7 +68,7 @@ impl Admin {
         if pattern.is_none() && request.pool.is_none() {
             return json_reply(
                 400,
-                json!({ "error": "say what to purge: tags, pattern, all or pool" }),
+                json!({ "error": "say what to purge: tags, pattern, all, everything or pool" }),
             );
         }
         let soft = request.soft || self.runtime.load().config.purge.soft;

@@ -10,6 +10,7 @@ pub mod shared_tier;
 pub mod store;
 pub mod tag_index;
 pub mod tags;
+pub mod variants;
 pub mod wire;
 
 pub use compact_header::CompactHeader;
@@ -17,3 +18,4 @@ pub use hit_for_miss::HitForMissMarks;
 pub use identity::RequestIdentity;
 pub use store::{FetchStarted, MemoryStore, ParseEsi, StoredHit, StoredObject, VisitorFetch};
 pub use tags::Tags;
+pub use variants::{VariantVerdict, Variants};

@@ -21,6 +21,8 @@ struct Log {
     patterns: Vec<(Regex, SystemTime)>,
     pools: Vec<(Regex, SystemTime)>,
     all_tagged: Option<SystemTime>,
+    /// An emergency flush of everything, tagged or not.
+    everything: Option<SystemTime>,
     last_pruned: Option<SystemTime>,
 }
 
@@ -30,6 +32,7 @@ impl Log {
             && self.patterns.is_empty()
             && self.pools.is_empty()
             && self.all_tagged.is_none()
+            && self.everything.is_none()
     }
 
     fn forget_before(&mut self, horizon: SystemTime) {
@@ -38,6 +41,9 @@ impl Log {
         self.pools.retain(|(_, at)| *at >= horizon);
         if self.all_tagged.is_some_and(|at| at < horizon) {
             self.all_tagged = None;
+        }
+        if self.everything.is_some_and(|at| at < horizon) {
+            self.everything = None;
         }
     }
 }
@@ -94,6 +100,10 @@ impl RecentPurges {
         self.record(at, |log| log.all_tagged = Some(at));
     }
 
+    pub fn everything(&self, at: SystemTime) {
+        self.record(at, |log| log.everything = Some(at));
+    }
+
     /// Whether an object fetched from `started` on was purged since.
     pub fn purged_since(&self, tags: &Tags, pool: Option<&str>, started: SystemTime) -> bool {
         let log = self.log();
@@ -101,6 +111,9 @@ impl RecentPurges {
             return false;
         }
         let after = |at: &SystemTime| *at >= started;
+        if log.everything.as_ref().is_some_and(after) {
+            return true;
+        }
         if !tags.is_empty() && log.all_tagged.as_ref().is_some_and(after) {
             return true;
         }

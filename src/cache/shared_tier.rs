@@ -48,6 +48,10 @@ pub struct SharedTier {
     coalesce_wait: Option<Duration>,
     /// This node's name in coalescing locks: its own requests wait on its local lock.
     node: String,
+    /// The newest flush of everything (`purge --everything`), unix milliseconds:
+    /// copies stored before it are not served. Kept in Redis too, for nodes that start
+    /// after it.
+    flushed_at: std::sync::atomic::AtomicU64,
 }
 
 fn hex(key: &HashBinary) -> String {
@@ -73,6 +77,7 @@ impl SharedTier {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos())
             ),
+            flushed_at: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -100,7 +105,45 @@ impl SharedTier {
 
     /// Connects now, waiting for it (at start-up, in the background).
     pub async fn connect(&self) {
-        let _ = self.connection_waiting().await;
+        if self.connection_waiting().await.is_some() {
+            let at: Option<u64> = self
+                .run(redis::cmd("GET").arg(format!("{}flushed", self.prefix)))
+                .await;
+            if let Some(at) = at {
+                self.flushed_at
+                    .fetch_max(at, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every copy stored before `at` is gone: after an emergency flush of everything.
+    pub async fn flushed(&self, at: SystemTime) {
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.flushed_at
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+        let set: Option<()> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(format!("{}flushed", self.prefix))
+                    .arg(ms),
+            )
+            .await;
+        if set.is_none() {
+            tracing::warn!(
+                "the flush could not be recorded in Redis; other nodes apply it from the purge bus"
+            );
+        }
+    }
+
+    fn flushed_before(&self, object: &StoredObject) -> bool {
+        let flushed = self.flushed_at.load(std::sync::atomic::Ordering::Relaxed);
+        flushed > 0
+            && object
+                .updated
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(true, |d| (d.as_millis() as u64) < flushed)
     }
 
     /// For background work: waits up to `CONNECT_TIMEOUT` for a connection.
@@ -146,7 +189,9 @@ impl SharedTier {
         let value: Option<Vec<u8>> = self
             .run(redis::cmd("GET").arg(format!("{}obj:{}", self.prefix, hex(key))))
             .await?;
-        let object = value.and_then(|v| wire::decode(Bytes::from(v)));
+        let object = value
+            .and_then(|v| wire::decode(Bytes::from(v)))
+            .filter(|o| !self.flushed_before(o));
         match &object {
             Some(_) => self
                 .metrics

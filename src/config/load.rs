@@ -242,6 +242,47 @@ impl Config {
             regex::Regex::new(pattern)
                 .map_err(|e| invalid("magento.pass_url_patterns", format!("`{pattern}`: {e}")))?;
         }
+        for name in &self.magento.strip_request_headers {
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                invalid(
+                    "magento.strip_request_headers",
+                    format!("`{name}` is not a valid header name"),
+                )
+            })?;
+        }
+        crate::purge::PurgeAcl::new(&self.server.trusted_proxies)
+            .map_err(|e| invalid("server.trusted_proxies", e))?;
+        for addr in &self.server.proxy_protocol_listen {
+            check_socket_addr("server.proxy_protocol_listen", addr)?;
+        }
+        if !self.server.proxy_protocol_listen.is_empty() && self.server.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "server.proxy_protocol_listen",
+                "needs server.trusted_proxies: the PROXY header is believed only from them",
+            ));
+        }
+        if !self.server.admin_token_file.is_empty() {
+            read_token(&self.server.admin_token_file)
+                .map_err(|e| invalid("server.admin_token_file", e))?;
+        }
+        if limits.request_body_buffer_bytes > 65_536 {
+            return Err(invalid(
+                "limits.request_body_buffer_bytes",
+                "must be at most 65536 (Pingora replays at most 64 KiB of a request body)",
+            ));
+        }
+        if limits.request_body_timeout_secs == 0 {
+            return Err(invalid(
+                "limits.request_body_timeout_secs",
+                "must be at least 1 second",
+            ));
+        }
+        if self.cache.max_variants == 0 {
+            return Err(invalid("cache.max_variants", "must be at least 1"));
+        }
+        if self.esi.enabled && self.esi.max_includes_per_view == 0 {
+            return Err(invalid("esi.max_includes_per_view", "must be at least 1"));
+        }
         for (i, exception) in self.magento.design_exceptions.iter().enumerate() {
             regex::Regex::new(&exception.user_agent).map_err(|e| {
                 invalid(
@@ -257,6 +298,18 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// The admin token in `path`: its first line, at least 16 characters.
+pub fn read_token(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{path} must hold a token of at least 16 printable characters on its first line"
+        ));
+    }
+    Ok(token)
 }
 
 fn check_socket_addr(key: &str, addr: &str) -> Result<(), ConfigError> {

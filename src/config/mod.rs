@@ -7,5 +7,5 @@
 mod load;
 mod model;
 
-pub use load::{load, ConfigError, Overrides};
+pub use load::{load, read_token, ConfigError, Overrides};
 pub use model::*;

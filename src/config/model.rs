@@ -31,6 +31,9 @@ pub struct EsiSection {
     /// Longest wait for one fragment (queueing at the origin included), milliseconds;
     /// a fragment not there by then is left out and the page goes on.
     pub fragment_timeout_ms: u64,
+    /// Includes fetched for one page view at most, all depths together, so a page that
+    /// includes itself many times costs a bounded amount of work.
+    pub max_includes_per_view: usize,
 }
 
 impl Default for EsiSection {
@@ -40,6 +43,7 @@ impl Default for EsiSection {
             max_depth: 3,
             max_fragments: 32,
             fragment_timeout_ms: 5000,
+            max_includes_per_view: 64,
         }
     }
 }
@@ -178,6 +182,19 @@ pub struct ServerSection {
     pub threads: usize,
     /// Where Pingora keeps its pid file and upgrade socket (for graceful binary upgrades).
     pub runtime_dir: String,
+    /// Proxies in front of Floodgate (a TLS terminator, a load balancer): addresses or
+    /// CIDR networks whose `X-Forwarded-For` (and PROXY protocol header) is believed.
+    /// Everyone else is the client, whatever it claims.
+    pub trusted_proxies: Vec<String>,
+    /// Client listeners that expect a PROXY protocol header (v1 or v2) first, from a
+    /// peer in `trusted_proxies` (haproxy `send-proxy`, nginx `proxy_protocol on`).
+    pub proxy_protocol_listen: Vec<String>,
+    /// A file holding the admin API's token; empty: no token. When set, every admin
+    /// request but `/metrics` and the health checks must carry `Authorization: Bearer`.
+    pub admin_token_file: String,
+    /// `Host` values the admin API answers besides its own address and `localhost`
+    /// (a browser led there by DNS rebinding sends a foreign one).
+    pub admin_hosts: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -187,6 +204,10 @@ impl Default for ServerSection {
             admin_listen: "127.0.0.1:6085".into(),
             threads: 0,
             runtime_dir: "/tmp".into(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol_listen: Vec::new(),
+            admin_token_file: String::new(),
+            admin_hosts: Vec::new(),
         }
     }
 }
@@ -249,6 +270,9 @@ pub struct CacheSection {
     pub coalesce_wait_secs: u64,
     /// Ask the origin for gzip and compress compressible bodies before storing them.
     pub store_gzip: bool,
+    /// Variants stored per page at most when the origin's `Vary` names a request header
+    /// (other than Cookie and Authorization, which are never stored shared).
+    pub max_variants: usize,
 }
 
 impl Default for CacheSection {
@@ -263,6 +287,7 @@ impl Default for CacheSection {
             private_uncacheable_ttl_secs: 86_400,
             coalesce_wait_secs: 30,
             store_gzip: true,
+            max_variants: 32,
         }
     }
 }
@@ -279,6 +304,10 @@ pub struct MagentoSection {
     pub pass_url_patterns: Vec<String>,
     /// User-Agent regex -> value; the first match becomes part of the cache key.
     pub design_exceptions: Vec<DesignException>,
+    /// Request headers removed before lookup and forwarding: they would change what the
+    /// origin answers (URL rewriting, method override, host override) without being part
+    /// of the cache key.
+    pub strip_request_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -287,6 +316,21 @@ pub struct DesignException {
     pub user_agent: String,
     pub value: String,
 }
+
+/// Headers that let a client change the origin's answer behind the key's back: PHP
+/// frameworks honour the URL-rewrite and method-override ones, and Magento builds
+/// absolute URLs from the host ones.
+pub const STRIPPED_REQUEST_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-host",
+    "forwarded",
+];
 
 /// The marketing parameters of Magento 2.4's generated VCL.
 pub const MAGENTO_MARKETING_PARAMS: &[&str] = &[
@@ -358,6 +402,10 @@ impl Default for MagentoSection {
                 .collect(),
             pass_url_patterns: Vec::new(),
             design_exceptions: Vec::new(),
+            strip_request_headers: STRIPPED_REQUEST_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -388,6 +436,15 @@ pub struct LimitsSection {
     /// An origin answer slower than this (to its headers), or failed, counts as the origin
     /// being overloaded, milliseconds.
     pub slow_response_ms: u64,
+    /// Origin slots one client address holds at most (its other requests queue or are
+    /// shed like any others), so one scraper or POST flood cannot take the pool; 0: no cap.
+    pub max_inflight_per_client: usize,
+    /// Request bodies up to this size are read whole before an origin slot is taken
+    /// (at most 65536, Pingora's replay buffer).
+    pub request_body_buffer_bytes: usize,
+    /// A request body must have arrived within this many seconds of the request, or the
+    /// client gets `408`.
+    pub request_body_timeout_secs: u64,
     /// The class of requests that match none below.
     pub default_class: String,
     /// Priority classes, highest first. A request belongs to the first class any of
@@ -422,6 +479,9 @@ impl Default for LimitsSection {
             adaptive: false,
             min_inflight: 4,
             slow_response_ms: 3000,
+            max_inflight_per_client: 8,
+            request_body_buffer_bytes: 65_536,
+            request_body_timeout_secs: 30,
             default_class: "pages".into(),
             classes: vec![
                 PriorityClass {

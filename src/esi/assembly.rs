@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::fragment::{self, Role, Target};
 use super::gzip::{Piece, Stitcher};
 use super::template::{Include, Segment, Template};
-use super::{accepts_gzip, prepare_assembled_header, PER_REQUEST_GZIP_LEVEL};
+use super::{accepts_gzip, prepare_assembled_header, ViewBudget, PER_REQUEST_GZIP_LEVEL};
 use crate::cache::StoredObject;
 use crate::config::EsiSection;
 use crate::metrics::{FragmentResult, Metrics};
@@ -42,6 +42,8 @@ pub struct Settings<'a> {
     pub max_bytes: usize,
     pub metrics: &'a Arc<Metrics>,
     pub cache: &'a dyn FragmentCache,
+    /// The page view's include budget, shared by every depth.
+    pub budget: Arc<ViewBudget>,
 }
 
 /// The including document: what its fragments are resolved against.
@@ -56,6 +58,7 @@ struct Page<'a> {
     /// The client takes gzip: the page goes out as one stitched gzip stream.
     gzip: bool,
     metrics: &'a Arc<Metrics>,
+    budget: &'a Arc<ViewBudget>,
 }
 
 impl Page<'_> {
@@ -64,7 +67,8 @@ impl Page<'_> {
     }
 
     fn left_out(&self, include: &Include, why: &str) -> Pending {
-        tracing::warn!(src = %include.src, depth = self.depth + 1, "ESI include left out: {why}");
+        tracing::debug!(src = %include.src, depth = self.depth + 1, "ESI include left out: {why}");
+        self.budget.left_out(&include.src, why);
         self.metrics.esi_fragment(FragmentResult::Failed);
         Pending::Ready(None)
     }
@@ -121,6 +125,7 @@ impl Assembly {
             max_bytes: settings.max_bytes,
             gzip,
             metrics: settings.metrics,
+            budget: &settings.budget,
         };
         Some(Self::start(template, &page, settings.cache, spawner).await)
     }
@@ -151,6 +156,14 @@ impl Assembly {
                     &format!(
                         "nested deeper than esi.max_depth ({}); a fragment may include itself",
                         page.config.max_depth
+                    ),
+                )
+            } else if !page.budget.take() {
+                page.left_out(
+                    include,
+                    &format!(
+                        "the page view used its esi.max_includes_per_view ({})",
+                        page.config.max_includes_per_view
                     ),
                 )
             } else {
@@ -236,6 +249,7 @@ async fn fetch(
         let ctx = SubrequestCtx::builder()
             .user_ctx(Box::new(Role::Fragment {
                 depth: page.depth + 1,
+                budget: page.budget.clone(),
             }))
             .build();
         spawner.create_subrequest(&session, ctx)
@@ -255,6 +269,7 @@ async fn fetch(
     let timeout = Duration::from_millis(page.config.fragment_timeout_ms);
     let (max_bytes, gzip) = (page.max_bytes, page.gzip);
     let metrics = page.metrics.clone();
+    let budget = page.budget.clone();
     let include = include.clone();
     Pending::Running(tokio::spawn(async move {
         let mut result = fragment::fetch(primary.0, primary.1, timeout, max_bytes).await;
@@ -284,10 +299,9 @@ async fn fetch(
                 // Without onerror="continue" the ESI spec would fail the page; a shop
                 // page without its menu beats an error page, so it is left out either
                 // way, and said louder.
-                if include.continue_on_error {
-                    tracing::info!(src = %include.src, "ESI fragment left out (onerror=continue): {why}");
-                } else {
-                    tracing::warn!(src = %include.src, "ESI fragment left out of the page: {why}");
+                tracing::debug!(src = %include.src, continue_on_error = include.continue_on_error, "ESI fragment left out: {why}");
+                if !include.continue_on_error {
+                    budget.left_out(&include.src, &why);
                 }
                 None
             }

@@ -2,6 +2,7 @@
 //! key rules, cache, coalescing, limiter and purges as any page, so a fragment is cached
 //! under its own URL with its own TTL and tags.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -11,7 +12,7 @@ use pingora::protocols::http::subrequest::server::SubrequestHandle;
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::proxy::PreparedSubrequest;
 
-use super::CACHED_HEADER;
+use super::{ViewBudget, CACHED_HEADER};
 
 /// What a subrequest is for; travels in Pingora's subrequest context.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,16 +21,27 @@ pub enum Role {
     /// It is the client's request in every other respect (metrics, access log, class).
     /// `arrived` is the client's: it tells whether a shed fetch of the same page was
     /// already waited for.
-    Page { depth: u8, arrived: Instant },
-    /// An included fragment.
-    Fragment { depth: u8 },
+    Page {
+        depth: u8,
+        arrived: Instant,
+        budget: Arc<ViewBudget>,
+    },
+    /// An included fragment; `budget` is the page view's, shared by every depth.
+    Fragment { depth: u8, budget: Arc<ViewBudget> },
 }
 
 impl Role {
     /// How many includes deep the document this request returns is.
     pub fn depth(&self) -> u8 {
         match self {
-            Role::Page { depth, .. } | Role::Fragment { depth } => *depth,
+            Role::Page { depth, .. } | Role::Fragment { depth, .. } => *depth,
+        }
+    }
+
+    /// The includes the page view this request serves may still fetch.
+    pub fn budget(&self) -> &Arc<ViewBudget> {
+        match self {
+            Role::Page { budget, .. } | Role::Fragment { budget, .. } => budget,
         }
     }
 }

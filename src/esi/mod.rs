@@ -17,6 +17,7 @@
 //!   taken straight from the store, under the same key.
 
 pub mod assembly;
+pub mod budget;
 pub mod fragment;
 pub mod gzip;
 pub mod origin_page;
@@ -30,6 +31,7 @@ use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 pub use assembly::{Assembly, FragmentCache, Settings};
+pub use budget::ViewBudget;
 pub use fragment::Role;
 pub use template::Template;
 

@@ -30,6 +30,7 @@ pub async fn serve(session: &mut Session, esi: &Settings<'_>, arrived: Instant) 
         .user_ctx(Box::new(Role::Page {
             depth: esi.depth,
             arrived,
+            budget: esi.budget.clone(),
         }))
         .build();
     let (prepared, mut handle) = spawner.create_subrequest(session.as_downstream(), ctx);

@@ -55,6 +55,8 @@ const INTERNAL_HEADERS: &[&str] = &[
     "via",
     "link",
     "x-varnish",
+    // Magento's pool purge key: kept with the object, of no use to a browser.
+    "x-pool",
 ];
 
 /// Rewrites a response header for the client.

@@ -80,6 +80,28 @@ pub fn cache_key(url: &str, headers: &HeaderMap, variant: &Variant, rules: &Rule
     CacheKey::new(primary, "")
 }
 
+/// `key` for one variant of a page whose origin answers `Vary` on `names`: the page's
+/// key extended with the request's values of those headers (every line, in order).
+pub fn with_variance(key: &CacheKey, names: &[http::HeaderName], headers: &HeaderMap) -> CacheKey {
+    let mut primary = key.primary_key().to_vec();
+    for name in names {
+        let mut values = headers.get_all(name).iter().peekable();
+        if values.peek().is_none() {
+            push(&mut primary, None);
+            continue;
+        }
+        let joined: Vec<u8> = values
+            .enumerate()
+            .flat_map(|(i, v)| {
+                let sep: &[u8] = if i == 0 { b"" } else { b"\n" };
+                sep.iter().chain(v.as_bytes()).copied().collect::<Vec<u8>>()
+            })
+            .collect();
+        push(&mut primary, Some(&joined));
+    }
+    CacheKey::new(primary, "")
+}
+
 fn push(out: &mut Vec<u8>, part: Option<&[u8]>) {
     match part {
         // u32::MAX marks "absent", so an empty value and a missing one differ.
@@ -145,6 +167,28 @@ mod tests {
         }
         let variant = Variant::of(url, &h);
         cache_key(url, &h, &variant, &rules()).combined_bin()
+    }
+
+    #[test]
+    fn variance_separates_values_and_absence() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "shop".parse().unwrap());
+        let variant = Variant::of("/a", &h);
+        let base = cache_key("/a", &h, &variant, &rules());
+        let names = [http::HeaderName::from_static("accept-language")];
+        let absent = with_variance(&base, &names, &h).combined_bin();
+        h.insert("accept-language", "".parse().unwrap());
+        let empty = with_variance(&base, &names, &h).combined_bin();
+        h.insert("accept-language", "de".parse().unwrap());
+        let de = with_variance(&base, &names, &h).combined_bin();
+        h.insert("accept-language", "fr".parse().unwrap());
+        let fr = with_variance(&base, &names, &h).combined_bin();
+        let all = [base.combined_bin(), absent, empty, de, fr];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! (purge, tunnel, pass or look up), `key` (what varies a page); a response through
 //! `storability` (stored, hit-for-miss, or neither) and `delivery` (what the browser sees).
 
+pub mod client;
 pub mod delivery;
 pub mod key;
 pub mod normalize;
 pub mod route;
 pub mod storability;
+pub mod vary;
 
 use regex::Regex;
 
@@ -22,6 +24,8 @@ pub struct Rules {
     pub extra_pass: Option<regex::RegexSet>,
     pub design_exceptions: Vec<(Regex, String)>,
     pub ssl_offload_header: http::HeaderName,
+    /// Request headers removed before lookup and forwarding.
+    pub stripped_headers: Vec<http::HeaderName>,
 }
 
 impl Rules {
@@ -43,7 +47,22 @@ impl Rules {
             extra_pass,
             design_exceptions,
             ssl_offload_header: http::HeaderName::from_bytes(m.ssl_offload_header.as_bytes())?,
+            stripped_headers: m
+                .strip_request_headers
+                .iter()
+                .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
+                .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// Request headers the cache key holds already, which an origin's `Vary` may name
+    /// without splitting the page further.
+    pub fn keyed_headers(&self, variant: &key::Variant) -> Vec<&str> {
+        let mut keyed = vec![self.ssl_offload_header.as_str()];
+        if variant.is_graphql {
+            keyed.extend(["store", "content-currency", "x-magento-cache-id"]);
+        }
+        keyed
     }
 
     /// A request's way through the rules: its normalised URL, its route, and (for a

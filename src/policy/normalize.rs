@@ -48,8 +48,10 @@ impl UrlNormalizer {
             return Cow::Owned(path.to_string());
         }
         if segments.len() >= 2 {
-            // Byte-wise on whole `name=value` segments, without decoding, as std.querysort.
-            segments.sort_unstable();
+            // Byte-wise by name, without decoding. Stable, so a repeated name keeps its
+            // values in the client's order: PHP takes the last, and sorting by value
+            // would make `?a=2&a=1` and `?a=1&a=2` one page with two meanings.
+            segments.sort_by(|a, b| param_name(a).cmp(param_name(b)));
         }
         let mut out = String::with_capacity(target.len());
         out.push_str(path);
@@ -61,6 +63,10 @@ impl UrlNormalizer {
             Cow::Owned(out)
         }
     }
+}
+
+fn param_name(segment: &str) -> &str {
+    segment.split_once('=').map_or(segment, |(name, _)| name)
 }
 
 /// `http://host/p?q` -> `/p?q`; an absolute target with no path becomes `/`.
@@ -123,6 +129,13 @@ mod tests {
             n.normalize("/c.html?b=1&B=2&a=%20"),
             "/c.html?B=2&a=%20&b=1"
         );
+    }
+
+    #[test]
+    fn repeated_names_keep_their_order() {
+        let n = magento();
+        assert_eq!(n.normalize("/c?a=2&b=0&a=1"), "/c?a=2&a=1&b=0");
+        assert_ne!(n.normalize("/c?a=2&a=1"), n.normalize("/c?a=1&a=2"));
     }
 
     #[test]

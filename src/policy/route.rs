@@ -68,8 +68,10 @@ pub fn route(method: &Method, url: &str, headers: &HeaderMap, rules: &Rules) -> 
     Route::Lookup
 }
 
+/// A GraphQL request by its path: `/graphql` in the query (`/p?x=/graphql`) does not
+/// switch a page to GraphQL keying.
 pub fn is_graphql(url: &str) -> bool {
-    url.contains("/graphql")
+    url.split('?').next().unwrap_or(url).contains("/graphql")
 }
 
 pub fn has_bearer(headers: &HeaderMap) -> bool {
@@ -156,6 +158,13 @@ mod tests {
             route(&Method::GET, "/graphql?query=x", &h, &r),
             Route::Lookup
         );
+    }
+
+    #[test]
+    fn graphql_is_known_by_its_path_only() {
+        assert!(is_graphql("/graphql?query=x"));
+        assert!(is_graphql("/default/graphql"));
+        assert!(!is_graphql("/page.html?next=/graphql"));
     }
 
     #[test]

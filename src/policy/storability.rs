@@ -11,7 +11,8 @@ use super::key::Variant;
 /// and the coalescing queue until the mark expires or a cacheable response replaces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HitForMiss {
-    /// 403/404/5xx, no-cache/no-store, TTL <= 0 or `Vary: *` (Magento: 120 s).
+    /// 403/404/5xx, a status a shared cache may not store, no-cache/no-store, TTL <= 0,
+    /// `Vary: *` or a `Vary` on a visitor's credentials (Magento: 120 s).
     Uncacheable,
     /// `Cache-Control: private` (Magento: 24 h).
     Private,
@@ -51,6 +52,17 @@ pub fn decide(
         return keep_cookies(HitForMiss::Uncacheable);
     }
     let cc = CacheControl::from_headers_named("cache-control", headers);
+    // Varnish gives a TTL only to what a shared cache may store by default; anything
+    // else (400, 401, 405, 429 …) is never stored, whatever its headers claim, so a
+    // client that makes the origin reject it cannot get the rejection cached for all.
+    let grants_ttl = cc.as_ref().is_some_and(|cc| {
+        cc.s_maxage().ok().flatten().is_some() || cc.max_age().ok().flatten().is_some()
+    }) || headers.contains_key(http::header::EXPIRES);
+    let storable_status = matches!(code, 200 | 203 | 204 | 300 | 301 | 304 | 410 | 414)
+        || (matches!(code, 302 | 307) && grants_ttl);
+    if !storable_status {
+        return keep_cookies(HitForMiss::Uncacheable);
+    }
     if cc.as_ref().is_some_and(|cc| cc.private()) {
         return keep_cookies(HitForMiss::Private);
     }
@@ -179,6 +191,32 @@ mod tests {
             Storability::Store { ttl } => assert!(ttl.as_secs() > 3500 && ttl.as_secs() <= 3600),
             other => panic!("expected store, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn only_statuses_varnish_gives_a_ttl_are_stored() {
+        for status in [400, 401, 405, 406, 429, 206, 303, 308, 418] {
+            assert_eq!(
+                d(status, &[("cache-control", "public, max-age=86400")]).storability,
+                Storability::HitForMiss(HitForMiss::Uncacheable),
+                "{status}"
+            );
+        }
+        for status in [200, 203, 300, 301, 410, 414] {
+            assert!(matches!(
+                d(status, &[]).storability,
+                Storability::Store { .. }
+            ));
+        }
+        // 302 and 307 only when Cache-Control or Expires grants a TTL.
+        assert_eq!(
+            d(302, &[]).storability,
+            Storability::HitForMiss(HitForMiss::Uncacheable)
+        );
+        assert!(matches!(
+            d(307, &[("cache-control", "max-age=60")]).storability,
+            Storability::Store { .. }
+        ));
     }
 
     #[test]

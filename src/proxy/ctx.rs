@@ -6,13 +6,14 @@ use std::time::{Instant, SystemTime};
 use pingora::cache::key::HashBinary;
 
 use super::runtime::Runtime;
+use crate::cache::variants::VarySpec;
 use crate::cache::Tags;
 use crate::esi::Role;
 use crate::policy::key::Variant;
 use crate::policy::route::Route;
 use crate::policy::storability::Decision;
 use crate::upstream::limiter::Permit;
-use crate::upstream::{ClassId, Shed, StaleReason};
+use crate::upstream::{ClassId, ClientPermit, Shed, StaleReason};
 
 pub struct RequestCtx {
     /// The configuration this request runs under, from start to end.
@@ -54,6 +55,17 @@ pub struct RequestCtx {
     /// Served by running the request again as a subrequest and assembling its response;
     /// that subrequest reports the request.
     pub wrapped: bool,
+    /// The client's address (behind trusted proxies, the one they name); `None` for
+    /// Floodgate's own requests (ESI, background refreshes).
+    pub client: Option<std::net::IpAddr>,
+    /// The page's key before `Vary` splits it, and the `Vary` known when it was keyed.
+    pub page_key: Option<HashBinary>,
+    pub vary: Option<Arc<VarySpec>>,
+    /// The client's share of origin slots, held with `permit`.
+    pub client_permit: Option<ClientPermit>,
+    /// A request body streamed to the origin (too large to read first) must be complete
+    /// by then.
+    pub body_deadline: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -79,6 +91,11 @@ impl RequestCtx {
             background: false,
             esi_hit: false,
             wrapped: false,
+            client: None,
+            page_key: None,
+            vary: None,
+            client_permit: None,
+            body_deadline: None,
         }
     }
 

@@ -32,16 +32,19 @@ use arc_swap::ArcSwap;
 use crate::cache::hit_for_miss::REASON_NOT_STORED;
 use crate::cache::{
     FetchStarted, HitForMissMarks, MemoryStore, ParseEsi, RequestIdentity, StoredHit, Tags,
-    VisitorFetch,
+    VariantVerdict, Variants, VisitorFetch,
 };
 use crate::esi::{self, Assembly, Role};
 use crate::metrics::{Metrics, Outcome};
+use crate::policy::client::{forwarded_chain, real_client};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
-use crate::policy::key::cache_key;
+use crate::policy::key::{cache_key, with_variance};
 use crate::policy::route::{has_bearer, Route};
+use crate::policy::storability::HitForMiss;
 use crate::policy::storability::{decide, Decision, Storability};
+use crate::policy::vary::{self, Vary};
 use crate::purge::Purger;
-use crate::upstream::{ClassId, Origins, Shed, ShedFanout, StaleReason};
+use crate::upstream::{ClassId, ClientSlots, Origins, Shed, ShedFanout, StaleReason};
 use crate::warm::worker::WARM_HEADER;
 
 /// Compression level for bodies compressed before they are stored.
@@ -58,6 +61,8 @@ pub struct Floodgate {
     metrics: Arc<Metrics>,
     purger: Arc<Purger>,
     shed_fanout: ShedFanout,
+    variants: Arc<Variants>,
+    client_slots: Arc<ClientSlots>,
 }
 
 /// The parts the proxy shares with the rest of the process, built once in `server`.
@@ -70,6 +75,10 @@ pub struct Shared {
     pub purger: Arc<Purger>,
     /// The reloadable configuration, shared with the reloader.
     pub runtime: Arc<ArcSwap<Runtime>>,
+    /// What each page's origin varies on (`Vary`), and its stored variants.
+    pub variants: Arc<Variants>,
+    /// Origin slots held per client address.
+    pub client_slots: Arc<ClientSlots>,
 }
 
 impl Floodgate {
@@ -83,15 +92,18 @@ impl Floodgate {
             origins: shared.origins,
             metrics: shared.metrics,
             purger: shared.purger,
+            variants: shared.variants,
+            client_slots: shared.client_slots,
         }
     }
 
     /// Answers Magento's PURGE (contract section 3).
-    async fn purge(&self, session: &mut Session, rt: &Runtime) -> Result<()> {
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+    async fn purge(
+        &self,
+        session: &mut Session,
+        rt: &Runtime,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<()> {
         if !client.is_some_and(|ip| rt.purge_acl.allows(ip)) {
             let who = client.map_or_else(|| "this client".to_string(), |ip| ip.to_string());
             let body = format!("PURGE is not allowed from {who}: add it to purge.allow\n");
@@ -211,11 +223,7 @@ impl Floodgate {
     /// One line per client request, like varnishncsa, as text or JSON per `log.format`.
     fn access_log(&self, session: &Session, ctx: &RequestCtx, outcome: Outcome, status: u16) {
         let req = session.req_header();
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
+        let client = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
         let class = ctx
             .class
             .map(|c| self.origins.classes().name(c).to_string())
@@ -263,6 +271,11 @@ impl Floodgate {
             max_bytes: rt.config.cache.max_object_bytes,
             metrics: &self.metrics,
             cache,
+            // A fragment spends its page view's budget; a client's request starts one.
+            budget: match &ctx.esi_role {
+                Some(role) => role.budget().clone(),
+                None => esi::ViewBudget::new(rt.config.esi.max_includes_per_view),
+            },
         }
     }
 
@@ -300,6 +313,133 @@ impl Floodgate {
             .downcast_mut::<StoredHit>()
         {
             hit.assemble(assembly);
+        }
+    }
+
+    /// Request hygiene, before anything looks at the request: works out the real client,
+    /// removes the headers that would change the origin's answer behind the key's back,
+    /// leaves the SSL-offload header with the one value the key uses, and keeps only a
+    /// trusted proxy's `X-Forwarded-For`.
+    fn clean_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        peer: std::net::IpAddr,
+    ) -> Result<()> {
+        let rt = ctx.rt.clone();
+        let trusted = |ip| rt.trusted_proxies.allows(ip);
+        let req = session.req_header_mut();
+        ctx.client = Some(real_client(peer, &req.headers, trusted));
+        let chain = forwarded_chain(&req.headers, trusted(peer));
+        match chain {
+            Some(chain) => req.insert_header("x-forwarded-for", chain)?,
+            None => {
+                req.remove_header("x-forwarded-for");
+            }
+        }
+        for name in &rt.rules.stripped_headers {
+            req.remove_header(name);
+        }
+        let offload = &rt.rules.ssl_offload_header;
+        if req.headers.get_all(offload).iter().nth(1).is_some() {
+            if let Some(first) = req.headers.get(offload).cloned() {
+                req.insert_header(offload.clone(), first)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a request body whole before the request may take an origin slot, so a
+    /// client that trickles it in holds a connection, not PHP-FPM. A body too large to
+    /// hold is streamed later, but must be complete by the same deadline.
+    async fn read_body_first(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let limits = &ctx.rt.config.limits;
+        let timeout = Duration::from_secs(limits.request_body_timeout_secs);
+        let deadline = ctx.arrived + timeout;
+        let length = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if !length.is_some_and(|l| l <= limits.request_body_buffer_bytes) {
+            ctx.body_deadline = Some(deadline);
+            session.set_read_timeout(Some(timeout));
+            return Ok(false);
+        }
+        // Pingora replays what was read through this buffer when it proxies the request.
+        session.as_mut().enable_retry_buffering();
+        loop {
+            match tokio::time::timeout_at(deadline.into(), session.read_request_body()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return Ok(false),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.metrics.unavailable("body_timeout");
+                    let body = format!(
+                        "the request body did not arrive within {} s\n",
+                        limits.request_body_timeout_secs
+                    );
+                    respond::plain(session, 408, &body, &[("connection", "close")]).await?;
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Takes one of the client's origin slots (`limits.max_inflight_per_client`).
+    async fn client_share(&self, ctx: &mut RequestCtx, class: ClassId) -> Result<(), Shed> {
+        let cap = ctx.rt.config.limits.max_inflight_per_client;
+        let Some(client) = ctx.client.filter(|_| cap > 0) else {
+            return Ok(());
+        };
+        let wait = self.origins.classes().max_wait(class);
+        match self.client_slots.acquire(client, cap, wait).await {
+            Some(permit) => {
+                ctx.client_permit = Some(permit);
+                Ok(())
+            }
+            None => Err(Shed::ClientCap),
+        }
+    }
+
+    /// The origin's `Vary` applied to a storage decision: never stored when it varies on
+    /// credentials, stored per variant (bounded) when it varies on another header.
+    fn apply_vary(
+        &self,
+        decision: Decision,
+        headers: &http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Decision {
+        if !matches!(decision.storability, Storability::Store { .. }) {
+            return decision;
+        }
+        let keyed = ctx.rt.rules.keyed_headers(&ctx.variant);
+        let names = match vary::of(headers, &keyed) {
+            Vary::Credentials => {
+                return Decision {
+                    storability: Storability::HitForMiss(HitForMiss::Uncacheable),
+                    strip_set_cookie: false,
+                }
+            }
+            Vary::Nothing => Vec::new(),
+            Vary::Headers(names) => names,
+        };
+        let (Some(page), Some(key)) = (ctx.page_key, ctx.key) else {
+            return decision;
+        };
+        let max = ctx.rt.config.cache.max_variants;
+        let reason = match self
+            .variants
+            .settle(page, ctx.vary.as_ref(), &names, key, max)
+        {
+            VariantVerdict::Store => return decision,
+            VariantVerdict::Relearnt => "Vary learnt",
+            VariantVerdict::TooMany => "cache.max_variants reached",
+        };
+        Decision {
+            storability: Storability::NotStored(reason),
+            strip_set_cookie: decision.strip_set_cookie,
         }
     }
 
@@ -362,6 +502,13 @@ impl ProxyHttp for Floodgate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(peer) = peer {
+            self.clean_request(session, ctx, peer)?;
+        }
         let req = session.req_header();
         let (url, route, variant) =
             ctx.rt
@@ -372,8 +519,11 @@ impl ProxyHttp for Floodgate {
         ctx.url = url;
         if ctx.route == Route::Purge {
             let rt = ctx.rt.clone();
-            self.purge(session, &rt).await?;
+            self.purge(session, &rt, ctx.client).await?;
             return Ok(true);
+        }
+        if peer.is_some() && !session.as_mut().is_body_empty() {
+            return self.read_body_first(session, ctx).await;
         }
         Ok(false)
     }
@@ -404,12 +554,14 @@ impl ProxyHttp for Floodgate {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        let key = cache_key(
-            &ctx.url,
-            &session.req_header().headers,
-            &ctx.variant,
-            &ctx.rt.rules,
-        );
+        let headers = &session.req_header().headers;
+        let mut key = cache_key(&ctx.url, headers, &ctx.variant, &ctx.rt.rules);
+        let page = key.combined_bin();
+        ctx.page_key = Some(page);
+        ctx.vary = self.variants.spec(&page);
+        if let Some(spec) = &ctx.vary {
+            key = with_variance(&key, &spec.names, headers);
+        }
         ctx.key = Some(key.combined_bin());
         Ok(key)
     }
@@ -489,12 +641,16 @@ impl ProxyHttp for Floodgate {
         let class = self.class(session, ctx);
         // A retry gives its slot back first, so it queues like any other request.
         ctx.permit = None;
+        ctx.client_permit = None;
         let shared = ctx
             .key
             .and_then(|key| self.shed_fanout.shared(&key, ctx.arrived));
         let admitted = match shared {
             Some(shed) => Err(shed),
-            None => self.origins.admit(class).await,
+            None => match self.client_share(ctx, class).await {
+                Err(shed) => Err(shed),
+                Ok(()) => self.origins.admit(class).await,
+            },
         };
         match admitted {
             Ok((peer, permit)) => {
@@ -516,6 +672,9 @@ impl ProxyHttp for Floodgate {
                     }
                     Shed::Unhealthy => "no healthy origin: every origin fails its health probe",
                     Shed::Maintenance => "maintenance mode is on",
+                    Shed::ClientCap => {
+                        "this client holds limits.max_inflight_per_client origin slots already"
+                    }
                 };
                 let mut e = Error::explain(ErrorType::ConnectNoRoute, why);
                 // Upstream, so that a stale copy is served if one is kept.
@@ -532,6 +691,8 @@ impl ProxyHttp for Floodgate {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The chain was cleaned in `request_filter`: the peer is appended to what a
+        // trusted proxy said, or is all there is.
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
             let forwarded = match upstream_request.headers.get("x-forwarded-for") {
@@ -563,6 +724,30 @@ impl ProxyHttp for Floodgate {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(deadline) = ctx.body_deadline.filter(|_| !end_of_stream) else {
+            return Ok(());
+        };
+        // Each read may wait only for what is left of the body's deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let mut e = Error::explain(
+                ErrorType::ReadTimedout,
+                "the request body did not arrive within limits.request_body_timeout_secs",
+            );
+            e.esource = ErrorSource::Downstream;
+            return Err(e);
+        }
+        session.set_read_timeout(Some(left));
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -590,6 +775,7 @@ impl ProxyHttp for Floodgate {
             Duration::from_secs(ctx.rt.config.cache.default_ttl_secs),
             SystemTime::now(),
         );
+        let decision = self.apply_vary(decision, &resp.headers, ctx);
         if decision.strip_set_cookie {
             resp.remove_header(&http::header::SET_COOKIE);
         }
@@ -610,6 +796,7 @@ impl ProxyHttp for Floodgate {
         // still being written to a slow client.
         if end_of_stream {
             ctx.permit = None;
+            ctx.client_permit = None;
             if let Some(sent) = ctx.upstream_sent.take() {
                 ctx.origin_time = Some(sent.elapsed());
                 self.metrics.origin_response(sent.elapsed());
@@ -718,6 +905,7 @@ impl ProxyHttp for Floodgate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         ctx.permit = None;
+        ctx.client_permit = None;
         // Part of the response is out (an assembled page cut short): nothing can be added.
         if session.response_written().is_some() {
             return FailToProxy {
@@ -730,6 +918,8 @@ impl ProxyHttp for Floodgate {
             // The origin is down, refused, or too slow: say when to come back, never 502.
             _ if e.esource() == &ErrorSource::Upstream => 503,
             _ if e.esource() == &ErrorSource::Downstream => match e.etype() {
+                // The client did not send its body in time.
+                ErrorType::ReadTimedout => 408,
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                 _ => 400,
             },

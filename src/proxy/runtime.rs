@@ -11,6 +11,8 @@ pub struct Runtime {
     pub config: Config,
     pub rules: Rules,
     pub purge_acl: PurgeAcl,
+    /// Peers whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
+    pub trusted_proxies: PurgeAcl,
     pub pages: ShedPages,
 }
 
@@ -21,6 +23,8 @@ impl Runtime {
             rules: Rules::new(&config)?,
             purge_acl: PurgeAcl::new(&config.purge.allow)
                 .map_err(|e| anyhow::anyhow!("purge.allow: {e}"))?,
+            trusted_proxies: PurgeAcl::new(&config.server.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?,
             pages: ShedPages::load(&config.limits)
                 .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?,
             config,

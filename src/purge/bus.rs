@@ -44,6 +44,8 @@ pub struct PurgeMessage {
     pub pattern: Option<String>,
     pub pool: Option<String>,
     pub soft: bool,
+    /// Drop every object, tagged or not (`floodgate purge --everything`).
+    pub everything: bool,
 }
 
 /// A stream entry ID (`milliseconds-sequence`), ordered as Redis orders them.
@@ -214,6 +216,9 @@ impl PurgeBus {
                     .arg(&self.node)
                     .arg("soft")
                     .arg(if message.soft { "1" } else { "0" });
+                if message.everything {
+                    append.arg("everything").arg("1");
+                }
                 if let Some(pattern) = &message.pattern {
                     append.arg("pattern").arg(pattern);
                 }
@@ -342,6 +347,12 @@ impl PurgeBus {
         let pattern = field("pattern");
         let pool = field("pool");
         let soft = field("soft").as_deref() == Some("1");
+        if field("everything").as_deref() == Some("1") {
+            let report = self.purger.apply_everything().await;
+            self.metrics.purge_bus_applied.inc();
+            self.metrics.purged_remote(report.objects, 0, report.took);
+            return;
+        }
         match self
             .purger
             .apply(pattern.as_deref(), pool.as_deref(), soft)

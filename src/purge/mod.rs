@@ -105,9 +105,47 @@ impl Purger {
                 pattern: tags_pattern.map(str::to_string),
                 pool: pool.map(str::to_string),
                 soft,
+                everything: false,
             });
         }
         Ok(report)
+    }
+
+    /// Drops every object here, tagged or not, and on every other node: the true
+    /// equivalent of Varnish's `ban req.url ~ .`, for an emergency (Magento's `.*`
+    /// keeps untagged objects).
+    pub async fn everything(&self) -> PurgeReport {
+        let report = self.apply_everything().await;
+        if let Some(bus) = self.bus.get() {
+            bus.publish(PurgeMessage {
+                pattern: None,
+                pool: None,
+                soft: false,
+                everything: true,
+            });
+        }
+        report
+    }
+
+    /// Drops every object here and every shared copy stored before now.
+    pub async fn apply_everything(&self) -> PurgeReport {
+        let started = Instant::now();
+        let now = SystemTime::now();
+        // Fetches already on their way are not stored either.
+        self.store.recent_purges().everything(now);
+        self.store.sync().await;
+        let (objects, _) = self.store.usage();
+        self.store.flush();
+        if let Some(shared) = self.shared.get() {
+            shared.flushed(now).await;
+        }
+        tracing::warn!(objects, "every cached object was flushed");
+        PurgeReport {
+            objects: objects as usize,
+            tags: 0,
+            queued_for_warming: 0,
+            took: started.elapsed(),
+        }
     }
 
     /// Invalidates here what `tags_pattern` and `pool` select: removed, or with `soft`

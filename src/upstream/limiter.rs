@@ -38,6 +38,9 @@ pub enum Shed {
     Unhealthy,
     /// The operator switched maintenance mode on.
     Maintenance,
+    /// Its client address holds `limits.max_inflight_per_client` slots already, and
+    /// none came free within its class's wait.
+    ClientCap,
 }
 
 impl Shed {
@@ -48,6 +51,7 @@ impl Shed {
             Shed::WouldTimeOut => "would_time_out",
             Shed::Unhealthy => "unhealthy",
             Shed::Maintenance => "maintenance",
+            Shed::ClientCap => "client_cap",
         }
     }
 }
@@ -248,7 +252,10 @@ impl Limiter {
     /// Whether a request of `class` would have to queue right now.
     pub fn would_wait(&self, class: ClassId) -> bool {
         let mut state = self.lock();
-        let ahead: usize = state.queues[..=class.0].iter().map(VecDeque::len).sum();
+        // A class id taken before a reload that shortened the list is clamped, as in
+        // `acquire`: the slice would otherwise panic.
+        let class = class.0.min(state.queues.len() - 1);
+        let ahead: usize = state.queues[..=class].iter().map(VecDeque::len).sum();
         ahead > 0 || self.free_origin(&mut state).is_none()
     }
 

@@ -7,10 +7,12 @@ pub mod health;
 pub mod limiter;
 pub mod origins;
 pub mod pages;
+pub mod per_client;
 pub mod shed_fanout;
 
 pub use classes::{ClassId, Classes};
 pub use limiter::Shed;
 pub use origins::{Origins, StaleReason};
 pub use pages::ShedPages;
+pub use per_client::{ClientPermit, ClientSlots};
 pub use shed_fanout::ShedFanout;

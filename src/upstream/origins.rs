@@ -29,7 +29,9 @@ pub enum StaleReason {
 impl From<Shed> for StaleReason {
     fn from(shed: Shed) -> Self {
         match shed {
-            Shed::QueueFull | Shed::Timeout | Shed::WouldTimeOut => StaleReason::Overloaded,
+            Shed::QueueFull | Shed::Timeout | Shed::WouldTimeOut | Shed::ClientCap => {
+                StaleReason::Overloaded
+            }
             Shed::Unhealthy => StaleReason::Unhealthy,
             Shed::Maintenance => StaleReason::Maintenance,
         }
