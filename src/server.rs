@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::{http_proxy, http_proxy_service};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -20,6 +20,7 @@ use crate::cache::shared_tier::SharedTier;
 use crate::cache::{HitForMissMarks, MemoryStore, Variants};
 use crate::config::{Config, Overrides};
 use crate::metrics::Metrics;
+use crate::proxy::proxy_protocol::ProxyProtocolService;
 use crate::proxy::{Floodgate, Runtime, Shared};
 use crate::purge::bus::PurgeBusService;
 use crate::purge::{PurgeBus, Purger};
@@ -179,6 +180,15 @@ pub fn build(
         variants: Arc::new(Variants::default()),
         client_slots: Arc::new(ClientSlots::default()),
     };
+    if !config.server.proxy_protocol_listen.is_empty() {
+        let app = http_proxy(&server.configuration, Floodgate::new(shared.clone()));
+        server.add_service(ProxyProtocolService::new(
+            config.server.proxy_protocol_listen.clone(),
+            app,
+            shared.runtime.clone(),
+            threads,
+        ));
+    }
     let proxy = Floodgate::new(shared);
     let mut service = http_proxy_service(&server.configuration, proxy);
     for addr in &listen {

@@ -204,7 +204,9 @@ impl Default for ServerSection {
             admin_listen: "127.0.0.1:6085".into(),
             threads: 0,
             runtime_dir: "/tmp".into(),
-            trusted_proxies: Vec::new(),
+            // A TLS terminator on the same host (the usual layout) is believed; nobody
+            // else is, so a visitor it relays is not 127.0.0.1 to the purge ACL.
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
             proxy_protocol_listen: Vec::new(),
             admin_token_file: String::new(),
             admin_hosts: Vec::new(),

@@ -3,6 +3,7 @@
 
 mod ctx;
 mod fresh_fragments;
+pub mod proxy_protocol;
 mod respond;
 pub mod runtime;
 
@@ -66,6 +67,7 @@ pub struct Floodgate {
 }
 
 /// The parts the proxy shares with the rest of the process, built once in `server`.
+#[derive(Clone)]
 pub struct Shared {
     pub store: &'static MemoryStore,
     pub marks: &'static HitForMissMarks,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 /// Config lines per section, appended to the harness's own.
 #[derive(Default, Clone)]
 pub struct Settings {
+    pub server: Vec<String>,
     pub origin: Vec<String>,
     pub cache: Vec<String>,
     pub magento: Vec<String>,
@@ -20,6 +21,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `[server]` lines beyond the harness's listeners.
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push(line.into());
+        self
+    }
     pub fn origin(mut self, line: &str) -> Self {
         self.origin.push(line.into());
         self
@@ -78,9 +84,10 @@ fn config_text(
     settings: &Settings,
 ) -> String {
     format!(
-        "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n\n\
+        "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n{}\n\n\
          [origin]\naddresses = [{origins}]\nhealth_check_interval_secs = 1\n{}\n\n\
          [log]\n{}\n\n[redis]\n{}\n\n[esi]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
+        settings.server.join("\n"),
         settings.origin.join("\n"),
         settings.log.join("\n"),
         settings.redis.join("\n"),

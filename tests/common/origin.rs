@@ -85,6 +85,7 @@ impl Page {
 pub struct Seen {
     pub method: String,
     pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 #[derive(Default)]
@@ -250,9 +251,19 @@ async fn answer(
         || req.uri().path().to_string(),
         |pq| pq.as_str().to_string(),
     );
+    let method = req.method().to_string();
+    let headers = req.headers().clone();
+    // Read the request body so keep-alive works for POSTs; tests look at it too.
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let seen = Seen {
-        method: req.method().to_string(),
-        headers: req.headers().clone(),
+        method,
+        headers,
+        body,
     };
     *lock(&state.counts).entry(url.clone()).or_default() += 1;
     let page_request = !url.contains("health_check");
@@ -262,8 +273,6 @@ async fn answer(
         total.1 = total.1.max(total.0);
     }
     lock(&state.last).insert(url.clone(), seen.clone());
-    // Read the request body so keep-alive works for POSTs.
-    let _ = req.into_body().collect().await;
 
     let _permit = pool.acquire().await;
     if page_request {
@@ -353,6 +362,9 @@ fn magento_like(state: &State, url: &str, seen: &Seen) -> Page {
         .header("cache-control", "public, max-age=3600, s-maxage=3600")
         .header("x-magento-tags", "cat_c,cat_c_3,cms_b_topmenu");
     }
+    if path.starts_with("/echo/") {
+        return echo(url, seen);
+    }
     if path.starts_with("/graphql") {
         let mut page = Page::cacheable(body).header("x-magento-tags", "cat_p_1");
         if let Some(id) = seen
@@ -384,4 +396,60 @@ fn magento_like(state: &State, url: &str, seen: &Seen) -> Page {
             "cache-control",
             "no-store, no-cache, must-revalidate, max-age=0",
         )
+}
+
+/// `/echo/…`: a cacheable page whose body reports the request headers an origin could
+/// act on, for tests of what reaches the origin and what is cached for whom. Query:
+/// `vary=H` sends `Vary: H`; `status=N` answers N; `bare` drops the cache headers; and
+/// any request header longer than 4096 bytes gets nginx's `400` without cache headers.
+fn echo(url: &str, seen: &Seen) -> Page {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let mut body = format!("method: {}\n", seen.method);
+    for name in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-forwarded-host",
+        "forwarded",
+        "x-forwarded-proto",
+        "x-forwarded-for",
+        "accept-language",
+        "cookie",
+        "authorization",
+    ] {
+        let values: Vec<String> = seen
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        if !values.is_empty() {
+            body.push_str(&format!("{name}: {}\n", values.join(" | ")));
+        }
+    }
+    if seen.headers.values().any(|v| v.len() > 4096) {
+        return Page {
+            status: 400,
+            headers: vec![("content-type".into(), "text/html".into())],
+            body: Bytes::from("<html>400 Request Header Or Cookie Too Large</html>"),
+            delay: Duration::ZERO,
+        };
+    }
+    let mut page = Page::cacheable(body).header("x-magento-tags", "echo");
+    if let Some(vary) = param("vary") {
+        page = page.header("vary", &vary);
+    }
+    if let Some(status) = param("status").and_then(|s| s.parse().ok()) {
+        page = page.status(status);
+    }
+    if query.split('&').any(|p| p == "bare") {
+        page.headers.retain(|(n, _)| n == "content-type");
+    }
+    page
 }
