@@ -32,7 +32,10 @@ async fn an_error_one_client_provokes_is_not_cached_for_the_next() {
     let bad = send(client().get(fg.url("/echo/a.html")).header("x-junk", &huge)).await;
     assert_eq!(bad.status, 400);
     let next = get(&fg.url("/echo/a.html")).await;
-    assert_eq!(next.status, 200, "the next visitor gets the page, not the 400");
+    assert_eq!(
+        next.status, 200,
+        "the next visitor gets the page, not the 400"
+    );
     assert_eq!(origin.hits("/echo/a.html"), 2);
     // Even an error that claims to be cacheable for a day is not stored.
     for status in [400, 401, 405, 429] {
@@ -121,7 +124,10 @@ async fn a_large_body_streamed_slowly_is_cut_at_the_deadline() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(!answer.contains(" 502 "), "{answer}");
     let seen = origin.last("/echo/upload").map_or(0, |s| s.body.len());
-    assert!(seen < 200_000, "the cut body reached the origin as complete");
+    assert!(
+        seen < 200_000,
+        "the cut body reached the origin as complete"
+    );
     drop(fg);
 }
 
@@ -142,7 +148,13 @@ async fn one_client_holds_at_most_its_share_of_origin_slots() {
         .map(|i| {
             let url = fg.url(&format!("/echo/flood{i}"));
             tokio::spawn(async move {
-                send(client().post(url).header("x-forwarded-for", "203.0.113.66").body("x")).await
+                send(
+                    client()
+                        .post(url)
+                        .header("x-forwarded-for", "203.0.113.66")
+                        .body("x"),
+                )
+                .await
             })
         })
         .collect();
@@ -152,7 +164,12 @@ async fn one_client_holds_at_most_its_share_of_origin_slots() {
         "the flood reached the origin"
     );
     let started = std::time::Instant::now();
-    let other = send(client().get(fg.url("/echo/other.html")).header("x-forwarded-for", VISITOR)).await;
+    let other = send(
+        client()
+            .get(fg.url("/echo/other.html"))
+            .header("x-forwarded-for", VISITOR),
+    )
+    .await;
     assert_eq!(other.status, 200);
     assert!(
         started.elapsed() < Duration::from_millis(1500),
@@ -178,7 +195,11 @@ async fn vary_on_cookie_or_authorization_is_never_shared() {
         let alice = send(client().get(&url).header(header, "session=alice")).await;
         let bob = send(client().get(&url).header(header, "session=bob")).await;
         assert!(alice.text().contains("alice"));
-        assert!(!bob.text().contains("alice"), "Bob got Alice's page: {}", bob.text());
+        assert!(
+            !bob.text().contains("alice"),
+            "Bob got Alice's page: {}",
+            bob.text()
+        );
         assert!(bob.text().contains("bob"));
     }
 }
@@ -186,7 +207,8 @@ async fn vary_on_cookie_or_authorization_is_never_shared() {
 #[tokio::test]
 async fn vary_on_another_header_stores_bounded_variants() {
     let origin = TestOrigin::start().await;
-    let fg = Floodgate::start_with(origin.addr, Settings::default().cache("max_variants = 2")).await;
+    let fg =
+        Floodgate::start_with(origin.addr, Settings::default().cache("max_variants = 2")).await;
     let url = fg.url("/echo/lang.html?vary=Accept-Language");
     let lang = |l: &'static str| {
         let url = url.clone();
@@ -237,12 +259,24 @@ async fn unkeyed_headers_are_removed_and_the_offload_header_is_one_value() {
         "x-forwarded-host",
         "forwarded",
     ] {
-        assert!(!seen.headers.contains_key(name), "{name} reached the origin");
+        assert!(
+            !seen.headers.contains_key(name),
+            "{name} reached the origin"
+        );
     }
     let proto: Vec<_> = seen.headers.get_all("x-forwarded-proto").iter().collect();
-    assert_eq!(proto, ["https"], "the origin sees the one value the key used");
+    assert_eq!(
+        proto,
+        ["https"],
+        "the origin sees the one value the key used"
+    );
     // And that value is what the stored page is keyed by: an http visitor misses it.
-    let http = send(client().get(fg.url("/echo/hygiene.html")).header("x-forwarded-proto", "http")).await;
+    let http = send(
+        client()
+            .get(fg.url("/echo/hygiene.html"))
+            .header("x-forwarded-proto", "http"),
+    )
+    .await;
     assert_eq!(http.cache_debug(), "MISS");
     assert!(http.text().contains("x-forwarded-proto: http\n"));
 }
@@ -254,25 +288,38 @@ async fn visitors_behind_a_local_terminator_cannot_purge() {
     let fg = Floodgate::start(origin.addr).await;
     get(&fg.url("/p-1.html")).await;
     let refused = send(purge_req(&fg).header("x-forwarded-for", VISITOR)).await;
-    assert_eq!(refused.status, 405, "a visitor relayed by nginx may not purge");
+    assert_eq!(
+        refused.status, 405,
+        "a visitor relayed by nginx may not purge"
+    );
     assert!(refused.text().contains(VISITOR));
     // Its forged chain is believed only as far as trusted proxies go.
-    let forged = send(purge_req(&fg).header("x-forwarded-for", format!("127.0.0.1, {VISITOR}"))).await;
+    let forged =
+        send(purge_req(&fg).header("x-forwarded-for", format!("127.0.0.1, {VISITOR}"))).await;
     assert_eq!(forged.status, 405);
     assert_eq!(get(&fg.url("/p-1.html")).await.cache_debug(), "HIT");
     // Magento itself, on this host, purges.
     assert_eq!(send(purge_req(&fg)).await.status, 200);
     // The origin hears of the visitor, not of the terminator's claim alone.
-    send(client().get(fg.url("/echo/xff.html")).header("x-forwarded-for", VISITOR)).await;
+    send(
+        client()
+            .get(fg.url("/echo/xff.html"))
+            .header("x-forwarded-for", VISITOR),
+    )
+    .await;
     let xff = origin.last("/echo/xff.html").expect("fetched");
-    assert_eq!(xff.headers["x-forwarded-for"], format!("{VISITOR}, 127.0.0.1"));
+    assert_eq!(
+        xff.headers["x-forwarded-for"],
+        format!("{VISITOR}, 127.0.0.1")
+    );
 }
 
 /// Sends `header` and a GET on one connection to the PROXY listener; the response text.
 async fn through_proxy_protocol(addr: std::net::SocketAddr, header: &[u8], extra: &str) -> String {
     let mut conn = TcpStream::connect(addr).await.expect("connect");
     conn.write_all(header).await.expect("write header");
-    let req = format!("GET /echo/pp.html HTTP/1.1\r\nHost: shop\r\n{extra}Connection: close\r\n\r\n");
+    let req =
+        format!("GET /echo/pp.html HTTP/1.1\r\nHost: shop\r\n{extra}Connection: close\r\n\r\n");
     conn.write_all(req.as_bytes()).await.expect("write request");
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out)).await;
@@ -284,13 +331,17 @@ async fn the_proxy_protocol_names_the_client_and_is_believed_only_from_trusted_p
     let origin = TestOrigin::start().await;
     let port = common::floodgate::free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let fg = Floodgate::start_with(
+    let _fg = Floodgate::start_with(
         origin.addr,
         Settings::default().server(&format!("proxy_protocol_listen = [\"{addr}\"]")),
     )
     .await;
     assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await,
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_ok())
+        .await,
         "the PROXY listener listens"
     );
     // v1: the client is the header's, and its own X-Forwarded-For is not believed.
@@ -307,7 +358,9 @@ async fn the_proxy_protocol_names_the_client_and_is_believed_only_from_trusted_p
     );
     // v2, binary.
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    v2.extend_from_slice(&[0x21, 0x11, 0, 12, 192, 0, 2, 44, 127, 0, 0, 1, 0x9c, 0x40, 0x17, 0xc1]);
+    v2.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 192, 0, 2, 44, 127, 0, 0, 1, 0x9c, 0x40, 0x17, 0xc1,
+    ]);
     let answer = through_proxy_protocol(addr, &v2, "Cache-Control: no-cache\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Such a client is not 127.0.0.1 to the purge ACL.
@@ -337,7 +390,13 @@ async fn a_proxy_protocol_peer_that_is_not_trusted_is_refused() {
             .server("trusted_proxies = [\"192.0.2.1\"]"),
     )
     .await;
-    assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await);
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_ok())
+        .await
+    );
     let answer =
         through_proxy_protocol(addr, b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 6081\r\n", "").await;
     assert!(answer.is_empty(), "{answer}");
@@ -371,10 +430,23 @@ async fn the_admin_api_refuses_what_a_browser_sends_cross_site() {
     ];
     for req in cross_site {
         let got = send(req).await;
-        assert!(matches!(got.status, 403 | 415 | 421), "{} {}", got.status, got.text());
+        assert!(
+            matches!(got.status, 403 | 415 | 421),
+            "{} {}",
+            got.status,
+            got.text()
+        );
     }
-    assert_eq!(get(&fg.url("/p-2.html")).await.cache_debug(), "HIT", "nothing was purged");
-    assert_eq!(get(&fg.url("/p-3.html")).await.status, 200, "maintenance stayed off");
+    assert_eq!(
+        get(&fg.url("/p-2.html")).await.cache_debug(),
+        "HIT",
+        "nothing was purged"
+    );
+    assert_eq!(
+        get(&fg.url("/p-3.html")).await.status,
+        200,
+        "maintenance stayed off"
+    );
     // Scrapers are not asked for anything.
     assert_eq!(get(&fg.admin_url("/metrics")).await.status, 200);
     assert_eq!(get(&fg.admin_url("/healthz")).await.status, 200);
@@ -398,16 +470,36 @@ async fn an_admin_token_is_required_when_configured() {
             .body(r#"{"all":true}"#)
     };
     assert_eq!(send(purge()).await.status, 401);
-    assert_eq!(send(purge().bearer_auth("wrong-token-0123456789")).await.status, 401);
-    assert_eq!(send(purge().bearer_auth("s3cret-token-0123456789")).await.status, 200);
+    assert_eq!(
+        send(purge().bearer_auth("wrong-token-0123456789"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        send(purge().bearer_auth("s3cret-token-0123456789"))
+            .await
+            .status,
+        200
+    );
     assert_eq!(get(&fg.admin_url("/metrics")).await.status, 200);
     // The CLI sends it from --token-file.
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(["purge", "--all", "--admin", &fg.admin_url(""), "--token-file"])
+        .args([
+            "purge",
+            "--all",
+            "--admin",
+            &fg.admin_url(""),
+            "--token-file",
+        ])
         .arg(&token_file)
         .output()
         .expect("run the CLI");
-    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let without = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
         .args(["purge", "--all", "--admin", &fg.admin_url("")])
         .output()
@@ -426,13 +518,24 @@ async fn a_self_including_page_is_bounded_per_view() {
     let got = get(&fg.url("/loop.html")).await;
     assert_eq!(got.status, 200);
     let first = spliced_or_fetched(&fg).await;
-    assert!(first <= 64.0, "one view spliced or fetched {first} includes");
+    assert!(
+        first <= 64.0,
+        "one view spliced or fetched {first} includes"
+    );
     let again = get(&fg.url("/loop.html")).await;
     assert_eq!(again.status, 200);
     let second = spliced_or_fetched(&fg).await - first;
-    assert!(second <= 64.0, "one cached view spliced or fetched {second} includes");
     assert!(
-        eventually(Duration::from_secs(5), || fg.log().matches("left out of one page view").count() >= 2).await,
+        second <= 64.0,
+        "one cached view spliced or fetched {second} includes"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || fg
+            .log()
+            .matches("left out of one page view")
+            .count()
+            >= 2)
+        .await,
         "one summarised warning per view:\n{}",
         fg.log()
     );
@@ -457,9 +560,15 @@ async fn spliced_or_fetched(fg: &Floodgate) -> f64 {
 #[tokio::test]
 async fn pool_is_not_delivered_graphql_is_a_path_and_repeated_parameters_keep_their_order() {
     let origin = TestOrigin::start().await;
-    origin.set("/pooled.html", Page::cacheable("p").header("x-pool", "secret-pool"));
+    origin.set(
+        "/pooled.html",
+        Page::cacheable("p").header("x-pool", "secret-pool"),
+    );
     let fg = Floodgate::start(origin.addr).await;
-    assert!(get(&fg.url("/pooled.html")).await.header("x-pool").is_none());
+    assert!(get(&fg.url("/pooled.html"))
+        .await
+        .header("x-pool")
+        .is_none());
     // `/graphql` in the query of a page does not make a bearer visitor pass.
     let page = fg.url("/echo/gq.html?next=/graphql");
     let with_bearer = || send(client().get(&page).header("authorization", "Bearer token"));
@@ -487,7 +596,11 @@ async fn purge_everything_removes_untagged_objects_too() {
         .args(["purge", "--everything", "--admin", &fg.admin_url("")])
         .output()
         .expect("run the CLI");
-    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     assert_eq!(get(&untagged).await.cache_debug(), "MISS");
     assert_eq!(origin.hits("/echo/untagged.html?bare"), 2);
 }

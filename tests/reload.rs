@@ -80,7 +80,12 @@ async fn an_invalid_file_is_refused_and_the_old_configuration_keeps_serving() {
         .to_string();
 
     fg.write_config_raw("[purge]\nallow = [\"not an address\"]\n");
-    let answer = send(client().post(fg.admin_url("/reload")).header("content-type", "application/json")).await;
+    let answer = send(
+        client()
+            .post(fg.admin_url("/reload"))
+            .header("content-type", "application/json"),
+    )
+    .await;
     assert_eq!(answer.status, 400);
     assert!(answer.text().contains("purge.allow"), "{}", answer.text());
 
@@ -134,7 +139,12 @@ async fn no_request_fails_across_reloads_under_load() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let settings = Settings::default().cache(&format!("default_ttl_secs = {}", 100 + n));
         fg.rewrite_config(&settings);
-        let answer = send(client().post(fg.admin_url("/reload")).header("content-type", "application/json")).await;
+        let answer = send(
+            client()
+                .post(fg.admin_url("/reload"))
+                .header("content-type", "application/json"),
+        )
+        .await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         fg.signal("HUP");
     }

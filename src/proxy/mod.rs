@@ -364,7 +364,7 @@ impl Floodgate {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<usize>().ok());
-        if !length.is_some_and(|l| l <= limits.request_body_buffer_bytes) {
+        if length.is_none_or(|l| l > limits.request_body_buffer_bytes) {
             ctx.body_deadline = Some(deadline);
             session.set_read_timeout(Some(timeout));
             return Ok(false);

@@ -128,12 +128,7 @@ struct Listeners<A> {
 }
 
 impl<A> ProxyProtocolService<A> {
-    pub fn new(
-        addrs: Vec<String>,
-        app: A,
-        runtime: Arc<ArcSwap<Runtime>>,
-        threads: usize,
-    ) -> Self {
+    pub fn new(addrs: Vec<String>, app: A, runtime: Arc<ArcSwap<Runtime>>, threads: usize) -> Self {
         Self(Arc::new(Listeners {
             addrs,
             app: Arc::new(app),
@@ -226,7 +221,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ProxyProtocolService<A> {
                             tokio::spawn(service.clone().serve(tcp, peer, conn_shutdown));
                         }
                         Err(e) => {
-                            tracing::warn!("accept on {}: {e}", listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()));
+                            tracing::warn!(
+                                "accept on {}: {e}",
+                                listener
+                                    .local_addr()
+                                    .map_or_else(|_| "?".into(), |a| a.to_string())
+                            );
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
@@ -263,7 +263,9 @@ mod tests {
         );
         assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Header::Local));
         let mut v2 = V2_SIGNATURE.to_vec();
-        v2.extend_from_slice(&[0x21, 0x11, 0, 12, 198, 51, 100, 7, 10, 0, 0, 1, 0x9c, 0x40, 1, 187]);
+        v2.extend_from_slice(&[
+            0x21, 0x11, 0, 12, 198, 51, 100, 7, 10, 0, 0, 1, 0x9c, 0x40, 1, 187,
+        ]);
         assert_eq!(
             parse(&v2),
             Ok(Header::Client("198.51.100.7:40000".parse().unwrap()))

@@ -1,0 +1,16 @@
+//! The configuration file, as an operator (or a bad deploy) writes it: loading must end
+//! in a configuration or an error naming the key, never a panic, and a configuration
+//! that validates must compile into the rules the request path uses.
+#![no_main]
+use floodgate::config::Config;
+use floodgate::policy::Rules;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &str| {
+    let Ok(config) = toml::from_str::<Config>(data) else {
+        return;
+    };
+    if config.validate().is_ok() {
+        Rules::new(&config).expect("a validated configuration compiles");
+    }
+});
