@@ -107,7 +107,14 @@ pub fn config_hash(config: &Config) -> String {
 
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    if old.server != new.server {
+    // trusted_proxies, admin_token_file and admin_hosts are read per request.
+    let (o, n) = (&old.server, &new.server);
+    if o.listen != n.listen
+        || o.admin_listen != n.admin_listen
+        || o.threads != n.threads
+        || o.runtime_dir != n.runtime_dir
+        || o.proxy_protocol_listen != n.proxy_protocol_listen
+    {
         changed.push("server");
     }
     if old.origin != new.origin {
