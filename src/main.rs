@@ -135,15 +135,56 @@ enum Switch {
 
 /// Logs to stderr (journald under systemd); `RUST_LOG` overrides the configured filter.
 fn init_logs(level: &str, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(HarmlessPingoraErrors);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+    }
+}
+
+/// Pingora logs at ERROR what is no error. "failed to acquire reusable stream": its
+/// connection pool found an idle upstream connection still held by the task that
+/// watches idle connections (a race inside `pingora_core::connectors`, seen 303 times in
+/// four quiet minutes); it then opens a new connection, and the request goes on
+/// unharmed. An ERROR line tells an operator to act, so these are left out.
+struct HarmlessPingoraErrors;
+
+const HARMLESS: &[&str] = &["failed to acquire reusable stream"];
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HarmlessPingoraErrors {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    let text = format!("{value:?}");
+                    self.0 |= HARMLESS.iter().any(|h| text.trim_matches('"') == *h);
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.0 |= HARMLESS.contains(&value);
+                }
+            }
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        !message.0
     }
 }
 
@@ -343,6 +384,37 @@ fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool, upgrade: bool) 
         }
     };
     init_logs(&config.log.level, config.log.format);
+    // Pingora retries a bind that fails for half a minute and then leaves a process that
+    // serves nothing; a listener that cannot be had ends the start at once instead (an
+    // upgrade binds nothing: it takes the old process's sockets).
+    if !upgrade {
+        let mut wanted: Vec<(&str, &str)> = Vec::new();
+        wanted.extend(
+            config
+                .server
+                .listen
+                .iter()
+                .map(|a| ("server.listen", a.as_str())),
+        );
+        if !config.server.admin_listen.is_empty() {
+            wanted.push(("server.admin_listen", config.server.admin_listen.as_str()));
+        }
+        if demo {
+            wanted.push((
+                "the demo origin (--origin)",
+                config.origin.addresses[0].as_str(),
+            ));
+        }
+        for (key, addr) in wanted {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                eprintln!(
+                    "floodgate: cannot listen on {addr} ({key}): {e}. Is another Floodgate, \
+                     Varnish or other server running there? Stop it or choose another address."
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
     let listen = config.server.listen[0].clone();
     let origin = config.origin.addresses[0].clone();
     let admin = config.server.admin_listen.clone();

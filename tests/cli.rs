@@ -122,3 +122,29 @@ async fn demo_serves_a_miss_then_a_hit_from_its_built_in_origin() {
         "{help}"
     );
 }
+
+#[test]
+fn a_port_in_use_ends_the_start_at_once_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args(["run", "--listen", &addr.to_string(), "--admin", &admin])
+        .args(["--origin", "127.0.0.1:9"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it waited for the port"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("server.listen"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    drop(taken);
+}

@@ -326,14 +326,16 @@ async fn through_proxy_protocol(addr: std::net::SocketAddr, header: &[u8], extra
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[tokio::test]
-async fn the_proxy_protocol_names_the_client_and_is_believed_only_from_trusted_peers() {
-    let origin = TestOrigin::start().await;
+/// Floodgate with a PROXY protocol listener too; its address once it accepts.
+async fn with_proxy_listener(
+    origin: &TestOrigin,
+    settings: Settings,
+) -> (Floodgate, std::net::SocketAddr) {
     let port = common::floodgate::free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _fg = Floodgate::start_with(
+    let fg = Floodgate::start_with(
         origin.addr,
-        Settings::default().server(&format!("proxy_protocol_listen = [\"{addr}\"]")),
+        settings.server(&format!("proxy_protocol_listen = [\"{addr}\"]")),
     )
     .await;
     assert!(
@@ -344,6 +346,13 @@ async fn the_proxy_protocol_names_the_client_and_is_believed_only_from_trusted_p
         .await,
         "the PROXY listener listens"
     );
+    (fg, addr)
+}
+
+#[tokio::test]
+async fn the_proxy_protocol_names_the_client_and_is_believed_only_from_trusted_peers() {
+    let origin = TestOrigin::start().await;
+    let (_fg, addr) = with_proxy_listener(&origin, Settings::default()).await;
     // v1: the client is the header's, and its own X-Forwarded-For is not believed.
     let v1 = through_proxy_protocol(
         addr,
@@ -381,22 +390,11 @@ async fn the_proxy_protocol_names_the_client_and_is_believed_only_from_trusted_p
 #[tokio::test]
 async fn a_proxy_protocol_peer_that_is_not_trusted_is_refused() {
     let origin = TestOrigin::start().await;
-    let port = common::floodgate::free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _fg = Floodgate::start_with(
-        origin.addr,
-        Settings::default()
-            .server(&format!("proxy_protocol_listen = [\"{addr}\"]"))
-            .server("trusted_proxies = [\"192.0.2.1\"]"),
+    let (_fg, addr) = with_proxy_listener(
+        &origin,
+        Settings::default().server("trusted_proxies = [\"192.0.2.1\"]"),
     )
     .await;
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
-            addr
-        )
-        .is_ok())
-        .await
-    );
     let answer =
         through_proxy_protocol(addr, b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 6081\r\n", "").await;
     assert!(answer.is_empty(), "{answer}");
@@ -603,4 +601,33 @@ async fn purge_everything_removes_untagged_objects_too() {
     );
     assert_eq!(get(&untagged).await.cache_debug(), "MISS");
     assert_eq!(origin.hits("/echo/untagged.html?bare"), 2);
+}
+
+// Found by fuzzing: bytes that are not UTF-8 in the target made two targets one key.
+#[tokio::test]
+async fn targets_that_are_not_utf8_never_share_a_page() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start(origin.addr).await;
+    let first = raw(
+        fg.addr,
+        b"GET /echo/u.html?\x91=1 HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let second = raw(
+        fg.addr,
+        b"GET /echo/u.html?\x92=1 HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    if first.starts_with("HTTP/1.1 200") {
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        assert!(
+            !second.contains("X-Magento-Cache-Debug: HIT")
+                && !second.contains("x-magento-cache-debug: HIT"),
+            "{second}"
+        );
+        assert_eq!(origin.hits("/echo/u.html?%91=1"), 1);
+        assert_eq!(origin.hits("/echo/u.html?%92=1"), 1);
+    } else {
+        assert!(first.starts_with("HTTP/1.1 400"), "{first}");
+    }
 }

@@ -135,9 +135,27 @@ async fn no_request_fails_across_reloads_under_load() {
             }
         }));
     }
-    for n in 0..5 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let settings = Settings::default().cache(&format!("default_ttl_secs = {}", 100 + n));
+    for n in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The priority classes change too: one class, then five, then the defaults.
+        let mut settings = Settings::default()
+            .cache(&format!("default_ttl_secs = {}", 1 + n % 3))
+            .limits("max_inflight = 4");
+        match n % 3 {
+            0 => {
+                settings =
+                    settings.limits("default_class = \"all\"\n[[limits.class]]\nname = \"all\"")
+            }
+            1 => {
+                settings = settings.limits("default_class = \"c4\"");
+                for c in 0..5 {
+                    settings = settings.limits(&format!(
+                        "[[limits.class]]\nname = \"c{c}\"\npaths = [\"load-{c}\"]"
+                    ));
+                }
+            }
+            _ => {}
+        }
         fg.rewrite_config(&settings);
         let answer = send(
             client()

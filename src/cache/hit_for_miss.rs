@@ -2,9 +2,11 @@
 //!
 //! Pingora's own `Predictor` forgets only by LRU, while Magento's marks expire after a
 //! time that depends on why the response was uncacheable, so this implements Pingora's
-//! `CacheablePredictor` on a moka cache with a per-entry lifetime. A marked key bypasses
-//! lookup and the cache lock (no coalescing queue behind an uncacheable page); the first
-//! cacheable response clears the mark and is stored.
+//! `CacheablePredictor` on a moka cache with a per-entry lifetime. A marked key skips the
+//! cache lock (the proxy asks `is_marked` and enables the cache without one, so nobody
+//! queues behind an uncacheable page) but is still looked up and filled, as Varnish's
+//! hit-for-miss object is: the first cacheable response clears the mark and is stored
+//! at once. The prediction itself therefore always says "cacheable".
 
 use std::time::{Duration, Instant};
 
@@ -72,6 +74,11 @@ impl HitForMissMarks {
         }
     }
 
+    /// Whether `key` is marked uncacheable now: its requests take no cache lock.
+    pub fn is_marked(&self, key: &HashBinary) -> bool {
+        self.marks.contains_key(key)
+    }
+
     fn lifetime(&self, reason: NoCacheReason) -> Option<Duration> {
         match reason {
             NoCacheReason::Custom(REASON_PRIVATE) => Some(self.private_for),
@@ -86,8 +93,9 @@ impl HitForMissMarks {
 }
 
 impl CacheablePredictor for HitForMissMarks {
-    fn cacheable_prediction(&self, key: &CacheKey) -> bool {
-        !self.marks.contains_key(&key.primary_bin())
+    fn cacheable_prediction(&self, _key: &CacheKey) -> bool {
+        // Never bypass: a bypassed fetch is not stored even when it turns cacheable.
+        true
     }
 
     fn mark_cacheable(&self, key: &CacheKey) -> bool {
@@ -112,7 +120,7 @@ mod tests {
         let marks = HitForMissMarks::new(100, Duration::from_millis(50), Duration::from_secs(60));
         let a = CacheKey::new("a", "");
         let b = CacheKey::new("b", "");
-        assert!(marks.cacheable_prediction(&a));
+        assert!(!marks.is_marked(&a.primary_bin()));
         assert_eq!(
             marks.mark_uncacheable(&a, HitForMiss::Uncacheable.reason()),
             Some(true)
@@ -121,15 +129,22 @@ mod tests {
             marks.mark_uncacheable(&b, HitForMiss::Private.reason()),
             Some(true)
         );
-        assert!(!marks.cacheable_prediction(&a));
-        std::thread::sleep(Duration::from_millis(120));
+        assert!(marks.is_marked(&a.primary_bin()));
         assert!(
             marks.cacheable_prediction(&a),
+            "marked keys are still looked up"
+        );
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(
+            !marks.is_marked(&a.primary_bin()),
             "120 s-style mark must expire"
         );
-        assert!(!marks.cacheable_prediction(&b), "private mark lives longer");
+        assert!(
+            marks.is_marked(&b.primary_bin()),
+            "private mark lives longer"
+        );
         assert!(marks.mark_cacheable(&b));
-        assert!(marks.cacheable_prediction(&b));
+        assert!(!marks.is_marked(&b.primary_bin()));
         assert_eq!(
             marks.mark_uncacheable(&a, NoCacheReason::Custom(REASON_NOT_STORED)),
             None

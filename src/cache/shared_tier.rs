@@ -27,6 +27,8 @@ use crate::metrics::Metrics;
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 /// A TCP and TLS handshake, in the background.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Fills being written to Redis at once at most; more stay local.
+const MAX_WRITES: usize = 256;
 
 /// What a purge selects in the shared tier; mirrors the purge pattern.
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct SharedTier {
     /// copies stored before it are not served. Kept in Redis too, for nodes that start
     /// after it.
     flushed_at: std::sync::atomic::AtomicU64,
+    /// Writes in flight at most (`MAX_WRITES`).
+    writes: Arc<tokio::sync::Semaphore>,
 }
 
 fn hex(key: &HashBinary) -> String {
@@ -78,6 +82,7 @@ impl SharedTier {
                     .map_or(0, |d| d.as_nanos())
             ),
             flushed_at: std::sync::atomic::AtomicU64::new(0),
+            writes: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES)),
         }))
     }
 
@@ -106,10 +111,10 @@ impl SharedTier {
     /// Connects now, waiting for it (at start-up, in the background).
     pub async fn connect(&self) {
         if self.connection_waiting().await.is_some() {
-            let at: Option<u64> = self
+            let at: Option<Option<u64>> = self
                 .run(redis::cmd("GET").arg(format!("{}flushed", self.prefix)))
                 .await;
-            if let Some(at) = at {
+            if let Some(Some(at)) = at {
                 self.flushed_at
                     .fetch_max(at, std::sync::atomic::Ordering::Relaxed);
             }
@@ -117,7 +122,8 @@ impl SharedTier {
     }
 
     /// Every copy stored before `at` is gone: after an emergency flush of everything.
-    pub async fn flushed(&self, at: SystemTime) {
+    /// `Err` when Redis could not record it (this node ignores older copies anyway).
+    pub async fn flushed(&self, at: SystemTime) -> Result<(), String> {
         let ms = at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -130,11 +136,7 @@ impl SharedTier {
                     .arg(ms),
             )
             .await;
-        if set.is_none() {
-            tracing::warn!(
-                "the flush could not be recorded in Redis; other nodes apply it from the purge bus"
-            );
-        }
+        set.ok_or_else(|| "Redis did not record the flush".to_string())
     }
 
     fn flushed_before(&self, object: &StoredObject) -> bool {
@@ -172,13 +174,17 @@ impl SharedTier {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "shared tier: Redis refused a command");
-                if e.is_io_error() || e.is_connection_dropped() {
+                // A connection that died with its Redis is replaced in the background
+                // (at most every half second); an answer of an unexpected type is not
+                // the connection's fault.
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
                     self.broken();
                 }
                 None
             }
             Err(_) => {
                 self.metrics.shared_timeouts.inc();
+                self.broken();
                 None
             }
         }
@@ -280,6 +286,15 @@ impl SharedTier {
         let object_tags = object.tags.clone();
         let tags: Vec<String> = object.tags.iter().map(str::to_string).collect();
         let pool = object.pool.as_deref().map(str::to_string);
+        // While Redis is away no write waits for it, and only so many are in flight:
+        // a fill that finds neither a connection nor a slot stays local.
+        let Some(con) = self.connection() else {
+            return;
+        };
+        let Ok(slot) = self.writes.clone().try_acquire_owned() else {
+            tracing::debug!("shared tier: too many writes in flight, a fill stays local");
+            return;
+        };
         let tier = self.clone();
         tokio::spawn(async move {
             let name = hex(&key);
@@ -328,9 +343,6 @@ impl SharedTier {
                 // The copy is there: nodes waiting on this fetch stop waiting.
                 redis::cmd("DEL").arg(format!("{p}lock:{name}")).to_owned(),
             ];
-            let Some(con) = tier.connection_waiting().await else {
-                return;
-            };
             if recent.purged_since(&object_tags, pool.as_deref(), started) {
                 return;
             }
@@ -340,8 +352,12 @@ impl SharedTier {
             };
             match written {
                 Ok(_) => tier.metrics.shared_writes.inc(),
-                Err(e) => tracing::debug!(error = %e, "shared tier: a fill was not written"),
+                Err(e) => {
+                    tier.broken();
+                    tracing::debug!(error = %e, "shared tier: a fill was not written");
+                }
             }
+            drop(slot);
         });
     }
 
@@ -412,7 +428,8 @@ impl SharedTier {
                 .collect(),
             limit,
         )
-        .await?;
+        .await
+        .inspect_err(|_| self.broken())?;
         let mut members = std::collections::BTreeSet::new();
         for reply in listed {
             let names: Vec<String> = redis::from_redis_value(&reply).map_err(|e| e.to_string())?;
@@ -430,7 +447,9 @@ impl SharedTier {
                 .arg(member)
                 .to_owned()
         }));
-        cluster::each(&con, commands, limit).await?;
+        cluster::each(&con, commands, limit)
+            .await
+            .inspect_err(|_| self.broken())?;
         Ok(members.len())
     }
 }

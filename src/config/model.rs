@@ -233,6 +233,10 @@ pub struct OriginSection {
     pub health_window: u32,
     /// Successful probes (of the window) needed to call an origin healthy.
     pub health_threshold: u32,
+    /// An origin `502` or `504` (nginx's own error while PHP-FPM is away) becomes the
+    /// stale copy if one is kept, else Floodgate's busy page (`503` + `Retry-After`).
+    /// Magento's own `503` (maintenance mode) passes unchanged.
+    pub hide_gateway_errors: bool,
 }
 
 impl Default for OriginSection {
@@ -246,6 +250,7 @@ impl Default for OriginSection {
             health_check_timeout_secs: 2,
             health_window: 10,
             health_threshold: 5,
+            hide_gateway_errors: true,
         }
     }
 }

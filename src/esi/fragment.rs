@@ -25,6 +25,9 @@ pub enum Role {
         depth: u8,
         arrived: Instant,
         budget: Arc<ViewBudget>,
+        /// The first try failed after its header (a broken origin answer): serve the
+        /// stale copy if one is kept, else the busy page; never ask the origin again.
+        stale_only: bool,
     },
     /// An included fragment; `budget` is the page view's, shared by every depth.
     Fragment { depth: u8, budget: Arc<ViewBudget> },

@@ -11,17 +11,40 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
+use pingora::cache::NoCacheReason;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::subrequest::Ctx as SubrequestCtx;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
+use crate::cache::hit_for_miss::REASON_UNCACHEABLE;
+
 use super::{applies_to, template_of, Assembly, Role, Settings, PER_REQUEST_GZIP_LEVEL};
 
 /// Writes the whole response for `session`, whose client's request arrived at
 /// `arrived`; the caller then tells Pingora not to proxy.
+///
+/// A page held for assembly whose origin answer broke after its header (a reset, a body
+/// cut short) has sent nothing yet: it is asked for once more, from the cache only, so
+/// the visitor gets the stale copy if one is kept, else the busy page, never a page cut
+/// short.
 pub async fn serve(session: &mut Session, esi: &Settings<'_>, arrived: Instant) -> Result<()> {
+    match fetch(session, esi, arrived, false).await {
+        Err(e) if session.response_written().is_none() => {
+            tracing::debug!(error = %e, "the page's origin answer broke: trying its stale copy");
+            fetch(session, esi, arrived, true).await
+        }
+        done => done,
+    }
+}
+
+async fn fetch(
+    session: &mut Session,
+    esi: &Settings<'_>,
+    arrived: Instant,
+    stale_only: bool,
+) -> Result<()> {
     let max_bytes = esi.max_bytes;
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
@@ -31,6 +54,7 @@ pub async fn serve(session: &mut Session, esi: &Settings<'_>, arrived: Instant) 
             depth: esi.depth,
             arrived,
             budget: esi.budget.clone(),
+            stale_only,
         }))
         .build();
     let (prepared, mut handle) = spawner.create_subrequest(session.as_downstream(), ctx);
@@ -39,6 +63,20 @@ pub async fn serve(session: &mut Session, esi: &Settings<'_>, arrived: Instant) 
     // A text response is held until complete: its template is only known then.
     let mut held: Option<(Box<ResponseHeader>, BytesMut)> = None;
     while let Some(task) = handle.rx.recv().await {
+        if let HttpTask::Header(resp, _) = &task {
+            // Visitors waiting on this page's cache lock wait for nothing when it turned
+            // out uncacheable: they go to the origin now, side by side, as Varnish's
+            // hit-for-miss releases its waiting list.
+            if resp
+                .headers
+                .get("x-magento-cache-debug")
+                .is_some_and(|v| v.as_bytes() == b"UNCACHEABLE")
+            {
+                session
+                    .cache
+                    .release_write_lock(NoCacheReason::Custom(REASON_UNCACHEABLE));
+            }
+        }
         match (held.as_mut(), task) {
             (None, HttpTask::Header(resp, false))
                 if resp.status != http::StatusCode::PARTIAL_CONTENT

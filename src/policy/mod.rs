@@ -73,9 +73,15 @@ impl Rules {
         target: &[u8],
         headers: &http::HeaderMap,
     ) -> (String, route::Route, key::Variant) {
-        let url = match String::from_utf8_lossy(target) {
-            std::borrow::Cow::Borrowed(t) => self.normalizer.normalize(t).into_owned(),
-            std::borrow::Cow::Owned(t) => t,
+        let url = match std::str::from_utf8(target) {
+            Ok(t) => self.normalizer.normalize(t).into_owned(),
+            // Bytes that are not UTF-8 are percent-encoded first (found by fuzzing):
+            // replaced by U+FFFD instead, two different targets would share a key, and
+            // the URL would skip normalisation.
+            Err(_) => self
+                .normalizer
+                .normalize(&normalize::percent_encode_non_ascii(target))
+                .into_owned(),
         };
         let route = route::route(method, &url, headers, self);
         let variant = if route == route::Route::Lookup {

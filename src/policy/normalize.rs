@@ -65,6 +65,20 @@ impl UrlNormalizer {
     }
 }
 
+/// A request target that is not UTF-8, made ASCII: every byte above 0x7F becomes `%XX`
+/// (what PHP decodes back to the same byte), so distinct targets stay distinct.
+pub fn percent_encode_non_ascii(target: &[u8]) -> String {
+    let mut out = String::with_capacity(target.len() * 3);
+    for &b in target {
+        if b.is_ascii() {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn param_name(segment: &str) -> &str {
     segment.split_once('=').map_or(segment, |(name, _)| name)
 }
@@ -128,6 +142,15 @@ mod tests {
         assert_eq!(
             n.normalize("/c.html?b=1&B=2&a=%20"),
             "/c.html?B=2&a=%20&b=1"
+        );
+    }
+
+    #[test]
+    fn targets_that_are_not_utf8_are_encoded_and_stay_apart() {
+        assert_eq!(percent_encode_non_ascii(b"/a?\x91=2"), "/a?%91=2");
+        assert_ne!(
+            percent_encode_non_ascii(b"/a?\x91=2"),
+            percent_encode_non_ascii(b"/a?\x92=2")
         );
     }
 

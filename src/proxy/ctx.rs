@@ -38,6 +38,8 @@ pub struct RequestCtx {
     pub arrived: Instant,
     /// The cache key's hash, for lookups.
     pub key: Option<HashBinary>,
+    /// The cache key itself, worked out before Pingora asks for it.
+    pub cache_key: Option<pingora::cache::CacheKey>,
     /// Its priority at the origin, once needed.
     pub class: Option<ClassId>,
     /// Its slot at the origin, held until the origin's answer is complete.
@@ -83,6 +85,7 @@ impl RequestCtx {
             origin_time: None,
             arrived: Instant::now(),
             key: None,
+            cache_key: None,
             class: None,
             permit: None,
             shed: None,

@@ -318,6 +318,21 @@ impl Floodgate {
         }
     }
 
+    /// The request's cache key: Magento's key, split further by the origin's `Vary`
+    /// when one is known for the page.
+    fn key_for(&self, session: &Session, ctx: &mut RequestCtx) -> CacheKey {
+        let headers = &session.req_header().headers;
+        let mut key = cache_key(&ctx.url, headers, &ctx.variant, &ctx.rt.rules);
+        let page = key.combined_bin();
+        ctx.page_key = Some(page);
+        ctx.vary = self.variants.spec(&page);
+        if let Some(spec) = &ctx.vary {
+            key = with_variance(&key, &spec.names, headers);
+        }
+        ctx.key = Some(key.combined_bin());
+        key
+    }
+
     /// Request hygiene, before anything looks at the request: works out the real client,
     /// removes the headers that would change the origin's answer behind the key's back,
     /// leaves the SSL-offload header with the one value the key uses, and keeps only a
@@ -538,12 +553,17 @@ impl ProxyHttp for Floodgate {
         if ctx.route != Route::Lookup {
             return Ok(());
         }
+        // The key is needed now: a key marked hit-for-miss takes no lock.
+        let key = self.key_for(session, ctx);
+        let marked = self.marks.is_marked(&key.primary_bin());
+        ctx.cache_key = Some(key);
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(Duration::from_secs(ctx.rt.config.cache.coalesce_wait_secs));
         // A page subrequest runs for a request that already holds this key's lock: it
         // must not wait for it. Others' requests keep waiting on that lock.
         let lock = match ctx.esi_role {
             Some(Role::Page { .. }) => None,
+            _ if marked => None,
             _ => Some(self.lock),
         };
         session
@@ -556,16 +576,10 @@ impl ProxyHttp for Floodgate {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        let headers = &session.req_header().headers;
-        let mut key = cache_key(&ctx.url, headers, &ctx.variant, &ctx.rt.rules);
-        let page = key.combined_bin();
-        ctx.page_key = Some(page);
-        ctx.vary = self.variants.spec(&page);
-        if let Some(spec) = &ctx.vary {
-            key = with_variance(&key, &spec.names, headers);
-        }
-        ctx.key = Some(key.combined_bin());
-        Ok(key)
+        Ok(match ctx.cache_key.take() {
+            Some(key) => key,
+            None => self.key_for(session, ctx),
+        })
     }
 
     async fn cache_hit_filter(
@@ -588,6 +602,17 @@ impl ProxyHttp for Floodgate {
         // overloaded, down or in maintenance, the visitor gets the stale copy at once.
         if is_fresh {
             return Ok(None);
+        }
+        if matches!(
+            ctx.esi_role,
+            Some(Role::Page {
+                stale_only: true,
+                ..
+            })
+        ) {
+            // The origin just broke this page's answer: its stale copy, as when it is down.
+            ctx.stale_reason = Some(StaleReason::Unhealthy);
+            return Ok(Some(ForcedFreshness::ForceFresh));
         }
         let class = self.class(session, ctx);
         ctx.stale_reason = self.origins.stale_reason(class);
@@ -615,6 +640,22 @@ impl ProxyHttp for Floodgate {
     ) -> Result<bool> {
         // A response from the origin may carry ESI, and only an async caller can wait for
         // its fragments: the request runs again as a subrequest and is assembled here.
+        if matches!(
+            ctx.esi_role,
+            Some(Role::Page {
+                stale_only: true,
+                ..
+            })
+        ) {
+            // No stale copy of a page whose origin answer just broke: the busy page.
+            let mut e = Error::explain(
+                ErrorType::ConnectNoRoute,
+                "the origin broke its answer and no stale copy is kept",
+            );
+            e.esource = ErrorSource::Upstream;
+            e.set_retry(false);
+            return Err(e);
+        }
         let req = session.req_header();
         let wraps = ctx.assembles_esi()
             && req.method == http::Method::GET
@@ -761,6 +802,20 @@ impl ProxyHttp for Floodgate {
         }
         if let Some(permit) = &mut ctx.permit {
             permit.answered(resp.status.as_u16() < 500);
+        }
+        // nginx's own answer while PHP-FPM is away is not a page: the visitor gets the
+        // stale copy or the busy page, never a raw gateway error.
+        if matches!(resp.status.as_u16(), 502 | 504)
+            && ctx.rt.config.origin.hide_gateway_errors
+            && ctx.route != Route::Tunnel
+        {
+            let mut e = Error::explain(
+                ErrorType::Custom("origin gateway error"),
+                format!("the origin answered {}", resp.status),
+            );
+            e.esource = ErrorSource::Upstream;
+            e.set_retry(false);
+            return Err(e);
         }
         if ctx.route != Route::Lookup || resp.status.is_informational() || resp.status == 304 {
             return Ok(());

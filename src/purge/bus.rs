@@ -10,7 +10,9 @@
 //! read were trimmed while it was away. It cannot know what they purged, so it drops its
 //! whole memory tier. (Stream IDs alone cannot tell: they are timestamps, and Redis's
 //! `max-deleted-entry-id` does not move when XADD trims.) A Redis restarted empty starts
-//! the numbers again at 1, which is no gap.
+//! the numbers again, and may have taken entries this node had not read: that is a gap
+//! too (run Redis with `appendonly yes` to keep the stream across its restarts).
+//! A full outbox becomes one flush of everything, so no purge is lost, only precision.
 //!
 //! Redis never holds a request: publishing only queues the purge in a bounded outbox,
 //! which a background task empties into the stream, and keeps while Redis is down.
@@ -128,13 +130,24 @@ impl PurgeBus {
     }
 
     /// Queues a purge for the other nodes; never waits for Redis. When the outbox is
-    /// full the oldest purge is dropped and counted (the others then miss it until
-    /// their entries expire).
+    /// full, what it holds is replaced by one flush of everything: the other nodes then
+    /// drop every object they cannot prove fresh, instead of keeping pages purged here.
     pub fn publish(&self, message: PurgeMessage) {
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         if outbox.len() >= self.outbox_size {
-            outbox.pop_front();
-            self.metrics.purge_bus_dropped.inc();
+            let dropped = outbox.len() as u64;
+            outbox.clear();
+            outbox.push_back(PurgeMessage {
+                pattern: None,
+                pool: None,
+                soft: false,
+                everything: true,
+            });
+            self.metrics.purge_bus_dropped.inc_by(dropped);
+            tracing::warn!(
+                dropped,
+                "the purge outbox is full (Redis away too long): the other nodes will flush everything when it returns"
+            );
         }
         outbox.push_back(message);
         self.metrics.purge_bus_outbox.set(outbox.len() as i64);
@@ -194,11 +207,15 @@ impl PurgeBus {
                 let Some(message) = next else { break };
                 // Shared copies go before the purge is announced, so no node can refill
                 // its memory from a copy the purge should have removed.
-                if let Err(reason) = self
-                    .purger
-                    .purge_shared(message.pattern.as_deref(), message.pool.as_deref(), true)
-                    .await
-                {
+                let shared = if message.everything {
+                    self.purger.flush_shared().await
+                } else {
+                    self.purger
+                        .purge_shared(message.pattern.as_deref(), message.pool.as_deref(), true)
+                        .await
+                        .map(|_| ())
+                };
+                if let Err(reason) = shared {
                     self.disconnected(&reason);
                     break;
                 }
@@ -270,6 +287,23 @@ impl PurgeBus {
                 }
                 continue;
             };
+            // A Redis that came back without the sequence this node had read up to lost
+            // entries: whatever it did not read yet is gone, so nothing old can be
+            // trusted.
+            if let Some(seen) = last_seq {
+                match self.sequence_now(con).await {
+                    Ok(now) if now.unwrap_or(0) < seen => {
+                        self.lost_history(seen, now);
+                        last_seq = Some(now.unwrap_or(0));
+                    }
+                    Ok(_) => {}
+                    Err(why) => {
+                        self.disconnected(&why);
+                        connection = None;
+                        continue;
+                    }
+                }
+            }
             let from = match last {
                 Some(id) => id,
                 // Start at the stream's end: this node's memory is empty, so older purges
@@ -277,6 +311,11 @@ impl PurgeBus {
                 None => match self.newest(con).await {
                     Ok(id) => {
                         last = Some(id);
+                        // Where the numbers stand, so a Redis that loses them later is
+                        // noticed even if this node never read an entry.
+                        if let Ok(now) = self.sequence_now(con).await {
+                            last_seq = Some(now.unwrap_or(0));
+                        }
                         id
                     }
                     Err(why) => {
@@ -316,9 +355,7 @@ impl PurgeBus {
                             .and_then(|s| s.parse::<u64>().ok());
                         if let (Some(prev), Some(seq)) = (last_seq, seq) {
                             if missed(prev, seq) {
-                                tracing::warn!(after = prev, next = seq, "purges this node missed were trimmed from the stream: dropping the memory tier");
-                                self.purger.store().flush();
-                                self.metrics.purge_bus_flushes.inc();
+                                self.lost_history(prev, Some(seq));
                             }
                         }
                         if seq.is_some() {
@@ -336,6 +373,28 @@ impl PurgeBus {
                     connection = None;
                 }
             }
+        }
+    }
+
+    /// Entries after `seen` may never reach this node (trimmed, or lost with a Redis
+    /// that restarted empty): it cannot know what they purged, so it drops its memory.
+    fn lost_history(&self, seen: u64, now: Option<u64>) {
+        tracing::warn!(
+            after = seen,
+            next = ?now,
+            "purges this node may have missed are gone from Redis: dropping the memory tier"
+        );
+        self.purger.store().flush();
+        self.metrics.purge_bus_flushes.inc();
+    }
+
+    /// The stream's sequence counter now (`None`: Redis has none, it restarted empty).
+    async fn sequence_now(&self, con: &mut Connection) -> Result<Option<u64>, String> {
+        let get = redis::cmd("GET").arg(&self.sequence).to_owned();
+        match tokio::time::timeout(self.timeout, get.query_async::<Option<u64>>(con)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("GET of the purge sequence timed out".into()),
         }
     }
 
@@ -390,14 +449,11 @@ impl PurgeBus {
     }
 }
 
-/// Whether entry `next` following entry `prev` (sequence numbers) means entries were
-/// lost: a jump forward. A restart of an empty Redis starts again at 1.
+/// Whether entry `next` following entry `prev` (sequence numbers) means entries may
+/// have been lost: a jump forward (trimmed), or a start again (a Redis that restarted
+/// empty, which may have taken entries this node had not read yet).
 fn missed(prev: u64, next: u64) -> bool {
-    if next > prev {
-        next != prev + 1
-    } else {
-        next != 1
-    }
+    next != prev + 1
 }
 
 /// Runs the publisher and the consumer for the life of the process; connects the shared
@@ -422,10 +478,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_jump_in_sequence_numbers_is_a_gap_and_a_restart_is_not() {
+    fn a_jump_in_sequence_numbers_or_a_restart_is_a_gap() {
         assert!(!missed(41, 42));
         assert!(missed(41, 45));
-        assert!(!missed(41, 1), "Redis restarted empty");
+        assert!(
+            missed(41, 1),
+            "Redis restarted empty: unread entries may be gone"
+        );
         assert!(missed(41, 7), "restarted, and trimmed since");
     }
 

@@ -82,6 +82,15 @@ impl Purger {
         shared.purge(selector.as_ref(), pool.as_ref(), wait).await
     }
 
+    /// Marks every shared copy stored before now as gone (a flush of everything sent to
+    /// the other nodes). `Ok` without a shared tier.
+    pub async fn flush_shared(&self) -> Result<(), String> {
+        match self.shared.get() {
+            Some(shared) => shared.flushed(SystemTime::now()).await,
+            None => Ok(()),
+        }
+    }
+
     /// Connects the purger to the other nodes: purges applied here are published.
     pub fn attach_bus(&self, bus: Arc<PurgeBus>) {
         let _ = self.bus.set(bus);
@@ -137,7 +146,9 @@ impl Purger {
         let (objects, _) = self.store.usage();
         self.store.flush();
         if let Some(shared) = self.shared.get() {
-            shared.flushed(now).await;
+            if let Err(reason) = shared.flushed(now).await {
+                tracing::warn!(%reason, "the flush could not be recorded in Redis; other nodes apply it from the purge bus");
+            }
         }
         tracing::warn!(objects, "every cached object was flushed");
         PurgeReport {

@@ -107,8 +107,10 @@ impl Origins {
     pub fn reconfigure(&self, limits: &LimitsSection) -> Result<(), String> {
         let classes =
             Arc::new(Classes::new(limits).map_err(|(key, reason)| format!("{key}: {reason}"))?);
-        self.classes.store(classes.clone());
-        self.limiter.reconfigure(limits, classes);
+        // The limiter learns the new classes before any request can be classified by
+        // them; a request classified by the old list meanwhile is clamped to it.
+        self.limiter.reconfigure(limits, classes.clone());
+        self.classes.store(classes);
         Ok(())
     }
 

@@ -85,10 +85,17 @@ fn config_text(
 ) -> String {
     format!(
         "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n{}\n\n\
-         [origin]\naddresses = [{origins}]\nhealth_check_interval_secs = 1\n{}\n\n\
+         [origin]\naddresses = [{origins}]\n{}\n\n\
          [log]\n{}\n\n[redis]\n{}\n\n[esi]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
         settings.server.join("\n"),
-        settings.origin.join("\n"),
+        {
+            // Fast probes unless a test sets its own interval.
+            let mut origin = settings.origin.clone();
+            if !origin.iter().any(|l| l.starts_with("health_check_interval_secs")) {
+                origin.push("health_check_interval_secs = 1".into());
+            }
+            origin.join("\n")
+        },
         settings.log.join("\n"),
         settings.redis.join("\n"),
         settings.esi.join("\n"),

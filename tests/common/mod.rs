@@ -1,6 +1,7 @@
 //! Test harness: a Magento-like origin, a real Floodgate process, and clients.
 #![allow(dead_code, unused_imports)]
 
+pub mod broken;
 pub mod floodgate;
 pub mod origin;
 pub mod redis;

@@ -1,0 +1,232 @@
+//! When things break: what a visitor gets from an origin that fails, and that Floodgate
+//! itself fails cleanly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn a_gateway_error_becomes_the_busy_page_or_the_stale_copy() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 0")).await;
+    for status in [502, 504] {
+        let url = format!("/gw-{status}.html");
+        origin.set(
+            &url,
+            Page::cacheable("<html>502 Bad Gateway</html>")
+                .status(status)
+                .header("cache-control", "no-store"),
+        );
+        let got = get(&fg.url(&url)).await;
+        assert_eq!(got.status, 503, "nginx's {status} reached the visitor");
+        assert!(got.header("retry-after").is_some());
+        assert_eq!(got.header("x-floodgate-shed"), Some("origin_failed"));
+    }
+    // Magento's own 503 (maintenance mode) is Magento's answer: it passes unchanged.
+    origin.set(
+        "/maintenance.html",
+        Page::cacheable("Service Temporarily Unavailable")
+            .status(503)
+            .header("cache-control", "no-store"),
+    );
+    let magento = get(&fg.url("/maintenance.html")).await;
+    assert_eq!(magento.status, 503);
+    assert_eq!(magento.text(), "Service Temporarily Unavailable");
+    assert!(magento.header("x-floodgate-shed").is_none());
+    // A page kept past its TTL is served stale instead of the gateway's error.
+    origin.set("/kept.html", Page::cacheable("fresh copy").ttl(1));
+    assert_eq!(get(&fg.url("/kept.html")).await.text(), "fresh copy");
+    origin.set(
+        "/kept.html",
+        Page::cacheable("<html>502</html>")
+            .status(502)
+            .header("cache-control", "no-store"),
+    );
+    // Polled until the page has expired and the origin was asked (a fact, not a sleep).
+    let before = origin.hits("/kept.html");
+    let mut stale = None;
+    for _ in 0..100 {
+        let got = get(&fg.url("/kept.html")).await;
+        if origin.hits("/kept.html") > before {
+            stale = Some(got);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stale = stale.expect("the page expired within 5 s");
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.text(), "fresh copy");
+    assert!(stale
+        .header("grace")
+        .is_some_and(|g| g.starts_with("unlimited")));
+}
+
+#[tokio::test]
+async fn the_first_cacheable_answer_after_a_hit_for_miss_mark_is_stored() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start(origin.addr).await;
+    origin.set(
+        "/hfm.html",
+        Page::cacheable("private").header("cache-control", "private, max-age=0"),
+    );
+    assert_eq!(get(&fg.url("/hfm.html")).await.cache_debug(), "UNCACHEABLE");
+    origin.set("/hfm.html", Page::cacheable("public now"));
+    let second = get(&fg.url("/hfm.html")).await;
+    assert_eq!(second.text(), "public now");
+    let third = get(&fg.url("/hfm.html")).await;
+    assert_eq!(
+        third.cache_debug(),
+        "HIT",
+        "the second answer was stored at once"
+    );
+    assert_eq!(origin.hits("/hfm.html"), 2);
+}
+
+#[tokio::test]
+async fn visitors_waiting_on_an_uncacheable_page_are_released_together() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/slow-nocache.html",
+        Page::cacheable("no")
+            .header("cache-control", "no-cache")
+            .delay(Duration::from_millis(800)),
+    );
+    let fg = Floodgate::start(origin.addr).await;
+    let answers = burst(&fg.url("/slow-nocache.html"), 10).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    // The first answer marks the page; the nine waiting for it go to the origin side by
+    // side at once, not one after another.
+    assert_eq!(origin.hits("/slow-nocache.html"), 10);
+    assert!(
+        origin.max_in_flight("/slow-nocache.html") >= 8,
+        "waiters went to the origin one by one: at most {} at once",
+        origin.max_in_flight("/slow-nocache.html")
+    );
+}
+
+#[tokio::test]
+async fn a_recovered_origin_is_used_again_within_five_seconds() {
+    let origin = TestOrigin::start().await;
+    // Probes every 3 s, healthy while 5 of the last 6 pass: without faster probing of a
+    // sick origin it would take 15 s to come back (Magento's 5 of 10 at 5 s: 25 s).
+    let fg = Floodgate::start_with(
+        origin.addr,
+        Settings::default()
+            .origin("health_check_interval_secs = 3")
+            .origin("health_window = 6")
+            .origin("health_threshold = 5"),
+    )
+    .await;
+    origin.set_unhealthy(true);
+    let sick = std::time::Instant::now();
+    while fg.metric("floodgate_origin_healthy").await != 0.0 {
+        assert!(
+            sick.elapsed() < Duration::from_secs(40),
+            "never marked sick"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&fg.url("/uncached-1.html")).await.status, 503);
+    origin.set_unhealthy(false);
+    let back = std::time::Instant::now();
+    while fg.metric("floodgate_origin_healthy").await != 1.0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "uncached pages still got 503 five seconds after the origin came back"
+        );
+    }
+    assert_eq!(get(&fg.url("/uncached-2.html")).await.status, 200);
+}
+
+#[tokio::test]
+async fn connect_is_refused_and_other_unknown_methods_are_tunnelled() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start(origin.addr).await;
+    let connect = raw(
+        fg.addr,
+        b"CONNECT shop.test:443 HTTP/1.1\r\nHost: shop.test:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
+    let propfind = send(client().request(
+        reqwest::Method::from_bytes(b"PROPFIND").unwrap(),
+        fg.url("/dav"),
+    ))
+    .await;
+    assert_eq!(origin.hits("/dav"), 1, "PROPFIND reached the origin");
+    assert_ne!(propfind.status, 405);
+}
+
+/// Each broken answer, for a page with no stale copy and for one with: the visitor gets
+/// the busy page or the stale copy (never a page cut short as if whole), nothing partial
+/// is stored, and the origin slot comes back (one slot only, so a leak would show).
+#[tokio::test]
+async fn broken_origin_answers_are_never_stored_and_release_their_slot() {
+    use common::broken::{Breakage, BrokenOrigin};
+    let origin = BrokenOrigin::start().await;
+    let fg = Floodgate::start_with(
+        origin.addr,
+        Settings::default()
+            .origin("first_byte_timeout_secs = 2")
+            .cache("grace_secs = 0")
+            .limits("max_inflight = 1")
+            .limits("max_wait_ms = 3000"),
+    )
+    .await;
+    for how in [
+        Breakage::ResetMidBody,
+        Breakage::TruncatedChunked,
+        Breakage::ShortBody,
+        Breakage::HugeHeaders,
+        Breakage::StallAfterHeaders,
+    ] {
+        // No stale copy: the busy page, or a response visibly cut short.
+        let path = format!("/cold-{how:?}");
+        origin.break_with(&path, how);
+        let got = client().get(fg.url(&path)).send().await;
+        if let Ok(resp) = got {
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await;
+            assert!(
+                status == 503
+                    || body.is_err()
+                    || body.is_ok_and(|b| b.len() != 10_000 || status != 200),
+                "{how:?}: a broken answer was passed on as a whole page"
+            );
+        }
+        // Nothing of it was stored: the next visitor's request reaches the origin.
+        let before = origin.hits(&path);
+        let _ = client().get(fg.url(&path)).send().await;
+        assert!(
+            origin.hits(&path) > before,
+            "{how:?}: a partial answer was stored"
+        );
+
+        // A stale copy kept: the visitor gets it whole.
+        let path = format!("/kept-{how:?}");
+        let whole = get(&fg.url(&path)).await;
+        assert_eq!(whole.body.len(), 10_000);
+        origin.break_with(&path, how);
+        let mut served = None;
+        for _ in 0..100 {
+            let before = origin.hits(&path);
+            let got = get(&fg.url(&path)).await;
+            if origin.hits(&path) > before {
+                served = Some(got);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let served = served.expect("the page expired");
+        assert_eq!(served.status, 200, "{how:?}");
+        assert_eq!(served.body.len(), 10_000, "{how:?}: the stale copy, whole");
+    }
+    // The one origin slot is free again after all of that.
+    origin.break_with("/after", Breakage::None);
+    let after = get(&fg.url("/after")).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.body.len(), 10_000);
+}
