@@ -7,6 +7,7 @@
 //! client sending a new value each time cannot fill the cache with one page.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ pub struct VarySpec {
 
 pub struct Variants {
     pages: Cache<HashBinary, Arc<VarySpec>>,
+    /// Whether any page ever varied: until one does (Magento's own never do), every
+    /// request skips the lookup.
+    any: AtomicBool,
 }
 
 impl Default for Variants {
@@ -36,6 +40,7 @@ impl Default for Variants {
                 .max_capacity(PAGES)
                 .time_to_idle(IDLE)
                 .build(),
+            any: AtomicBool::new(false),
         }
     }
 }
@@ -55,6 +60,9 @@ pub enum VariantVerdict {
 impl Variants {
     /// The headers `page` varies on, if any are known.
     pub fn spec(&self, page: &HashBinary) -> Option<Arc<VarySpec>> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
         self.pages.get(page)
     }
 
@@ -73,6 +81,7 @@ impl Variants {
             if names.is_empty() {
                 self.pages.invalidate(&page);
             } else {
+                self.any.store(true, Ordering::Relaxed);
                 self.pages.insert(
                     page,
                     Arc::new(VarySpec {

@@ -346,16 +346,23 @@ impl Floodgate {
         let rt = ctx.rt.clone();
         let trusted = |ip| rt.trusted_proxies.allows(ip);
         let req = session.req_header_mut();
-        ctx.client = Some(real_client(peer, &req.headers, trusted));
-        let chain = forwarded_chain(&req.headers, trusted(peer));
-        match chain {
-            Some(chain) => req.insert_header("x-forwarded-for", chain)?,
-            None => {
-                req.remove_header("x-forwarded-for");
+        // This runs for every request, hits included: nothing is allocated or rewritten
+        // unless the request carries what it cleans.
+        if req.headers.contains_key("x-forwarded-for") {
+            ctx.client = Some(real_client(peer, &req.headers, trusted));
+            match forwarded_chain(&req.headers, trusted(peer)) {
+                Some(chain) => req.insert_header("x-forwarded-for", chain)?,
+                None => {
+                    req.remove_header("x-forwarded-for");
+                }
             }
+        } else {
+            ctx.client = Some(peer);
         }
         for name in &rt.rules.stripped_headers {
-            req.remove_header(name);
+            if req.headers.contains_key(name) {
+                req.remove_header(name);
+            }
         }
         let offload = &rt.rules.ssl_offload_header;
         if req.headers.get_all(offload).iter().nth(1).is_some() {
