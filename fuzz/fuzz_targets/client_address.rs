@@ -17,6 +17,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let stranger: IpAddr = "203.0.113.1".parse().expect("ip");
-    assert_eq!(real_client(stranger, &headers, |ip| ip.is_loopback()), stranger);
-    let _ = real_client("127.0.0.1".parse().expect("ip"), &headers, |ip| ip.is_loopback());
+    assert_eq!(
+        real_client(stranger, &headers, |ip| ip.is_loopback()),
+        stranger
+    );
+    let _ = real_client("127.0.0.1".parse().expect("ip"), &headers, |ip| {
+        ip.is_loopback()
+    });
 });

@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
         SystemTime::now(),
     );
     if matches!(decision.storability, Storability::Store { .. }) {
-        assert!(![400, 401, 404, 405, 429, 500].contains(&status), "stored a {status}");
+        assert!(
+            ![400, 401, 404, 405, 429, 500].contains(&status),
+            "stored a {status}"
+        );
     }
     if let Vary::Headers(names) = vary::of(&headers, &["x-forwarded-proto"]) {
         assert!(names.iter().all(|n| n != "cookie" && n != "authorization"));
