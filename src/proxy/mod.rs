@@ -404,6 +404,8 @@ impl Floodgate {
                         "the request body did not arrive within {} s\n",
                         limits.request_body_timeout_secs
                     );
+                    // The rest of the body may still come: the connection cannot be reused.
+                    session.set_keepalive(None);
                     respond::plain(session, 408, &body, &[("connection", "close")]).await?;
                     return Ok(true);
                 }
