@@ -230,3 +230,27 @@ async fn broken_origin_answers_are_never_stored_and_release_their_slot() {
     assert_eq!(after.status, 200);
     assert_eq!(after.body.len(), 10_000);
 }
+
+#[tokio::test]
+async fn a_get_right_after_a_head_miss_of_a_large_page_does_not_wait_for_it() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start(origin.addr).await;
+    // Large pages: the HEAD's answer is done long before its fill has read the body.
+    // The GET behind it used to wait out the whole coalescing wait (30 s) on its lock.
+    let big = "<p>product</p>".repeat(100_000);
+    for i in 0..5 {
+        let path = format!("/head-then-get-{i}.html");
+        origin.set(&path, Page::cacheable(big.clone()));
+        let url = fg.url(&path);
+        let head = client().head(&url).send().await.expect("HEAD answered");
+        assert_eq!(head.status(), 200);
+        let get = client()
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("the GET after a HEAD is answered without waiting on the HEAD's fill");
+        assert_eq!(get.status(), 200);
+        assert_eq!(get.bytes().await.expect("body").len(), big.len());
+    }
+}

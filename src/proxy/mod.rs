@@ -570,9 +570,13 @@ impl ProxyHttp for Floodgate {
         overrides.wait_timeout = Some(Duration::from_secs(ctx.rt.config.cache.coalesce_wait_secs));
         // A page subrequest runs for a request that already holds this key's lock: it
         // must not wait for it. Others' requests keep waiting on that lock.
+        // A HEAD is answered before its fill (fetched as GET) has read the body, and
+        // Pingora then leaves the fill to the connection: a GET waiting on that lock
+        // waited out `coalesce_wait_secs` behind a large page. A HEAD never holds it.
+        let head = session.req_header().method == http::Method::HEAD;
         let lock = match ctx.esi_role {
             Some(Role::Page { .. }) => None,
-            _ if marked => None,
+            _ if marked || head => None,
             _ => Some(self.lock),
         };
         session
