@@ -16,6 +16,14 @@ use tokio::net::TcpStream;
 
 const VISITOR: &str = "198.51.100.7";
 
+/// Runs the `floodgate` command line, as an operator would.
+fn floodgate_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(args)
+        .output()
+        .expect("run the CLI")
+}
+
 fn purge_req(fg: &Floodgate) -> reqwest::RequestBuilder {
     client()
         .request(reqwest::Method::from_bytes(b"PURGE").unwrap(), fg.url("/"))
@@ -482,26 +490,21 @@ async fn an_admin_token_is_required_when_configured() {
     );
     assert_eq!(get(&fg.admin_url("/metrics")).await.status, 200);
     // The CLI sends it from --token-file.
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args([
-            "purge",
-            "--all",
-            "--admin",
-            &fg.admin_url(""),
-            "--token-file",
-        ])
-        .arg(&token_file)
-        .output()
-        .expect("run the CLI");
+    let token = token_file.display().to_string();
+    let cli = floodgate_cli(&[
+        "purge",
+        "--all",
+        "--admin",
+        &fg.admin_url(""),
+        "--token-file",
+        &token,
+    ]);
     assert!(
         cli.status.success(),
         "{}",
         String::from_utf8_lossy(&cli.stderr)
     );
-    let without = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(["purge", "--all", "--admin", &fg.admin_url("")])
-        .output()
-        .expect("run the CLI");
+    let without = floodgate_cli(&["purge", "--all", "--admin", &fg.admin_url("")]);
     assert!(!without.status.success());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -590,10 +593,7 @@ async fn purge_everything_removes_untagged_objects_too() {
     // Magento's `.*` keeps untagged objects.
     assert_eq!(send(purge_req(&fg)).await.status, 200);
     assert_eq!(get(&untagged).await.cache_debug(), "HIT");
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(["purge", "--everything", "--admin", &fg.admin_url("")])
-        .output()
-        .expect("run the CLI");
+    let cli = floodgate_cli(&["purge", "--everything", "--admin", &fg.admin_url("")]);
     assert!(
         cli.status.success(),
         "{}",
