@@ -254,3 +254,61 @@ async fn a_get_right_after_a_head_miss_of_a_large_page_does_not_wait_for_it() {
         assert_eq!(get.bytes().await.expect("body").len(), big.len());
     }
 }
+
+/// Item 5: a text page reaches the visitor as the origin sends it, up to its first ESI
+/// marker, on a cacheable miss and on a passed route, to clients with and without gzip;
+/// the rest is assembled when it has come. The origin holds its rest until the test has
+/// seen the start arrive, so a page held whole would time out here.
+#[tokio::test]
+async fn a_text_page_streams_to_the_visitor_up_to_its_first_esi_marker() {
+    use common::broken::{Breakage, BrokenOrigin};
+    let origin = BrokenOrigin::start().await;
+    let fg = Floodgate::start(origin.addr).await;
+    for (path, gzip) in [
+        ("/paused", false),
+        ("/checkout/paused", false),
+        ("/paused-gz", true),
+        ("/checkout/paused-gz", true),
+    ] {
+        origin.break_with(path, Breakage::Paused);
+        let mut request = client().get(fg.url(path));
+        if gzip {
+            request = request.header("accept-encoding", "gzip");
+        }
+        let mut resp = request.send().await.expect("answered");
+        assert_eq!(resp.status(), 200, "{path}");
+        let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{path}: nothing arrived while the origin held the rest"))
+            .expect("read")
+            .expect("a first chunk");
+        let mut body = first.to_vec();
+        if !gzip {
+            assert!(
+                String::from_utf8_lossy(&first).contains("first part"),
+                "{path}: the start of the page came first"
+            );
+        }
+        origin.release(path);
+        while let Some(chunk) = resp.chunk().await.expect("the rest") {
+            body.extend_from_slice(&chunk);
+        }
+        if gzip {
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+                .expect("one valid gzip stream");
+            body = plain;
+        }
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.starts_with("<html><body><h1>first part</h1>"),
+            "{path}: {body}"
+        );
+        assert!(body.ends_with("</body></html>"), "{path}");
+        assert!(!body.contains("<esi:"), "{path}: the include was processed");
+        assert!(
+            body.contains(&"x".repeat(10_000)),
+            "{path}: the fragment spliced in"
+        );
+    }
+}

@@ -113,6 +113,18 @@ impl Assembly {
         if req.method == http::Method::HEAD {
             return None;
         }
+        Self::continuing(session, template, settings, gzip.then(Stitcher::default)).await
+    }
+
+    /// Starts the assembly of `template` as the rest of a page whose start already left
+    /// (`streaming`), continuing its gzip stream `gzip` (`None`: identity).
+    pub async fn continuing(
+        session: &Session,
+        template: Arc<Template>,
+        settings: &Settings<'_>,
+        gzip: Option<Stitcher>,
+    ) -> Option<Assembly> {
+        let req = session.req_header();
         let spawner = session.subrequest_spawner.as_ref()?;
         let page = Page {
             req,
@@ -123,11 +135,11 @@ impl Assembly {
             depth: settings.depth,
             config: settings.config,
             max_bytes: settings.max_bytes,
-            gzip,
+            gzip: gzip.is_some(),
             metrics: settings.metrics,
             budget: &settings.budget,
         };
-        Some(Self::start(template, &page, settings.cache, spawner).await)
+        Some(Self::start(template, &page, settings.cache, spawner, gzip).await)
     }
 
     /// Resolves every include and starts what has to be fetched: each one is left out
@@ -138,6 +150,7 @@ impl Assembly {
         page: &Page<'_>,
         cache: &dyn FragmentCache,
         spawner: &SubrequestSpawner,
+        gzip: Option<Stitcher>,
     ) -> Assembly {
         let path = page.page_path();
         let mut fragments = VecDeque::with_capacity(template.include_count());
@@ -184,7 +197,7 @@ impl Assembly {
             template,
             next: 0,
             fragments,
-            gzip: page.gzip.then(Stitcher::default),
+            gzip,
             finished: false,
         }
     }

@@ -21,6 +21,7 @@ pub mod budget;
 pub mod fragment;
 pub mod gzip;
 pub mod origin_page;
+pub mod streaming;
 pub mod template;
 
 use std::io::Read;

@@ -12,8 +12,8 @@ use memchr::memmem;
 
 use super::gzip::Piece;
 
-const ESI_TAG: &[u8] = b"<esi:";
-const ESI_COMMENT_OPEN: &[u8] = b"<!--esi";
+pub(super) const ESI_TAG: &[u8] = b"<esi:";
+pub(super) const ESI_COMMENT_OPEN: &[u8] = b"<!--esi";
 const COMMENT_CLOSE: &[u8] = b"-->";
 const REMOVE_CLOSE: &[u8] = b"</esi:remove>";
 const INCLUDE_CLOSE: &[u8] = b"</esi:include>";

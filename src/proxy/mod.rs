@@ -965,6 +965,20 @@ impl ProxyHttp for Floodgate {
         if ctx.esi_hit && serves_stored_body {
             self.assemble_hit(session, resp, ctx).await;
         }
+        // A page's text goes to its wrapper as stored: the wrapper streams it in the
+        // client's encoding itself, while Pingora's inflating would hold every chunk back
+        // until the next one arrives.
+        if matches!(ctx.esi_role, Some(Role::Page { .. }))
+            && resp.status != http::StatusCode::PARTIAL_CONTENT
+            && esi::applies_to(resp)
+        {
+            if let Some(compression) = session
+                .downstream_modules_ctx
+                .get_mut::<ResponseCompression>()
+            {
+                compression.adjust_decompression(false);
+            }
+        }
         Ok(())
     }
 

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::io::Write;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,12 +27,22 @@ pub enum Breakage {
     HugeHeaders,
     /// The headers, then nothing, ever.
     StallAfterHeaders,
+    /// A chunked `text/html` page (gzip if asked): its first part at once, the rest (with
+    /// an ESI include of `/paused-fragment`) only once `release` is called for the path.
+    Paused,
 }
 
 #[derive(Default)]
 struct State {
     modes: HashMap<String, Breakage>,
     hits: HashMap<String, u64>,
+    gates: HashMap<String, Arc<tokio::sync::Notify>>,
+}
+
+impl State {
+    fn gate(&mut self, path: &str) -> Arc<tokio::sync::Notify> {
+        self.gates.entry(path.to_string()).or_default().clone()
+    }
 }
 
 pub struct BrokenOrigin {
@@ -58,6 +70,11 @@ impl BrokenOrigin {
             .unwrap()
             .modes
             .insert(path.to_string(), how);
+    }
+
+    /// Lets one `Paused` answer of `path` send its rest.
+    pub fn release(&self, path: &str) {
+        self.state.lock().unwrap().gate(path).notify_one();
     }
 
     pub fn hits(&self, path: &str) -> u64 {
@@ -137,6 +154,49 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                 answer.push_str("Content-Length: 2\r\n\r\nok");
                 let _ = stream.write_all(answer.as_bytes()).await;
                 return;
+            }
+            Breakage::Paused => {
+                // Gzip when asked, as nginx in front of PHP-FPM does, flushed at the pause.
+                let gzip = text.to_ascii_lowercase().contains("accept-encoding: gzip");
+                let gate = state.lock().unwrap().gate(&path);
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+                let mut part = |text: &str, last: bool| -> Vec<u8> {
+                    if !gzip {
+                        return text.as_bytes().to_vec();
+                    }
+                    encoder.write_all(text.as_bytes()).expect("gzip to memory");
+                    if last {
+                        encoder.try_finish().expect("gzip to memory");
+                    } else {
+                        encoder.flush().expect("gzip to memory");
+                    }
+                    std::mem::take(encoder.get_mut())
+                };
+                let first = part("<html><body><h1>first part</h1>", false);
+                let rest = part(
+                    "<esi:include src=\"/paused-fragment\"/></body></html>",
+                    true,
+                );
+                let encoding = if gzip {
+                    "Content-Encoding: gzip\r\n"
+                } else {
+                    ""
+                };
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=UTF-8\r\nCache-Control: public, max-age=1, s-maxage=1\r\n{encoding}Transfer-Encoding: chunked\r\n\r\n");
+                let mut answer = format!("{head}{:x}\r\n", first.len()).into_bytes();
+                answer.extend_from_slice(&first);
+                answer.extend_from_slice(b"\r\n");
+                if stream.write_all(&answer).await.is_err() {
+                    return;
+                }
+                gate.notified().await;
+                let mut answer = format!("{:x}\r\n", rest.len()).into_bytes();
+                answer.extend_from_slice(&rest);
+                answer.extend_from_slice(b"\r\n0\r\n\r\n");
+                if stream.write_all(&answer).await.is_err() {
+                    return;
+                }
             }
             Breakage::StallAfterHeaders => {
                 let _ = stream
