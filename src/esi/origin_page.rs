@@ -110,9 +110,9 @@ async fn fetch(
                     out = Some(Out::Header(resp));
                     continue;
                 }
-                out = Some(Out::Streaming(
+                out = Some(Out::Streaming(Box::new(
                     start_stream(session, resp, &data, max_bytes).await?,
-                ));
+                )));
             }
             (Some(Out::Streaming(mut stream)), HttpTask::Body(data, end)) => {
                 if let Some(data) = data {
@@ -137,7 +137,7 @@ async fn fetch(
                     if end {
                         return finish_stream(session, stream.body, esi).await;
                     }
-                    out = Some(Out::Streaming(stream));
+                    out = Some(Out::Streaming(Box::new(stream)));
                 } else if end {
                     return assemble(session, resp, body.freeze(), esi).await;
                 } else {
@@ -207,7 +207,7 @@ enum Out {
     /// Held whole until its end.
     Held(Box<ResponseHeader>, BytesMut),
     /// Its header and start have left.
-    Streaming(Stream),
+    Streaming(Box<Stream>),
 }
 
 struct Stream {
