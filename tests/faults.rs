@@ -231,19 +231,27 @@ async fn broken_origin_answers_are_never_stored_and_release_their_slot() {
     assert_eq!(after.body.len(), 10_000);
 }
 
+/// Item 11: a HEAD miss leaves the page stored, as Varnish's does: the GET right after it
+/// is a hit, for a small page and for a large one (whose body takes longer to read than
+/// the HEAD's answer), and it never waits on the HEAD's fill.
 #[tokio::test]
-async fn a_get_right_after_a_head_miss_of_a_large_page_does_not_wait_for_it() {
+async fn a_get_right_after_a_head_miss_is_a_hit() {
     let origin = TestOrigin::start().await;
     let fg = Floodgate::start(origin.addr).await;
-    // Large pages: the HEAD's answer is done long before its fill has read the body.
-    // The GET behind it used to wait out the whole coalescing wait (30 s) on its lock.
     let big = "<p>product</p>".repeat(100_000);
-    for i in 0..5 {
+    for i in 0..10 {
         let path = format!("/head-then-get-{i}.html");
-        origin.set(&path, Page::cacheable(big.clone()));
+        let body = if i % 2 == 0 {
+            big.clone()
+        } else {
+            format!("<p>small {i}</p>")
+        };
+        origin.set(&path, Page::cacheable(body.clone()));
         let url = fg.url(&path);
         let head = client().head(&url).send().await.expect("HEAD answered");
         assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["x-magento-cache-debug"], "MISS");
+        assert!(head.bytes().await.expect("HEAD").is_empty(), "a HEAD has no body");
         let get = client()
             .get(&url)
             .timeout(Duration::from_secs(5))
@@ -251,7 +259,13 @@ async fn a_get_right_after_a_head_miss_of_a_large_page_does_not_wait_for_it() {
             .await
             .expect("the GET after a HEAD is answered without waiting on the HEAD's fill");
         assert_eq!(get.status(), 200);
-        assert_eq!(get.bytes().await.expect("body").len(), big.len());
+        assert_eq!(
+            get.headers()["x-magento-cache-debug"], "HIT",
+            "{path}: the HEAD left the page stored"
+        );
+        assert_eq!(get.bytes().await.expect("body").len(), body.len());
+        assert_eq!(origin.hits(&path), 1, "{path}: one origin request for both");
+        assert_eq!(origin.last(&path).expect("seen").method, "GET");
     }
 }
 

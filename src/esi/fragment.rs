@@ -14,6 +14,41 @@ use pingora::proxy::PreparedSubrequest;
 
 use super::{ViewBudget, CACHED_HEADER};
 
+/// A session that reads as `req` sent for `path_and_query`, for a subrequest: Pingora's
+/// subrequests copy the raw request of the session they are made from. `client` is the
+/// visitor's address, which that session does not have: it is added to
+/// `X-Forwarded-For` as the origin request of the visitor's own would have it.
+pub async fn replay(
+    mut req: RequestHeader,
+    path_and_query: &[u8],
+    client: Option<std::net::IpAddr>,
+) -> Option<ServerSession> {
+    if let Some(client) = client {
+        let forwarded = match req.headers.get("x-forwarded-for") {
+            Some(prior) => format!("{}, {client}", String::from_utf8_lossy(prior.as_bytes())),
+            None => client.to_string(),
+        };
+        req.insert_header("x-forwarded-for", forwarded).ok()?;
+    }
+    let mut raw = Vec::with_capacity(512);
+    raw.extend_from_slice(req.method.as_str().as_bytes());
+    raw.push(b' ');
+    raw.extend_from_slice(path_and_query);
+    raw.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers.iter() {
+        raw.extend_from_slice(name.as_str().as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(value.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+    let mut session = ServerSession::new_http1(Box::new(std::io::Cursor::new(raw)));
+    match session.read_request().await {
+        Ok(true) => Some(session),
+        _ => None,
+    }
+}
+
 /// What a subrequest is for; travels in Pingora's subrequest context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -117,8 +152,7 @@ impl Target {
     /// A subrequest copies its parent's request as it arrived (raw bytes), so one made
     /// from the page's session and re-pointed later would leave anything Pingora derives
     /// from it (a background refresh of a stale fragment) asking for the page.
-    /// `client` is the visitor's address, which that session does not have: it is added
-    /// to `X-Forwarded-For` as the origin request of a page would have it.
+    /// `client` is the visitor's address (see `replay`).
     pub async fn session(
         &self,
         page_req: &RequestHeader,
@@ -126,30 +160,7 @@ impl Target {
     ) -> Option<ServerSession> {
         let mut req = page_req.clone();
         self.rewrite(&mut req).ok()?;
-        if let Some(client) = client {
-            let forwarded = match req.headers.get("x-forwarded-for") {
-                Some(prior) => format!("{}, {client}", String::from_utf8_lossy(prior.as_bytes())),
-                None => client.to_string(),
-            };
-            req.insert_header("x-forwarded-for", forwarded).ok()?;
-        }
-        let mut raw = Vec::with_capacity(512);
-        raw.extend_from_slice(req.method.as_str().as_bytes());
-        raw.push(b' ');
-        raw.extend_from_slice(self.path_and_query.as_bytes());
-        raw.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in req.headers.iter() {
-            raw.extend_from_slice(name.as_str().as_bytes());
-            raw.extend_from_slice(b": ");
-            raw.extend_from_slice(value.as_bytes());
-            raw.extend_from_slice(b"\r\n");
-        }
-        raw.extend_from_slice(b"\r\n");
-        let mut session = ServerSession::new_http1(Box::new(std::io::Cursor::new(raw)));
-        match session.read_request().await {
-            Ok(true) => Some(session),
-            _ => None,
-        }
+        replay(req, self.path_and_query.as_bytes(), client).await
     }
 
     /// Turns a copy of the page's request into the fragment's: GET, its URL and Host,

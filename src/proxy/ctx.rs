@@ -52,6 +52,9 @@ pub struct RequestCtx {
     pub esi_role: Option<Role>,
     /// Pingora's background refresh of a stale object: nobody reads its response.
     pub background: bool,
+    /// The GET made to answer a client's HEAD (`head_fill`): the client's request in
+    /// every respect but its body, which nobody reads.
+    pub head_fill: bool,
     /// The stored hit is an ESI template that this request assembles.
     pub esi_hit: bool,
     /// Served by running the request again as a subrequest and assembling its response;
@@ -92,6 +95,7 @@ impl RequestCtx {
             stale_reason: None,
             esi_role: None,
             background: false,
+            head_fill: false,
             esi_hit: false,
             wrapped: false,
             client: None,
@@ -108,10 +112,12 @@ impl RequestCtx {
     }
 
     /// Whether this request assembles the ESI of its own response: not when a wrapper
-    /// assembles it (a page subrequest), nor when nobody reads it (a background refresh).
+    /// assembles it (a page subrequest), nor when nobody reads it (a background refresh,
+    /// the GET of a HEAD).
     pub fn assembles_esi(&self) -> bool {
         self.rt.config.esi.enabled
             && !self.background
+            && !self.head_fill
             && !matches!(self.esi_role, Some(Role::Page { .. }))
     }
 }

@@ -3,6 +3,7 @@
 
 mod ctx;
 mod fresh_fragments;
+mod head_fill;
 pub mod proxy_protocol;
 mod respond;
 pub mod runtime;
@@ -512,7 +513,15 @@ impl ProxyHttp for Floodgate {
                 .user_ctx()
                 .and_then(|u| u.downcast_ref::<Role>())
                 .cloned();
-            ctx.background = ctx.esi_role.is_none();
+            let head_fill = sub
+                .user_ctx()
+                .and_then(|u| u.downcast_ref::<head_fill::HeadFill>())
+                .copied();
+            if let Some(fill) = head_fill {
+                ctx.head_fill = true;
+                ctx.arrived = fill.arrived;
+            }
+            ctx.background = ctx.esi_role.is_none() && head_fill.is_none();
         }
         if let Some(Role::Page { arrived, .. }) = &ctx.esi_role {
             ctx.arrived = *arrived;
@@ -554,8 +563,8 @@ impl ProxyHttp for Floodgate {
         Ok(false)
     }
 
-    fn allow_spawning_subrequest(&self, _session: &Session, ctx: &RequestCtx) -> bool {
-        ctx.rt.config.esi.enabled
+    fn allow_spawning_subrequest(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        ctx.rt.config.esi.enabled || session.req_header().method == http::Method::HEAD
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -570,9 +579,8 @@ impl ProxyHttp for Floodgate {
         overrides.wait_timeout = Some(Duration::from_secs(ctx.rt.config.cache.coalesce_wait_secs));
         // A page subrequest runs for a request that already holds this key's lock: it
         // must not wait for it. Others' requests keep waiting on that lock.
-        // A HEAD is answered before its fill (fetched as GET) has read the body, and
-        // Pingora then leaves the fill to the connection: a GET waiting on that lock
-        // waited out `coalesce_wait_secs` behind a large page. A HEAD never holds it.
+        // A HEAD's miss is filled by a GET subrequest (`head_fill`), which holds the
+        // lock for it; the HEAD itself never does.
         let head = session.req_header().method == http::Method::HEAD;
         let lock = match ctx.esi_role {
             Some(Role::Page { .. }) => None,
@@ -670,6 +678,17 @@ impl ProxyHttp for Floodgate {
             return Err(e);
         }
         let req = session.req_header();
+        if req.method == http::Method::HEAD
+            && ctx.route == Route::Lookup
+            && ctx.esi_role.is_none()
+            && !ctx.background
+            && session.subrequest_spawner.is_some()
+        {
+            // Answered from a GET read to its end, so the page is stored behind it.
+            ctx.wrapped = true;
+            head_fill::serve(session, ctx.arrived, ctx.client).await?;
+            return Ok(false);
+        }
         let wraps = ctx.assembles_esi()
             && req.method == http::Method::GET
             && !req.headers.contains_key(http::header::UPGRADE)
