@@ -88,6 +88,7 @@ pub fn build(
         // A fetch can run for the first-byte timeout, plus time for its body.
         Duration::from_secs(config.origin.first_byte_timeout_secs + 60),
     )));
+    store.set_keep_purged_secs(config.purge.keep_purged_secs);
     let marks: &'static HitForMissMarks = Box::leak(Box::new(HitForMissMarks::new(
         HIT_FOR_MISS_CAPACITY,
         Duration::from_secs(config.cache.uncacheable_ttl_secs),
@@ -143,6 +144,7 @@ pub fn build(
         overrides,
         runtime.clone(),
         origins.clone(),
+        store,
         metrics.clone(),
     ));
     server.add_service(background_service(

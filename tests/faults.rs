@@ -251,7 +251,10 @@ async fn a_get_right_after_a_head_miss_is_a_hit() {
         let head = client().head(&url).send().await.expect("HEAD answered");
         assert_eq!(head.status(), 200);
         assert_eq!(head.headers()["x-magento-cache-debug"], "MISS");
-        assert!(head.bytes().await.expect("HEAD").is_empty(), "a HEAD has no body");
+        assert!(
+            head.bytes().await.expect("HEAD").is_empty(),
+            "a HEAD has no body"
+        );
         let get = client()
             .get(&url)
             .timeout(Duration::from_secs(5))
@@ -260,7 +263,8 @@ async fn a_get_right_after_a_head_miss_is_a_hit() {
             .expect("the GET after a HEAD is answered without waiting on the HEAD's fill");
         assert_eq!(get.status(), 200);
         assert_eq!(
-            get.headers()["x-magento-cache-debug"], "HIT",
+            get.headers()["x-magento-cache-debug"],
+            "HIT",
             "{path}: the HEAD left the page stored"
         );
         assert_eq!(get.bytes().await.expect("body").len(), body.len());

@@ -392,3 +392,91 @@ async fn purge_and_warm_commands() {
     assert!(out.contains("400"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `purge.keep_purged_secs`, the middle road between hard and soft purges: a purged
+/// page's old copy is served (marked, counted) only where the visitor would otherwise
+/// get Floodgate's 503 (the limiter sheds the request, the origin is down), and never
+/// while the origin can answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_copy_is_served_only_where_the_alternative_is_a_503() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start_with(
+        origin.addr,
+        no_warm()
+            .purge("keep_purged_secs = 60")
+            .limits("max_inflight = 1")
+            .limits("max_wait_ms = 300"),
+    )
+    .await;
+    let page = "/kept-9.html";
+    let version = |v: &str| Page::cacheable(v.to_string()).header("x-magento-tags", "cat_p_9");
+    let purge = || async {
+        let answer =
+            send(purge_req(&fg).header("x-magento-tags-pattern", tags_pattern(&["cat_p_9"]))).await;
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.text().contains("purged 1 objects"),
+            "{}",
+            answer.text()
+        );
+    };
+    origin.set(page, version("v1"));
+    assert_eq!(get(&fg.url(page)).await.text(), "v1");
+
+    // The origin answers: the new page, never the kept copy.
+    origin.set(page, version("v2"));
+    purge().await;
+    let fresh = get(&fg.url(page)).await;
+    assert_eq!(fresh.text(), "v2");
+    assert_eq!(fresh.cache_debug(), "MISS");
+    assert!(fresh.header("x-floodgate-purged-copy").is_none());
+    assert_eq!(origin.hits(page), 2);
+
+    // Purged again; then the only origin slot is taken by a slow page and the queue's
+    // wait runs out: the kept copy instead of the 503 an uncached page gets.
+    origin.set(page, version("v3"));
+    purge().await;
+    origin.set(
+        "/slow-9.html",
+        Page::cacheable("slow").delay(Duration::from_secs(3)),
+    );
+    let slow_url = fg.url("/slow-9.html");
+    let slow = tokio::spawn(async move { get(&slow_url).await });
+    assert!(
+        eventually(Duration::from_secs(5), || origin.hits("/slow-9.html") == 1).await,
+        "the slow page took the slot"
+    );
+    let kept = get(&fg.url(page)).await;
+    assert_eq!(kept.status, 200);
+    assert_eq!(kept.text(), "v2", "the purged page's kept copy");
+    assert_eq!(kept.header("x-floodgate-purged-copy"), Some("1"));
+    assert_eq!(get(&fg.url("/never-9.html")).await.status, 503);
+    assert!(fg.metric("floodgate_purged_copies_served_total").await >= 1.0);
+    assert_eq!(origin.hits(page), 2, "the busy origin was not asked");
+    assert_eq!(slow.await.expect("slow page").status, 200);
+
+    // The origin down: the kept copy at once. Back: the new page.
+    origin.set_unhealthy(true);
+    while fg.metric("floodgate_origin_healthy").await != 0.0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let down = get(&fg.url(page)).await;
+    assert_eq!(down.text(), "v2");
+    assert_eq!(down.header("x-floodgate-purged-copy"), Some("1"));
+    origin.set_unhealthy(false);
+    while fg.metric("floodgate_origin_healthy").await != 1.0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = get(&fg.url(page)).await;
+    assert_eq!(back.text(), "v3");
+    assert!(back.header("x-floodgate-purged-copy").is_none());
+    // v3 was stored and is purged; a kept copy is not purged (or counted) twice.
+    purge().await;
+    let again =
+        send(purge_req(&fg).header("x-magento-tags-pattern", tags_pattern(&["cat_p_9"]))).await;
+    assert!(
+        again.text().contains("purged 0 objects"),
+        "{}",
+        again.text()
+    );
+}

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::cache::MemoryStore;
 use crate::config::{self, Config, Overrides};
 use crate::metrics::Metrics;
 use crate::proxy::Runtime;
@@ -37,6 +38,7 @@ pub struct Reloader {
     overrides: Overrides,
     runtime: Arc<ArcSwap<Runtime>>,
     origins: Arc<Origins>,
+    store: &'static MemoryStore,
     metrics: Arc<Metrics>,
     /// The configuration the process started with: restart-only keys are compared to it.
     started_with: Config,
@@ -50,6 +52,7 @@ impl Reloader {
         overrides: Overrides,
         runtime: Arc<ArcSwap<Runtime>>,
         origins: Arc<Origins>,
+        store: &'static MemoryStore,
         metrics: Arc<Metrics>,
     ) -> Self {
         let started_with = runtime.load().config.clone();
@@ -59,6 +62,7 @@ impl Reloader {
             overrides,
             runtime,
             origins,
+            store,
             metrics,
             started_with,
             busy: Mutex::new(()),
@@ -90,6 +94,8 @@ impl Reloader {
         let config = config::load(Some(path), &self.overrides).map_err(|e| e.to_string())?;
         let runtime = Runtime::new(config.clone()).map_err(|e| format!("{e:#}"))?;
         self.origins.reconfigure(&config.limits)?;
+        self.store
+            .set_keep_purged_secs(config.purge.keep_purged_secs);
         self.runtime.store(Arc::new(runtime));
         Ok(Reloaded {
             hash: config_hash(&config),

@@ -16,6 +16,8 @@ pub mod wire;
 pub use compact_header::CompactHeader;
 pub use hit_for_miss::HitForMissMarks;
 pub use identity::RequestIdentity;
-pub use store::{FetchStarted, MemoryStore, ParseEsi, StoredHit, StoredObject, VisitorFetch};
+pub use store::{
+    FetchStarted, MemoryStore, ParseEsi, StoredHit, StoredObject, VisitorFetch, PURGED_COPY_HEADER,
+};
 pub use tags::Tags;
 pub use variants::{VariantVerdict, Variants};

@@ -110,11 +110,17 @@ pub struct StoredObject {
     pub heat: Heat,
     /// Set by `MemoryStore::put`; tells index entries of successive objects apart.
     generation: u64,
+    /// A purged page's copy kept as a last resort (`purged`).
+    purged_copy: bool,
 }
 
 /// Headers that are never stored: tags live beside the object, and the body's framing
 /// is decided again from its exact length.
 const NOT_STORED: &[&str] = &["x-magento-tags", "transfer-encoding", "content-length"];
+
+/// Marks the copy of a purged page kept as a last resort (`purge.keep_purged_secs`): it
+/// travels in the stored header, so every response served from it says so.
+pub const PURGED_COPY_HEADER: &str = "x-floodgate-purged-copy";
 
 impl StoredObject {
     /// Stores `header` with the freshness of `freshness`; `body` is complete.
@@ -175,6 +181,7 @@ impl StoredObject {
             piece: std::sync::OnceLock::new(),
             heat: Heat::default(),
             generation: 0,
+            purged_copy: false,
         }
     }
 
@@ -199,6 +206,39 @@ impl StoredObject {
         );
         expired.template = self.template.clone();
         expired
+    }
+
+    /// The same object purged but kept `keep_secs` as a last resort: expired, with no
+    /// grace (never served while a refresh runs), servable only where the origin cannot
+    /// answer (stale-if-error), and marked.
+    fn purged(&self, keep_secs: u32) -> Self {
+        let now = SystemTime::now() - Duration::from_secs(1);
+        let header = match self.header.unpack() {
+            Ok(mut header) => match header.insert_header(PURGED_COPY_HEADER, "1") {
+                Ok(()) => CompactHeader::pack(&header, &[], &[]),
+                Err(_) => self.header.clone(),
+            },
+            Err(_) => self.header.clone(),
+        };
+        let mut purged = Self::restored(
+            self.fresh_until.min(now),
+            self.updated.min(now),
+            0,
+            keep_secs,
+            header,
+            self.body.clone(),
+            self.tags.clone(),
+            self.pool.clone(),
+            self.identity.clone(),
+        );
+        purged.template = self.template.clone();
+        purged.purged_copy = true;
+        purged
+    }
+
+    /// Whether this is a purged page's copy kept as a last resort.
+    pub fn is_purged_copy(&self) -> bool {
+        self.purged_copy
     }
 
     /// This object spliced into a page as an ESI fragment, or `None` when it cannot be
@@ -302,6 +342,8 @@ pub struct MemoryStore {
     evictions: Arc<AtomicU64>,
     /// The second tier shared by the nodes in Redis, when configured.
     shared: std::sync::OnceLock<Arc<SharedTier>>,
+    /// How long a hard purge keeps the old copy as a last resort (0: removed at once).
+    keep_purged_secs: AtomicU32,
 }
 
 impl MemoryStore {
@@ -336,7 +378,13 @@ impl MemoryStore {
             shared: std::sync::OnceLock::new(),
             recent_purges: RecentPurges::new(longest_fetch),
             generation: AtomicU64::new(1),
+            keep_purged_secs: AtomicU32::new(0),
         }
+    }
+
+    /// `purge.keep_purged_secs`: set at start and on every reload.
+    pub fn set_keep_purged_secs(&self, secs: u32) {
+        self.keep_purged_secs.store(secs, Ordering::Relaxed);
     }
 
     /// A fetch of `key` ended without storing anything: other nodes stop waiting for it.
@@ -411,8 +459,17 @@ impl MemoryStore {
     /// Removes (hard) or expires (soft) `keys`; returns the objects as they were.
     pub async fn invalidate(&self, keys: &[HashBinary], soft: bool) -> Vec<Arc<StoredObject>> {
         let mut invalidated = Vec::with_capacity(keys.len());
+        let keep = self.keep_purged_secs.load(Ordering::Relaxed);
         for key in keys {
-            if soft {
+            if !soft && keep > 0 {
+                // Kept as a last resort; one purged already is not purged again.
+                if let Some(object) = self.objects.get(key).await {
+                    if !object.is_purged_copy() {
+                        self.put(*key, object.purged(keep)).await;
+                        invalidated.push(object);
+                    }
+                }
+            } else if soft {
                 if let Some(object) = self.objects.get(key).await {
                     if object.is_fresh() {
                         self.put(*key, object.expired()).await;

@@ -166,6 +166,12 @@ impl Config {
             }
         }
         crate::purge::PurgeAcl::new(&self.purge.allow).map_err(|e| invalid("purge.allow", e))?;
+        if self.purge.keep_purged_secs > 86_400 {
+            return Err(invalid(
+                "purge.keep_purged_secs",
+                "must be at most 86400 (a day): a purged copy is a last resort, not a cache",
+            ));
+        }
         if !(self.warm.rate_per_sec > 0.0 && self.warm.rate_per_sec <= 100_000.0) {
             return Err(invalid(
                 "warm.rate_per_sec",

@@ -133,6 +133,10 @@ pub struct PurgeSection {
     /// Expire instead of remove: the next visitor gets the page stale while one refresh
     /// runs. A request can ask for it with `X-Floodgate-Purge: soft`.
     pub soft: bool,
+    /// A hard purge keeps the old copy this long as a last resort, served only where the
+    /// alternative is Floodgate's own 503 (the origin is down, failing, or the limiter
+    /// sheds the request), never while the origin can answer. 0: removed at once.
+    pub keep_purged_secs: u32,
 }
 
 impl Default for PurgeSection {
@@ -140,6 +144,7 @@ impl Default for PurgeSection {
         Self {
             allow: vec!["127.0.0.1".into(), "::1".into()],
             soft: false,
+            keep_purged_secs: 0,
         }
     }
 }

@@ -87,6 +87,7 @@ pub struct Metrics {
     coalesced: IntCounter,
     coalesce_wait: Histogram,
     background_refreshes: IntCounter,
+    purged_copies_served: IntCounter,
     unavailable: IntCounterVec,
     origin_first_byte: Histogram,
     origin_response: Histogram,
@@ -238,6 +239,11 @@ impl Metrics {
             &r,
             "floodgate_background_refreshes_total",
             "Origin fetches that refreshed a stale object while it was being served",
+        )?;
+        let purged_copies_served = counter(
+            &r,
+            "floodgate_purged_copies_served_total",
+            "Responses served from a purged page's copy kept as a last resort (purge.keep_purged_secs) instead of a 503",
         )?;
         let unavailable = counter_vec(
             &r,
@@ -468,6 +474,7 @@ impl Metrics {
             coalesced,
             coalesce_wait,
             background_refreshes,
+            purged_copies_served,
             unavailable,
             origin_first_byte,
             origin_response,
@@ -526,6 +533,11 @@ impl Metrics {
 
     pub fn background_refresh(&self) {
         self.background_refreshes.inc();
+    }
+
+    /// A purged page's kept copy went out instead of a 503.
+    pub fn purged_copy_served(&self) {
+        self.purged_copies_served.inc();
     }
 
     /// A 503 written by Floodgate; `reason` is `origin_failed` or a shed reason.

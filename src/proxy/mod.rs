@@ -34,7 +34,7 @@ use arc_swap::ArcSwap;
 use crate::cache::hit_for_miss::REASON_NOT_STORED;
 use crate::cache::{
     FetchStarted, HitForMissMarks, MemoryStore, ParseEsi, RequestIdentity, StoredHit, Tags,
-    VariantVerdict, Variants, VisitorFetch,
+    VariantVerdict, Variants, VisitorFetch, PURGED_COPY_HEADER,
 };
 use crate::esi::{self, Assembly, Role};
 use crate::metrics::{Metrics, Outcome};
@@ -606,7 +606,7 @@ impl ProxyHttp for Floodgate {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
@@ -636,7 +636,14 @@ impl ProxyHttp for Floodgate {
             return Ok(Some(ForcedFreshness::ForceFresh));
         }
         let class = self.class(session, ctx);
-        ctx.stale_reason = self.origins.stale_reason(class);
+        // A purged page's kept copy is not served because the origin is busy, only when
+        // it cannot answer at all: a busy origin queues the request, and only if the
+        // limiter sheds it does the copy go out instead of the 503.
+        let purged_copy = meta.headers().contains_key(PURGED_COPY_HEADER);
+        ctx.stale_reason = self
+            .origins
+            .stale_reason(class)
+            .filter(|reason| !purged_copy || *reason != StaleReason::Overloaded);
         Ok(ctx.stale_reason.map(|_| ForcedFreshness::ForceFresh))
     }
 
@@ -981,6 +988,9 @@ impl ProxyHttp for Floodgate {
                 | CachePhase::Revalidated
                 | CachePhase::RevalidatedNoCache(_)
         );
+        if serves_stored_body && resp.headers.contains_key(PURGED_COPY_HEADER) {
+            self.metrics.purged_copy_served();
+        }
         if ctx.esi_hit && serves_stored_body {
             self.assemble_hit(session, resp, ctx).await;
         }
