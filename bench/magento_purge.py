@@ -34,7 +34,7 @@ def send(host, port, pattern):
     conn.request("PURGE", "/", headers={"X-Magento-Tags-Pattern": pattern})
     body = conn.getresponse().read().decode(errors="replace")
     conn.close()
-    m = re.search(r"purged (\d+) objects.* in ([\d.]+) ms", body)
+    m = re.search(r"(?:purged|expired) (\d+) objects.* in ([\d.]+) ms", body)
     return (int(m.group(1)), float(m.group(2)) / 1000) if m else (0, 0.0)
 
 

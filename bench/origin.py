@@ -118,6 +118,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.fpm(parsed)
         return self.render(parsed)
 
+    def do_POST(self):
+        # A cart POST (bench/rehearsal.py): rendered like a page, through the pool.
+        length = int(self.headers.get("Content-Length", 0) or 0)
+        if length:
+            self.rfile.read(length)
+        self.do_GET()
+
     def fpm(self, parsed):
         with LOCK:
             waiting = STATS["concurrency"] - POOL_SIZE

@@ -1,6 +1,6 @@
 //! Edge Side Includes: Magento replaces every layout block with a `ttl` (the top menu)
 //! by `<esi:include src=…/>` when its cache is Varnish, and expects the cache in front
-//! to splice the fragment in (contract section 6).
+//! to splice the fragment in (docs/magento-cache-protocol.md, section 6).
 //!
 //! The way through Floodgate:
 //! - `template`: a `text/*` body is parsed once, when it is stored; the store keeps the

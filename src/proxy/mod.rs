@@ -100,7 +100,7 @@ impl Floodgate {
         }
     }
 
-    /// Answers Magento's PURGE (contract section 3).
+    /// Answers Magento's PURGE (docs/magento-cache-protocol.md, section 3).
     async fn purge(
         &self,
         session: &mut Session,

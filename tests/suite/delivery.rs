@@ -1,6 +1,6 @@
-//! Contract section 4: what the browser receives.
+//! docs/magento-cache-protocol.md, section 4: what the browser receives.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -1,7 +1,7 @@
-//! Contract section 5: stale within grace with one background refresh, stale while the
+//! docs/magento-cache-protocol.md, section 5: stale within grace with one background refresh, stale while the
 //! origin is down or erroring, and 503 with Retry-After when nothing is stored.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

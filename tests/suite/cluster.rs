@@ -2,7 +2,7 @@
 //! node, including one that was cut off or restarting, and Redis going away never fails
 //! a client request.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,6 +68,23 @@ async fn start_node(origin: std::net::SocketAddr, settings: Settings) -> Floodga
         Duration::from_secs(5),
     )
     .await;
+    node
+}
+
+/// Starts a node and fails the test unless it reaches Redis within 5 s.
+async fn start_connected_node(origin: std::net::SocketAddr, settings: Settings) -> Floodgate {
+    let node = Floodgate::start_with(origin, settings).await;
+    assert!(
+        until_metric(
+            &node,
+            "floodgate_redis_connected",
+            1.0,
+            Duration::from_secs(5)
+        )
+        .await
+        .is_some(),
+        "the node did not reach Redis"
+    );
     node
 }
 
@@ -225,13 +242,15 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
                 } else {
                     node.url(&format!("/fresh-{w}-{i}.html"))
                 };
-                match client().get(url).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                // A success is a 200 whose body arrived whole (reqwest checks the length).
+                let whole = match client().get(url).send().await {
+                    Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                if whole {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
             }
@@ -303,17 +322,30 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
 async fn a_node_restarted_after_a_purge_does_not_serve_the_purged_page() {
     let redis = RedisServer::start().await;
     let origin = tagged_origin().await;
-    let a = start_node(origin.addr, node_settings(&redis, &[])).await;
-    let b = start_node(origin.addr, node_settings(&redis, &[])).await;
-    shop(&a, "/p1.html").await;
+    let a = start_connected_node(origin.addr, node_settings(&redis, &[])).await;
+    let b = start_connected_node(origin.addr, node_settings(&redis, &[])).await;
+    assert_eq!(shop(&a, "/p1.html").await.cache_debug(), "MISS");
+    // A's copy is in the shared tier: without the purge, the restarted A would hit it.
+    assert!(
+        until_metric(
+            &a,
+            "floodgate_shared_writes_total",
+            1.0,
+            Duration::from_secs(5)
+        )
+        .await
+        .is_some(),
+        "A's copy reached Redis"
+    );
     let hits_before = origin.hits("/p1.html");
     drop(a); // stopped
-    send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
+    let purged = send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
     origin.set(
         "/p1.html",
         Page::cacheable("p1 v2").header("x-magento-tags", "cat_p_1"),
     );
-    let a = start_node(origin.addr, node_settings(&redis, &[])).await;
+    let a = start_connected_node(origin.addr, node_settings(&redis, &[])).await;
     let got = shop(&a, "/p1.html").await;
     assert_eq!((got.text().as_str(), got.cache_debug()), ("p1 v2", "MISS"));
     assert_eq!(origin.hits("/p1.html"), hits_before + 1);

@@ -1,6 +1,6 @@
 //! The admin listener's Prometheus metrics count what clients actually got.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

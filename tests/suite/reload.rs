@@ -1,7 +1,7 @@
 //! Hot reload: SIGHUP (or `POST /reload`) applies a new configuration to the next request
 //! without dropping the cache or a connection; a bad file changes nothing.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

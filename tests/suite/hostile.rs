@@ -6,7 +6,7 @@
 //! a test poses as a visitor by naming it in `X-Forwarded-For`, as a TLS terminator on
 //! the same host would; the PROXY protocol listener shows an untrusted peer.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

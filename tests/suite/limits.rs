@@ -2,7 +2,7 @@
 //! queue in front is bounded and ordered by class, and what cannot be served in time
 //! gets its stale copy or a 503 with Retry-After, never a 502.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -185,13 +185,23 @@ async fn a_full_queue_sheds_the_surplus_at_once_with_503() {
             .limits("max_wait_ms = 20000"),
     )
     .await;
-    let results: Vec<Got> = {
-        let mut out = Vec::new();
-        for task in misses(&fg, "surplus", 10) {
-            out.push(task.await.expect("request"));
-        }
-        out
-    };
+    // In the order the answers arrive: the surplus is refused before the first of the
+    // served pages (700 ms each at the origin) is done, i.e. it did not wait.
+    let mut arriving = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let url = fg.url(&format!("/surplus-{i}.html"));
+        arriving.spawn(async move { get(&url).await });
+    }
+    let mut results: Vec<Got> = Vec::new();
+    while let Some(got) = arriving.join_next().await {
+        results.push(got.expect("request"));
+    }
+    let order: Vec<u16> = results.iter().map(|g| g.status).collect();
+    assert_eq!(
+        order,
+        [503, 503, 503, 503, 503, 503, 503, 200, 200, 200],
+        "every shed answer came before the first served page"
+    );
     let served = results.iter().filter(|g| g.status == 200).count();
     let shed: Vec<&Got> = results.iter().filter(|g| g.status == 503).collect();
     assert_eq!(served + shed.len(), 10, "only 200 or 503, never 502");

@@ -1,6 +1,6 @@
 //! Request coalescing: concurrent misses for one page make one origin request.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
-//! Contract section 6: Edge Side Includes, as Magento emits them for the top menu.
+//! docs/magento-cache-protocol.md, section 6: Edge Side Includes, as Magento emits them for the top menu.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::time::Duration;

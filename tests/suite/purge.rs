@@ -1,6 +1,6 @@
-//! Contract section 3: Magento's PURGE, answered from the tag index; and the re-warmer.
+//! docs/magento-cache-protocol.md, section 3: Magento's PURGE, answered from the tag index; and the re-warmer.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -23,8 +23,16 @@ fn tags_pattern(tags: &[&str]) -> String {
         .join("|")
 }
 
+/// Whether `url` is served from the cache: a HIT, or else a MISS (anything else, an
+/// error status included, fails the test rather than counting as "not cached").
 async fn is_cached(fg: &Floodgate, url: &str) -> bool {
-    get(&fg.url(url)).await.cache_debug() == "HIT"
+    let got = get(&fg.url(url)).await;
+    assert_eq!(got.status, 200, "{url}: a page, not an error");
+    match got.cache_debug() {
+        "HIT" => true,
+        "MISS" => false,
+        other => panic!("{url}: X-Magento-Cache-Debug {other}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

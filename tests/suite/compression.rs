@@ -1,7 +1,7 @@
-//! Contract section 7: gzip towards the origin and in the store, plain text for clients
+//! docs/magento-cache-protocol.md, section 7: gzip towards the origin and in the store, plain text for clients
 //! that do not accept it; a HEAD miss is fetched as GET.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 

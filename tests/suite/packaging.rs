@@ -2,7 +2,7 @@
 //! and the Debian package's asset list must be valid and must match what Floodgate
 //! actually exposes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

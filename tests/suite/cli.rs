@@ -1,6 +1,6 @@
 //! The `floodgate` command line: check-config and the demo a newcomer runs first.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! listening sockets over from the running one, which drains and exits; clients under
 //! load see no failed request.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,10 +46,19 @@ async fn no_request_fails_while_a_new_binary_takes_over() {
                     format!("/page-{w}-{i}.html")
                 };
                 match client.get(format!("{url_base}{path}")).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
+                    // A success is a 200 whose body arrived whole (reqwest checks the length).
+                    Ok(r) if r.status() == 200 => match r.bytes().await {
+                        Ok(_) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors
+                                .lock()
+                                .expect("errors")
+                                .push(format!("{path}: body cut short: {e}"));
+                        }
+                    },
                     Ok(r) => {
                         failed.fetch_add(1, Ordering::Relaxed);
                         errors

@@ -1,6 +1,6 @@
 //! The admin API: health and readiness, and the operations as JSON, used by the CLI.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

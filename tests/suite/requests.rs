@@ -1,7 +1,7 @@
-//! Contract section 1: which requests are cached, passed or tunnelled, how URLs are
+//! docs/magento-cache-protocol.md, section 1: which requests are cached, passed or tunnelled, how URLs are
 //! normalised and what varies the cache key.
 
-mod common;
+use crate::common;
 
 use common::*;
 
