@@ -5,7 +5,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, TlsCertificates, Value};
 
-use crate::config::RedisSection;
+use crate::config::{invalid, ConfigError, RedisSection};
 
 /// A standalone Redis (one URL) or a Redis Cluster (several seed URLs, comma-separated).
 #[derive(Clone)]
@@ -73,12 +73,15 @@ impl ConnectionLike for Connection {
 /// an ACL user; several URLs, comma-separated, are the seed nodes of a Redis Cluster.
 /// With `redis.tls_ca_file`, the server's certificate must chain to that CA (a private
 /// one); otherwise to the system's trusted roots.
-pub fn client(config: &RedisSection) -> anyhow::Result<Client> {
+pub fn client(config: &RedisSection) -> Result<Client, ConfigError> {
     let certs = if config.tls_ca_file.is_empty() {
         None
     } else {
         let root_cert = std::fs::read(&config.tls_ca_file).map_err(|e| {
-            anyhow::anyhow!("redis.tls_ca_file: cannot read {}: {e}", config.tls_ca_file)
+            invalid(
+                "redis.tls_ca_file",
+                format!("cannot read {}: {e}", config.tls_ca_file),
+            )
         })?;
         Some(TlsCertificates {
             client_tls: None,
@@ -93,7 +96,7 @@ pub fn client(config: &RedisSection) -> anyhow::Result<Client> {
         };
         return client
             .map(Client::Single)
-            .map_err(|e| anyhow::anyhow!("redis.url: {e}"));
+            .map_err(|e| invalid("redis.url", e.to_string()));
     }
     let mut builder = redis::cluster::ClusterClientBuilder::new(urls);
     if let Some(certs) = certs {
@@ -102,7 +105,7 @@ pub fn client(config: &RedisSection) -> anyhow::Result<Client> {
     builder
         .build()
         .map(Client::Cluster)
-        .map_err(|e| anyhow::anyhow!("redis.url (cluster seeds): {e}"))
+        .map_err(|e| invalid("redis.url", format!("cluster seeds: {e}")))
 }
 
 /// Runs independent commands concurrently on one multiplexed connection (it pipelines

@@ -1,6 +1,6 @@
 //! The `floodgate` command: run the proxy, check a configuration, or try the demo.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -8,6 +8,7 @@ use pingora::services::listening::Service;
 
 use floodgate::config::{self, LogFormat, Overrides};
 use floodgate::demo::DemoOrigin;
+use floodgate::proxy::Runtime;
 use floodgate::warm;
 
 // The hit path allocates many small header strings; mimalloc handles that pattern
@@ -209,10 +210,9 @@ fn main() -> ExitCode {
             };
             run(config, &overrides, false, upgrade)
         }
-        Command::CheckConfig { config } => match config::load(Some(&config), &Overrides::default())
-        {
-            Ok(config) => {
-                print!("{}", config.to_toml());
+        Command::CheckConfig { config } => match load(Some(&config), &Overrides::default()) {
+            Ok(runtime) => {
+                print!("{}", runtime.config.to_toml());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -375,14 +375,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration at `path` (or the defaults) with `overrides`, checked and compiled:
+/// everything it describes is built once, or the error names the key at fault.
+fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Runtime, config::ConfigError> {
+    config::load(path, overrides).and_then(Runtime::compile)
+}
+
 fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool, upgrade: bool) -> ExitCode {
-    let config = match config::load(path.as_deref(), overrides) {
-        Ok(config) => config,
+    let runtime = match load(path.as_deref(), overrides) {
+        Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("floodgate: {e}");
             return ExitCode::from(2);
         }
     };
+    let config = runtime.config.clone();
     init_logs(&config.log.level, config.log.format);
     // Pingora retries a bind that fails for half a minute and then leaves a process that
     // serves nothing; a listener that cannot be had ends the start at once instead (an
@@ -418,7 +425,7 @@ fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool, upgrade: bool) 
     let listen = config.server.listen[0].clone();
     let origin = config.origin.addresses[0].clone();
     let admin = config.server.admin_listen.clone();
-    let mut server = match floodgate::server::build(config, path, overrides.clone(), upgrade) {
+    let mut server = match floodgate::server::build(runtime, path, overrides.clone(), upgrade) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("floodgate: cannot start: {e:#}");

@@ -18,7 +18,7 @@ use crate::admin::reload::{ReloadOnHangup, Reloader};
 use crate::admin::Admin;
 use crate::cache::shared_tier::SharedTier;
 use crate::cache::{HitForMissMarks, MemoryStore, Variants};
-use crate::config::{Config, Overrides};
+use crate::config::Overrides;
 use crate::metrics::Metrics;
 use crate::proxy::proxy_protocol::ProxyProtocolService;
 use crate::proxy::{Floodgate, Runtime, Shared};
@@ -30,18 +30,19 @@ use crate::warm::{WarmQueue, Warmer};
 /// Keys remembered as hit-for-miss at most (about 100 bytes each).
 const HIT_FOR_MISS_CAPACITY: u64 = 1_000_000;
 
-/// Builds a ready-to-run server for `config`, read from `path` with `overrides` (which a
-/// reload applies again); services may still be added before `run`.
+/// Builds a ready-to-run server for `runtime` (its configuration read from `path` with
+/// `overrides`, which a reload applies again); services may still be added before `run`.
 ///
 /// With `upgrade`, the listening sockets are taken over from the running Floodgate that
 /// shares this configuration's `runtime_dir` once it receives SIGQUIT (Pingora's
 /// graceful upgrade): no connection is refused during a binary upgrade.
 pub fn build(
-    config: Config,
+    runtime: Runtime,
     path: Option<PathBuf>,
     overrides: Overrides,
     upgrade: bool,
 ) -> anyhow::Result<Server> {
+    let config = runtime.config.clone();
     let threads = match config.server.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -78,7 +79,7 @@ pub fn build(
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);
-    let (origins, health_probe) = Origins::new(&config, metrics.clone())?;
+    let (origins, health_probe) = Origins::new(&config, runtime.classes.clone(), metrics.clone())?;
     let origins = Arc::new(origins);
     server.add_service(health_probe);
 
@@ -118,27 +119,27 @@ pub fn build(
         warm_queue.clone(),
         Duration::from_secs(config.warm.hot_window_secs),
     ));
-    let bus = if config.redis.url.is_empty() {
-        None
-    } else {
+    let bus = if let Some(client) = runtime.redis.clone() {
         let shared = if config.redis.shared_cache {
-            let shared = SharedTier::new(&config.redis, metrics.clone())?;
+            let shared = SharedTier::new(&config.redis, client.clone(), metrics.clone());
             store.attach_shared(shared.clone());
             purger.attach_shared(shared.clone());
             Some(shared)
         } else {
             None
         };
-        let bus = PurgeBus::new(&config.redis, purger.clone(), metrics.clone())?;
+        let bus = PurgeBus::new(&config.redis, client, purger.clone(), metrics.clone());
         purger.attach_bus(bus.clone());
         server.add_service(background_service(
             "purge bus",
             PurgeBusService(bus.clone(), shared),
         ));
         Some(bus)
+    } else {
+        None
     };
 
-    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())?));
+    let runtime = Arc::new(ArcSwap::from_pointee(runtime));
     let reloader = Arc::new(Reloader::new(
         path,
         overrides,

@@ -1,13 +1,10 @@
-//! Hot reload: re-read the config file on SIGHUP or `POST /reload`, and swap what the
-//! request path uses without dropping a connection or the cache.
+//! Hot reload: re-read the config file on SIGHUP or `POST /reload`, compile it, and swap
+//! what the request path uses without dropping a connection or the cache.
 //!
-//! What applies at once: `magento.*`, `purge.*`, `limits.*` and the per-request
-//! `cache.*` keys (TTLs, grace, keep, coalescing wait, gzip, object size). What needs a
-//! restart, because it shaped a listener, a pool or a store when they were built:
-//! `server.*`, `origin.*`, `warm.*`, `redis.*`, `log.level`/`log.format`,
-//! `cache.memory_bytes` and the hit-for-miss lifetimes.
-//! Those are reported, not applied. A file that does not load or validate changes
-//! nothing: the old configuration keeps serving, and the failure is logged and counted.
+//! Which keys apply at once and which need a restart is stated on the model
+//! (`Config::restart_only_changes`); those are reported, not applied. A file that does
+//! not load, validate or compile changes nothing: the old configuration keeps serving,
+//! and the failure is logged and counted.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -92,14 +89,15 @@ impl Reloader {
             return Err("no config file to reload: Floodgate was started without -c".into());
         };
         let config = config::load(Some(path), &self.overrides).map_err(|e| e.to_string())?;
-        let runtime = Runtime::new(config.clone()).map_err(|e| format!("{e:#}"))?;
-        self.origins.reconfigure(&config.limits)?;
+        let runtime = Runtime::compile(config.clone()).map_err(|e| e.to_string())?;
+        self.origins
+            .reconfigure(&config.limits, runtime.classes.clone());
         self.store
             .set_keep_purged_secs(config.purge.keep_purged_secs);
         self.runtime.store(Arc::new(runtime));
         Ok(Reloaded {
             hash: config_hash(&config),
-            needs_restart: restart_only_changes(&self.started_with, &config),
+            needs_restart: self.started_with.restart_only_changes(&config),
         })
     }
 }
@@ -109,41 +107,6 @@ pub fn config_hash(config: &Config) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     config.to_toml().hash(&mut hasher);
     format!("{:016x}", hasher.finish())
-}
-
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    // trusted_proxies, admin_token_file and admin_hosts are read per request.
-    let (o, n) = (&old.server, &new.server);
-    if o.listen != n.listen
-        || o.admin_listen != n.admin_listen
-        || o.threads != n.threads
-        || o.runtime_dir != n.runtime_dir
-        || o.proxy_protocol_listen != n.proxy_protocol_listen
-    {
-        changed.push("server");
-    }
-    if old.origin != new.origin {
-        changed.push("origin");
-    }
-    if old.warm != new.warm {
-        changed.push("warm");
-    }
-    if old.redis != new.redis {
-        changed.push("redis");
-    }
-    if old.log.level != new.log.level || old.log.format != new.log.format {
-        changed.push("log.level/log.format");
-    }
-    if old.cache.memory_bytes != new.cache.memory_bytes {
-        changed.push("cache.memory_bytes");
-    }
-    if old.cache.uncacheable_ttl_secs != new.cache.uncacheable_ttl_secs
-        || old.cache.private_uncacheable_ttl_secs != new.cache.private_uncacheable_ttl_secs
-    {
-        changed.push("cache.*uncacheable_ttl_secs");
-    }
-    changed
 }
 
 /// Reloads on SIGHUP, as `systemctl reload` sends it.
@@ -185,7 +148,7 @@ mod tests {
         new.server.threads = 7;
         new.limits.max_inflight = 3;
         new.magento.pass_url_patterns = vec!["^/x".into()];
-        assert_eq!(restart_only_changes(&old, &new), vec!["server"]);
+        assert_eq!(old.restart_only_changes(&new), vec!["server"]);
         assert_ne!(config_hash(&old), config_hash(&new));
         assert_eq!(config_hash(&old), config_hash(&Config::default()));
     }

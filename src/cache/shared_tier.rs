@@ -63,9 +63,10 @@ fn hex(key: &HashBinary) -> String {
 }
 
 impl SharedTier {
-    pub fn new(config: &RedisSection, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
-        Ok(Arc::new(Self {
-            client: crate::cluster::client(config)?,
+    /// The tier in Redis through `client` (the runtime's, for `redis.url`).
+    pub fn new(config: &RedisSection, client: Client, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            client,
             prefix: config.key_prefix.clone(),
             timeout: Duration::from_millis(config.timeout_ms),
             max_object_bytes: config.shared_max_object_bytes,
@@ -83,7 +84,7 @@ impl SharedTier {
             ),
             flushed_at: std::sync::atomic::AtomicU64::new(0),
             writes: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES)),
-        }))
+        })
     }
 
     /// The connection if there is one. Never waits: without one it starts connecting in

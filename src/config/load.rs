@@ -19,7 +19,9 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+/// The error for `key`, invalid because of `reason`; also for what `Runtime::compile`
+/// finds when it builds the objects the configuration describes.
+pub fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         reason: reason.into(),
@@ -165,7 +167,6 @@ impl Config {
                 ));
             }
         }
-        crate::purge::PurgeAcl::new(&self.purge.allow).map_err(|e| invalid("purge.allow", e))?;
         if self.purge.keep_purged_secs > 86_400 {
             return Err(invalid(
                 "purge.keep_purged_secs",
@@ -187,15 +188,6 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("`{}`: {e}", self.log.level)))?;
         if !self.redis.url.is_empty() {
-            crate::cluster::client(&self.redis).map_err(|e| {
-                let text = e.to_string();
-                let key = if text.starts_with("redis.tls_ca_file") {
-                    "redis.tls_ca_file"
-                } else {
-                    "redis.url"
-                };
-                invalid(key, text)
-            })?;
             if self.redis.coalesce && self.redis.coalesce_wait_ms == 0 {
                 return Err(invalid("redis.coalesce_wait_ms", "must be at least 1 ms"));
             }
@@ -242,8 +234,6 @@ impl Config {
         if limits.adaptive && limits.slow_response_ms == 0 {
             return Err(invalid("limits.slow_response_ms", "must be at least 1 ms"));
         }
-        crate::upstream::Classes::new(limits).map_err(|(key, reason)| invalid(&key, reason))?;
-        crate::upstream::ShedPages::load(limits).map_err(|(key, reason)| invalid(&key, reason))?;
         for pattern in &self.magento.pass_url_patterns {
             regex::Regex::new(pattern)
                 .map_err(|e| invalid("magento.pass_url_patterns", format!("`{pattern}`: {e}")))?;
@@ -256,8 +246,6 @@ impl Config {
                 )
             })?;
         }
-        crate::purge::PurgeAcl::new(&self.server.trusted_proxies)
-            .map_err(|e| invalid("server.trusted_proxies", e))?;
         for addr in &self.server.proxy_protocol_listen {
             check_socket_addr("server.proxy_protocol_listen", addr)?;
         }

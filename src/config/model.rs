@@ -18,6 +18,49 @@ pub struct Config {
     pub esi: EsiSection,
 }
 
+impl Config {
+    /// The keys changed from `self` to `new` that only take effect after a restart,
+    /// because they shaped a listener, a pool or a store when it was built: the
+    /// listeners and threads of `server` (its ACL-like keys are read per request),
+    /// `origin`, `warm`, `redis`, the log's level and format, `cache.memory_bytes` and
+    /// the hit-for-miss lifetimes. Every other key applies at the next request.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let old = self;
+        let mut changed = Vec::new();
+        // trusted_proxies, admin_token_file and admin_hosts are read per request.
+        let (o, n) = (&old.server, &new.server);
+        if o.listen != n.listen
+            || o.admin_listen != n.admin_listen
+            || o.threads != n.threads
+            || o.runtime_dir != n.runtime_dir
+            || o.proxy_protocol_listen != n.proxy_protocol_listen
+        {
+            changed.push("server");
+        }
+        if old.origin != new.origin {
+            changed.push("origin");
+        }
+        if old.warm != new.warm {
+            changed.push("warm");
+        }
+        if old.redis != new.redis {
+            changed.push("redis");
+        }
+        if old.log.level != new.log.level || old.log.format != new.log.format {
+            changed.push("log.level/log.format");
+        }
+        if old.cache.memory_bytes != new.cache.memory_bytes {
+            changed.push("cache.memory_bytes");
+        }
+        if old.cache.uncacheable_ttl_secs != new.cache.uncacheable_ttl_secs
+            || old.cache.private_uncacheable_ttl_secs != new.cache.private_uncacheable_ttl_secs
+        {
+            changed.push("cache.*uncacheable_ttl_secs");
+        }
+        changed
+    }
+}
+
 /// Edge Side Includes, as Magento emits them for blocks with a `ttl` (the top menu).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -208,16 +208,14 @@ impl Floodgate {
         let req = session.req_header();
         // The re-warmer and background refreshes yield to every visitor.
         let class = if ctx.background || req.headers.contains_key(WARM_HEADER) {
-            self.origins.classes().warm()
+            ctx.rt.classes.warm()
         } else {
             let user_agent = req
                 .headers
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            self.origins
-                .classes()
-                .classify(&req.method, &ctx.url, user_agent)
+            ctx.rt.classes.classify(&req.method, &ctx.url, user_agent)
         };
         ctx.class = Some(class);
         class
@@ -229,7 +227,7 @@ impl Floodgate {
         let client = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
         let class = ctx
             .class
-            .map(|c| self.origins.classes().name(c).to_string())
+            .map(|c| ctx.rt.classes.name(c).to_string())
             .unwrap_or_default();
         tracing::info!(
             target: "floodgate::access",
@@ -420,7 +418,7 @@ impl Floodgate {
         let Some(client) = ctx.client.filter(|_| cap > 0) else {
             return Ok(());
         };
-        let wait = self.origins.classes().max_wait(class);
+        let wait = ctx.rt.classes.max_wait(class);
         match self.client_slots.acquire(client, cap, wait).await {
             Some(permit) => {
                 ctx.client_permit = Some(permit);
@@ -744,8 +742,7 @@ impl ProxyHttp for Floodgate {
                 if let (Some(key), None) = (ctx.key, shared) {
                     self.shed_fanout.record(key, shed);
                 }
-                self.metrics
-                    .shed(self.origins.classes().name(class), shed.label());
+                self.metrics.shed(ctx.rt.classes.name(class), shed.label());
                 let why = match shed {
                     Shed::QueueFull => "the origin's queue is full",
                     Shed::Timeout => "the request waited too long for a free origin slot",

@@ -91,12 +91,13 @@ pub struct PurgeBus {
 }
 
 impl PurgeBus {
+    /// The bus through `client` (the runtime's, for `redis.url`).
     pub fn new(
         config: &RedisSection,
+        client: Client,
         purger: Arc<Purger>,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Arc<Self>> {
-        let client = crate::cluster::client(config)?;
+    ) -> Arc<Self> {
         // The append script touches both keys: in a cluster they must share a slot.
         let stream = client.slot_tag(&format!("{}purges", config.key_prefix));
         let sequence = format!("{stream}:seq");
@@ -107,7 +108,7 @@ impl PurgeBus {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         );
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             client,
             stream,
             sequence,
@@ -121,7 +122,7 @@ impl PurgeBus {
             connected: AtomicBool::new(false),
             purger,
             metrics,
-        }))
+        })
     }
 
     /// Whether the last exchange with Redis worked.

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::services::background::{background_service, GenBackgroundService};
@@ -58,7 +57,6 @@ impl Pick for Balancer {
 pub struct Origins {
     balancer: Arc<Balancer>,
     limiter: Arc<Limiter>,
-    classes: ArcSwap<Classes>,
     maintenance: AtomicBool,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
@@ -69,6 +67,7 @@ impl Origins {
     /// caller adds the service to the server.
     pub fn new(
         config: &Config,
+        classes: Arc<Classes>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Self, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
         let origin = &config.origin;
@@ -80,16 +79,11 @@ impl Origins {
         balancer.parallel_health_check = true;
         let service = background_service("origin health probe", balancer);
         let balancer = Arc::new(Balancer(service.task()));
-        let classes = Arc::new(
-            Classes::new(&config.limits)
-                .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?,
-        );
-        let limiter = Limiter::new(&config.limits, classes.clone(), balancer.clone(), metrics);
+        let limiter = Limiter::new(&config.limits, classes, balancer.clone(), metrics);
         Ok((
             Self {
                 balancer,
                 limiter,
-                classes: ArcSwap::new(classes),
                 maintenance: AtomicBool::new(false),
                 connect_timeout: Duration::from_secs(origin.connect_timeout_secs),
                 first_byte_timeout: Duration::from_secs(origin.first_byte_timeout_secs),
@@ -98,20 +92,12 @@ impl Origins {
         ))
     }
 
-    pub fn classes(&self) -> Arc<Classes> {
-        self.classes.load_full()
-    }
-
-    /// Applies reloaded limits and priority classes to requests from now on, and to
-    /// those already queued.
-    pub fn reconfigure(&self, limits: &LimitsSection) -> Result<(), String> {
-        let classes =
-            Arc::new(Classes::new(limits).map_err(|(key, reason)| format!("{key}: {reason}"))?);
-        // The limiter learns the new classes before any request can be classified by
-        // them; a request classified by the old list meanwhile is clamped to it.
-        self.limiter.reconfigure(limits, classes.clone());
-        self.classes.store(classes);
-        Ok(())
+    /// Applies reloaded limits and priority classes (the reloaded runtime's) to requests
+    /// from now on, and to those already queued. Called before the runtime is swapped:
+    /// the limiter learns the new classes before any request can be classified by them;
+    /// a request classified by the old list meanwhile is clamped to it.
+    pub fn reconfigure(&self, limits: &LimitsSection, classes: Arc<Classes>) {
+        self.limiter.reconfigure(limits, classes);
     }
 
     /// Waits for a slot at a healthy origin; the permit must live until the origin is done.

@@ -41,6 +41,16 @@ fn check_config_names_the_bad_key_and_fails() {
             "magento.design_exceptions[0].user_agent",
         ),
         ("[cache]\nmemory_bytes = 10\n", "cache.memory_bytes"),
+        // Found when what the file describes is built (Runtime::compile).
+        ("[purge]\nallow = [\"not-an-ip\"]\n", "purge.allow"),
+        (
+            "[[limits.class]]\nname = \"x\"\npaths = [\"(\"]\n",
+            "limits.class[0].paths",
+        ),
+        (
+            "[redis]\nurl = \"redis://127.0.0.1:1\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+            "redis.tls_ca_file",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));
