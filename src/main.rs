@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pingora::services::listening::Service;
 
+use floodgate::cli;
 use floodgate::config::{self, LogFormat, Overrides};
 use floodgate::demo::DemoOrigin;
 use floodgate::proxy::Runtime;
-use floodgate::warm;
 
 // The hit path allocates many small header strings; mimalloc handles that pattern
 // markedly better than glibc malloc (measured with bench/run.sh).
@@ -232,14 +232,14 @@ fn main() -> ExitCode {
             url,
         } => {
             let Some(url) = url else {
-                let token = match floodgate::admin::client::token(token_file.as_deref()) {
+                let token = match cli::admin::token(token_file.as_deref()) {
                     Ok(token) => token,
                     Err(e) => {
                         eprintln!("floodgate: --token-file: {e}");
                         return ExitCode::from(2);
                     }
                 };
-                let request = floodgate::admin::client::PurgeRequest {
+                let request = cli::admin::PurgeRequest {
                     tags,
                     pattern,
                     all,
@@ -256,11 +256,7 @@ fn main() -> ExitCode {
                     eprintln!("floodgate: say what to purge: --tags, --all, --everything, --pattern or --pool");
                     return ExitCode::from(2);
                 }
-                return match block_on(floodgate::admin::client::purge(
-                    &admin,
-                    token.as_deref(),
-                    &request,
-                )) {
+                return match block_on(cli::admin::purge(&admin, token.as_deref(), &request)) {
                     Ok(summary) => {
                         print!("{summary}");
                         ExitCode::SUCCESS
@@ -274,7 +270,7 @@ fn main() -> ExitCode {
             let pattern = if all {
                 Some(".*".to_string())
             } else if !tags.is_empty() {
-                Some(warm::cli::magento_pattern(&tags))
+                Some(cli::magento_pattern(&tags))
             } else {
                 pattern
             };
@@ -282,12 +278,7 @@ fn main() -> ExitCode {
                 eprintln!("floodgate: say what to purge: --tags, --all, --pattern or --pool");
                 return ExitCode::from(2);
             }
-            let result = block_on(warm::cli::purge(
-                &url,
-                pattern.as_deref(),
-                pool.as_deref(),
-                soft,
-            ));
+            let result = block_on(cli::purge(&url, pattern.as_deref(), pool.as_deref(), soft));
             match result {
                 Ok((200, body)) => {
                     print!("{body}");
@@ -309,7 +300,7 @@ fn main() -> ExitCode {
             concurrency,
             url,
             offload_header,
-        } => match block_on(warm::cli::warm(
+        } => match block_on(cli::warm(
             &url,
             &sitemap,
             rate,
@@ -338,18 +329,14 @@ fn main() -> ExitCode {
             token_file,
         } => {
             let on = state.map(|s| matches!(s, Switch::On));
-            let token = match floodgate::admin::client::token(token_file.as_deref()) {
+            let token = match cli::admin::token(token_file.as_deref()) {
                 Ok(token) => token,
                 Err(e) => {
                     eprintln!("floodgate: --token-file: {e}");
                     return ExitCode::from(2);
                 }
             };
-            match block_on(floodgate::admin::client::maintenance(
-                &admin,
-                token.as_deref(),
-                on,
-            )) {
+            match block_on(cli::admin::maintenance(&admin, token.as_deref(), on)) {
                 Ok(body) => {
                     print!("{body}");
                     ExitCode::SUCCESS

@@ -90,6 +90,8 @@ pub fn build(
         Duration::from_secs(config.origin.first_byte_timeout_secs + 60),
     )));
     store.set_keep_purged_secs(config.purge.keep_purged_secs);
+    // The store keeps each page's ESI template, parsed when it is stored.
+    store.set_deriver(Arc::new(crate::esi::EsiDeriver));
     let marks: &'static HitForMissMarks = Box::leak(Box::new(HitForMissMarks::new(
         HIT_FOR_MISS_CAPACITY,
         Duration::from_secs(config.cache.uncacheable_ttl_secs),

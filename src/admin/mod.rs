@@ -15,7 +15,6 @@
 //! Every operation (all but `/metrics` and the health checks) passes `guard` first: JSON
 //! only, no cross-site browser requests, a known `Host`, and the token when configured.
 
-pub mod client;
 mod guard;
 mod operations;
 pub mod reload;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{json_reply, Admin};
-use crate::warm::cli::magento_pattern;
+use crate::purge::pattern::magento_pattern;
 use crate::warm::sitemap;
 
 /// `POST /purge`: what to invalidate, as the CLI's flags say it.

@@ -1,8 +1,12 @@
 //! Where pages live: the in-memory store Pingora reads and fills, the tags each object
 //! carries and the index from tag to objects, the memory of recent purges, and the
 //! hit-for-miss marks that keep uncacheable pages out of the coalescing queue.
+//!
+//! Invariant: below ESI and the proxy. What they need of a stored body plugs in through
+//! `derived` (traits this module owns); nothing here imports them.
 
 pub mod compact_header;
+pub mod derived;
 pub mod hit_for_miss;
 pub mod identity;
 pub mod recent_purges;
@@ -14,10 +18,11 @@ pub mod variants;
 pub mod wire;
 
 pub use compact_header::CompactHeader;
+pub use derived::{BodySource, Derive, Derived, Deriver};
 pub use hit_for_miss::HitForMissMarks;
 pub use identity::RequestIdentity;
 pub use store::{
-    FetchStarted, MemoryStore, ParseEsi, StoredHit, StoredObject, VisitorFetch, PURGED_COPY_HEADER,
+    FetchStarted, MemoryStore, StoredHit, StoredObject, VisitorFetch, PURGED_COPY_HEADER,
 };
 pub use tags::Tags;
 pub use variants::{VariantVerdict, Variants};

@@ -30,17 +30,16 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use regex::Regex;
 
+use super::derived::{BodySource, Derive, Derived, Deriver};
 use super::recent_purges::RecentPurges;
 use super::shared_tier::SharedTier;
 use super::tag_index::TagIndex;
 use super::{CompactHeader, RequestIdentity, Tags};
-use crate::esi::gzip::Piece;
-use crate::esi::{Assembly, Template};
 
 /// Bookkeeping bytes per object beyond body, header and tags (key, Arc, moka node).
 const ENTRY_OVERHEAD: usize = 256;
-/// Largest body inflated to parse the ESI of a copy promoted from the shared tier, whose
-/// request's configuration is not known here: the default `cache.max_object_bytes`.
+/// Most bytes read to derive what a copy promoted from the shared tier needs (its ESI),
+/// whose request's configuration is not known here: the default `cache.max_object_bytes`.
 const PROMOTED_MAX_INFLATED: usize = 16 << 20;
 /// Tag-index bytes per tag of an object (map slot, key copy, generation).
 const INDEX_BYTES_PER_TAG: usize = 48;
@@ -53,11 +52,6 @@ pub struct FetchStarted(pub SystemTime);
 /// for "requested recently".
 #[derive(Debug, Clone, Copy)]
 pub struct VisitorFetch;
-
-/// Cache meta extension: parse the body's ESI when it is stored (ESI is on and the
-/// response is text); bodies inflate to at most this many bytes.
-#[derive(Clone, Copy)]
-pub struct ParseEsi(pub usize);
 
 /// How often and how lately an object was served, for the re-warmer's "hottest first".
 #[derive(Debug, Default)]
@@ -101,12 +95,13 @@ pub struct StoredObject {
     /// The response's `X-Pool` header, for Magento's pool purges.
     pub pool: Option<Box<str>>,
     pub identity: Option<Arc<RequestIdentity>>,
-    /// The body's ESI, parsed when it was stored; `None` for a body without any.
-    pub template: Option<Arc<Template>>,
-    /// The body as a piece of other pages, when it is an ESI fragment: compressed on its
-    /// first use. Not weighed (moka weighs at insert); a fragment's piece is about its
-    /// gzipped body, and fragments are few.
-    piece: std::sync::OnceLock<Option<Piece>>,
+    /// What the layer above worked out from the body when it was stored (its ESI
+    /// template); `None` for most bodies.
+    pub derived: Option<Arc<dyn Derived>>,
+    /// One value the layer above computes from the object on first use and keeps with it
+    /// (ESI: the body as a piece of other pages). Not weighed (moka weighs at insert);
+    /// it is about the gzipped body, and few objects have one.
+    memo: std::sync::OnceLock<Option<Box<dyn Any + Send + Sync>>>,
     pub heat: Heat,
     /// Set by `MemoryStore::put`; tells index entries of successive objects apart.
     generation: u64,
@@ -177,8 +172,8 @@ impl StoredObject {
             tags,
             pool,
             identity,
-            template: None,
-            piece: std::sync::OnceLock::new(),
+            derived: None,
+            memo: std::sync::OnceLock::new(),
             heat: Heat::default(),
             generation: 0,
             purged_copy: false,
@@ -204,7 +199,7 @@ impl StoredObject {
             self.pool.clone(),
             self.identity.clone(),
         );
-        expired.template = self.template.clone();
+        expired.derived = self.derived.clone();
         expired
     }
 
@@ -231,7 +226,7 @@ impl StoredObject {
             self.pool.clone(),
             self.identity.clone(),
         );
-        purged.template = self.template.clone();
+        purged.derived = self.derived.clone();
         purged.purged_copy = true;
         purged
     }
@@ -241,30 +236,14 @@ impl StoredObject {
         self.purged_copy
     }
 
-    /// This object spliced into a page as an ESI fragment, or `None` when it cannot be
-    /// as it is: an error status, a body past `max_bytes`, or includes of its own (those
-    /// are assembled by a request of its own).
-    pub fn splice_piece(&self, max_bytes: usize) -> Option<&Piece> {
-        if self.template.is_some() {
-            return None;
-        }
-        self.piece
-            .get_or_init(|| {
-                let header = self.header.unpack().ok()?;
-                if !header.status.is_success() {
-                    return None;
-                }
-                let gzipped = crate::esi::is_gzip(&header.headers);
-                let body = if gzipped {
-                    crate::esi::gunzip(&self.body, max_bytes).ok()?
-                } else if self.body.len() <= max_bytes {
-                    self.body.clone()
-                } else {
-                    return None;
-                };
-                Some(Piece::compress(&body, crate::esi::TEMPLATE_GZIP_LEVEL))
-            })
-            .as_ref()
+    /// The value `init` computes from this object, computed on first use and kept with
+    /// it; `None` when `init` gave none (or the one value kept is of another type: there
+    /// is one per object, for the one layer that keeps one).
+    pub fn memo<T: Any + Send + Sync>(&self, init: impl FnOnce(&Self) -> Option<T>) -> Option<&T> {
+        self.memo
+            .get_or_init(|| init(self).map(|v| Box::new(v) as Box<dyn Any + Send + Sync>))
+            .as_ref()?
+            .downcast_ref::<T>()
     }
 
     pub fn is_fresh(&self) -> bool {
@@ -290,7 +269,7 @@ impl StoredObject {
         let total = ENTRY_OVERHEAD
             + self.header.len_bytes()
             + self.body.len()
-            + self.template.as_ref().map_or(0, |t| t.len_bytes())
+            + self.derived.as_ref().map_or(0, |t| t.len_bytes())
             + self.tags.len_bytes()
             + self.tags.iter().count() * INDEX_BYTES_PER_TAG;
         total.min(u32::MAX as usize) as u32
@@ -344,6 +323,8 @@ pub struct MemoryStore {
     shared: std::sync::OnceLock<Arc<SharedTier>>,
     /// How long a hard purge keeps the old copy as a last resort (0: removed at once).
     keep_purged_secs: AtomicU32,
+    /// Works out what the layer above needs of a body (ESI's template), when set.
+    deriver: std::sync::OnceLock<Arc<dyn Deriver>>,
 }
 
 impl MemoryStore {
@@ -379,7 +360,22 @@ impl MemoryStore {
             recent_purges: RecentPurges::new(longest_fetch),
             generation: AtomicU64::new(1),
             keep_purged_secs: AtomicU32::new(0),
+            deriver: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Who derives what hits need of a body (ESI); set once, at start.
+    pub fn set_deriver(&self, deriver: Arc<dyn Deriver>) {
+        let _ = self.deriver.set(deriver);
+    }
+
+    fn derive(
+        &self,
+        header: &ResponseHeader,
+        body: &Bytes,
+        max_bytes: usize,
+    ) -> Option<Arc<dyn Derived>> {
+        self.deriver.get()?.derive(header, body, max_bytes)
     }
 
     /// `purge.keep_purged_secs`: set at start and on every reload.
@@ -533,10 +529,9 @@ impl MemoryStore {
         }
         let meta = object.meta()?;
         let mut object = object;
-        // The shared tier keeps bodies only; the template is this node's to parse.
-        object.template =
-            crate::esi::parse_stored(meta.response_header(), &object.body, PROMOTED_MAX_INFLATED);
-        let hit = StoredHit::new(object.body.clone(), object.template.clone());
+        // The shared tier keeps bodies only; what is derived from one is this node's work.
+        object.derived = self.derive(meta.response_header(), &object.body, PROMOTED_MAX_INFLATED);
+        let hit = StoredHit::new(object.body.clone(), object.derived.clone());
         self.put(hash, object).await;
         Ok(Some((meta, Box::new(hit))))
     }
@@ -557,7 +552,7 @@ impl Storage for MemoryStore {
         let meta = object.meta()?;
         Ok(Some((
             meta,
-            Box::new(StoredHit::new(object.body.clone(), object.template.clone())),
+            Box::new(StoredHit::new(object.body.clone(), object.derived.clone())),
         )))
     }
 
@@ -574,9 +569,9 @@ impl Storage for MemoryStore {
             .get::<FetchStarted>()
             .map_or_else(|| meta.created(), |s| s.0);
         let visitor = meta.extensions().get::<VisitorFetch>().is_some();
-        let parse_esi = meta.extensions().get::<ParseEsi>().map(|p| p.0);
+        let derive = meta.extensions().get::<Derive>().map(|d| d.0);
         Ok(Box::new(Miss {
-            parse_esi,
+            derive,
             identity,
             started,
             visitor,
@@ -626,7 +621,7 @@ impl Storage for MemoryStore {
             old.tags.clone(),
             old.identity.clone(),
         )?;
-        object.template = old.template.clone();
+        object.derived = old.derived.clone();
         self.put(hash, object).await;
         Ok(true)
     }
@@ -637,32 +632,34 @@ impl Storage for MemoryStore {
 }
 
 /// Serves one stored body; seekable, so Range requests are answered from the cache. A
-/// page with ESI is served assembled instead, once the proxy hands it an `Assembly`.
+/// body the layer above makes another way (an assembled ESI page) replaces it whole,
+/// once it is handed to the hit as a `BodySource`.
 pub struct StoredHit {
     body: Bytes,
     done: bool,
     start: usize,
     end: usize,
-    template: Option<Arc<Template>>,
+    derived: Option<Arc<dyn Derived>>,
     assembles: bool,
-    assembly: Option<Assembly>,
+    source: Option<Box<dyn BodySource>>,
 }
 
 impl StoredHit {
-    fn new(body: Bytes, template: Option<Arc<Template>>) -> Self {
+    fn new(body: Bytes, derived: Option<Arc<dyn Derived>>) -> Self {
         Self {
             end: body.len(),
             body,
             done: false,
             start: 0,
-            template,
+            derived,
             assembles: false,
-            assembly: None,
+            source: None,
         }
     }
 
-    pub fn template(&self) -> Option<&Arc<Template>> {
-        self.template.as_ref()
+    /// What was derived from the body when it was stored.
+    pub fn derived(&self) -> Option<&Arc<dyn Derived>> {
+        self.derived.as_ref()
     }
 
     /// The body will be assembled: byte ranges of the stored body mean nothing then.
@@ -670,16 +667,17 @@ impl StoredHit {
         self.assembles = true;
     }
 
-    pub fn assemble(&mut self, assembly: Assembly) {
-        self.assembly = Some(assembly);
+    /// The body comes from `source` instead of the store.
+    pub fn assemble(&mut self, source: Box<dyn BodySource>) {
+        self.source = Some(source);
     }
 }
 
 #[async_trait]
 impl HandleHit for StoredHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        if let Some(assembly) = &mut self.assembly {
-            return Ok(assembly.next_chunk().await);
+        if let Some(source) = &mut self.source {
+            return Ok(source.next_chunk().await);
         }
         if self.done {
             return Ok(None);
@@ -734,8 +732,8 @@ impl HandleHit for StoredHit {
 /// failed or cut fetch never leaves a truncated page behind.
 struct Miss {
     key: HashBinary,
-    /// Parse ESI, inflating to at most this many bytes.
-    parse_esi: Option<usize>,
+    /// Derive what the layer above needs of the body, reading at most this many bytes.
+    derive: Option<usize>,
     /// The response's freshness and header; taken when the object is stored.
     meta: Option<CacheMeta>,
     tags: Tags,
@@ -776,9 +774,10 @@ impl HandleMiss for Miss {
             tags,
             self.identity.take(),
         )?;
-        if let Some(max_bytes) = self.parse_esi {
-            object.template =
-                crate::esi::parse_stored(meta.response_header(), &object.body, max_bytes);
+        if let Some(max_bytes) = self.derive {
+            object.derived = self
+                .store
+                .derive(meta.response_header(), &object.body, max_bytes);
         }
         if self
             .store

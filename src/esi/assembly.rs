@@ -20,7 +20,7 @@ use super::fragment::{self, Role, Target};
 use super::gzip::{Piece, Stitcher};
 use super::template::{Include, Segment, Template};
 use super::{accepts_gzip, prepare_assembled_header, ViewBudget, PER_REQUEST_GZIP_LEVEL};
-use crate::cache::StoredObject;
+use crate::cache::{BodySource, StoredObject};
 use crate::config::EsiSection;
 use crate::metrics::{FragmentResult, Metrics};
 
@@ -205,6 +205,10 @@ impl Assembly {
     /// The next stretch of the page: everything that is ready, in one chunk (one write
     /// to the client), up to a fragment still being fetched; `None` at the end.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        self.next_stretch().await
+    }
+
+    async fn next_stretch(&mut self) -> Option<Bytes> {
         let mut out = BytesMut::new();
         loop {
             let Some(segment) = self.template.segments().get(self.next) else {
@@ -247,6 +251,14 @@ impl Assembly {
                 _ => {}
             }
         }
+    }
+}
+
+/// A hit on a page with ESI reads its body from the assembly.
+#[async_trait]
+impl BodySource for Assembly {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        self.next_stretch().await
     }
 }
 
@@ -322,12 +334,34 @@ async fn fetch(
     }))
 }
 
+/// `object` as a piece of other pages, or `None` when it cannot be spliced as it is: an
+/// error status, a body past `max_bytes`, or includes of its own (those are assembled by
+/// a request of its own). Kept with the object (`memo`): compressed once.
+fn splice_piece(object: &StoredObject, max_bytes: usize) -> Option<Piece> {
+    if object.derived.is_some() {
+        return None;
+    }
+    let header = object.header.unpack().ok()?;
+    if !header.status.is_success() {
+        return None;
+    }
+    let body = if super::is_gzip(&header.headers) {
+        super::gunzip(&object.body, max_bytes).ok()?
+    } else if object.body.len() <= max_bytes {
+        object.body.clone()
+    } else {
+        return None;
+    };
+    Some(Piece::compress(&body, super::TEMPLATE_GZIP_LEVEL))
+}
+
 /// A fresh cached copy of the fragment `target`, in the page's encoding.
 async fn cached(target: &Target, page: &Page<'_>, cache: &dyn FragmentCache) -> Option<Chunk> {
     let mut req = page.req.clone();
     target.rewrite(&mut req).ok()?;
     let object = cache.fresh(&req).await?;
-    let piece = object.splice_piece(page.max_bytes)?;
+    let max_bytes = page.max_bytes;
+    let piece = object.memo(|object| splice_piece(object, max_bytes))?;
     Some(if page.gzip {
         Chunk::Gzip(piece.clone())
     } else {

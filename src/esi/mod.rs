@@ -60,6 +60,26 @@ pub fn is_gzip(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
 }
 
+/// Parses the ESI of bodies as the cache stores them (`cache::Deriver`), so a hit on a
+/// page with ESI is assembled without parsing it again.
+pub struct EsiDeriver;
+
+impl crate::cache::Deriver for EsiDeriver {
+    fn derive(
+        &self,
+        header: &ResponseHeader,
+        body: &Bytes,
+        max_bytes: usize,
+    ) -> Option<Arc<dyn crate::cache::Derived>> {
+        parse_stored(header, body, max_bytes).map(|t| t as Arc<dyn crate::cache::Derived>)
+    }
+}
+
+/// The template the cache kept with a stored body, if it is one.
+pub fn stored_template(derived: &Arc<dyn crate::cache::Derived>) -> Option<Arc<Template>> {
+    derived.clone().into_any().downcast::<Template>().ok()
+}
+
 /// The template of a body as stored (maybe gzipped); `None` when ESI does not apply or
 /// the body has none.
 pub fn parse_stored(

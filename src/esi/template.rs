@@ -85,6 +85,17 @@ impl Template {
     }
 
     pub fn len_bytes(&self) -> usize {
+        crate::cache::Derived::len_bytes(self)
+    }
+}
+
+/// The cache keeps a page's template beside its body and weighs it with the object.
+impl crate::cache::Derived for Template {
+    fn into_any(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+
+    fn len_bytes(&self) -> usize {
         self.segments
             .iter()
             .map(|s| match s {

@@ -33,7 +33,7 @@ use arc_swap::ArcSwap;
 
 use crate::cache::hit_for_miss::REASON_NOT_STORED;
 use crate::cache::{
-    FetchStarted, HitForMissMarks, MemoryStore, ParseEsi, RequestIdentity, StoredHit, Tags,
+    Derive, FetchStarted, HitForMissMarks, MemoryStore, RequestIdentity, StoredHit, Tags,
     VariantVerdict, Variants, VisitorFetch, PURGED_COPY_HEADER,
 };
 use crate::esi::{self, Assembly, Role};
@@ -293,9 +293,10 @@ impl Floodgate {
             .hit_handler()
             .as_any()
             .downcast_ref::<StoredHit>()
-            .and_then(|hit| hit.template())
+            .and_then(|hit| hit.derived())
+            .and_then(esi::stored_template)
         {
-            Some(template) => template.clone(),
+            Some(template) => template,
             None => return,
         };
         let fresh = FreshFragments {
@@ -313,7 +314,7 @@ impl Floodgate {
             .as_any_mut()
             .downcast_mut::<StoredHit>()
         {
-            hit.assemble(assembly);
+            hit.assemble(Box::new(assembly));
         }
     }
 
@@ -611,7 +612,7 @@ impl ProxyHttp for Floodgate {
     ) -> Result<Option<ForcedFreshness>> {
         if ctx.assembles_esi() {
             if let Some(hit) = hit_handler.as_any_mut().downcast_mut::<StoredHit>() {
-                if hit.template().is_some() {
+                if hit.derived().and_then(esi::stored_template).is_some() {
                     hit.will_assemble();
                     ctx.esi_hit = true;
                 }
@@ -939,7 +940,7 @@ impl ProxyHttp for Floodgate {
                 }
                 if ctx.rt.config.esi.enabled && esi::applies_to(resp) {
                     meta.extensions_mut()
-                        .insert(ParseEsi(ctx.rt.config.cache.max_object_bytes));
+                        .insert(Derive(ctx.rt.config.cache.max_object_bytes));
                 }
                 Ok(RespCacheable::Cacheable(meta))
             }

@@ -72,6 +72,14 @@ fn magento_tags(pattern: &str) -> Option<Vec<String>> {
     }
 }
 
+/// Magento's wire form of a tag list: `((^|,)a(,|$))|((^|,)b(,|$))`.
+pub fn magento_pattern(tags: &[String]) -> String {
+    tags.iter()
+        .map(|t| format!("((^|,){}(,|$))", t.trim()))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +121,14 @@ mod tests {
             Selector::Tags(tags) => assert_eq!(tags.len(), 1000),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn tags_become_magentos_pattern() {
+        let tags = vec!["cat_p_1".to_string(), "store".to_string()];
+        assert_eq!(
+            magento_pattern(&tags),
+            "((^|,)cat_p_1(,|$))|((^|,)store(,|$))"
+        );
     }
 }

@@ -1,7 +1,6 @@
 //! Keeping hot pages warm: purged pages that visitors were asking for are fetched again
 //! in the background, and `floodgate warm --sitemap` fills a catalogue before an event.
 
-pub mod cli;
 mod queue;
 pub mod sitemap;
 pub mod worker;

@@ -1,17 +1,16 @@
-//! The operator's `floodgate purge` and `floodgate warm` commands, speaking HTTP to a
-//! running Floodgate as Magento and visitors do.
+//! The operator's commands that talk to a running Floodgate: `floodgate purge` (as
+//! Magento does, with PURGE, or through the admin API: `admin`), `floodgate warm` and
+//! `floodgate maintenance`.
+//!
+//! Invariant: the top of the dependency order, beside the binary. It speaks HTTP to a
+//! running process and holds no state of its own; nothing in the library imports it.
+
+pub mod admin;
 
 use std::time::Duration;
 
-use super::sitemap::{self, Summary};
-
-/// Magento's wire form of a tag list: `((^|,)a(,|$))|((^|,)b(,|$))`.
-pub fn magento_pattern(tags: &[String]) -> String {
-    tags.iter()
-        .map(|t| format!("((^|,){}(,|$))", t.trim()))
-        .collect::<Vec<_>>()
-        .join("|")
-}
+pub use crate::purge::pattern::magento_pattern;
+use crate::warm::sitemap::{self, Summary};
 
 /// The CLI's HTTP client: no proxy from the environment, a minute per request.
 pub(crate) fn client() -> Result<reqwest::Client, String> {
@@ -101,18 +100,4 @@ pub async fn warm(
         pages.len()
     );
     Ok(sitemap::warm(&client, target, pages, rate, concurrency, true).await)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_become_magentos_pattern() {
-        let tags = vec!["cat_p_1".to_string(), "store".to_string()];
-        assert_eq!(
-            magento_pattern(&tags),
-            "((^|,)cat_p_1(,|$))|((^|,)store(,|$))"
-        );
-    }
 }

@@ -1,7 +1,7 @@
 //! The operator's side of the admin API, for the CLI (`floodgate purge`, `floodgate
 //! maintenance`).
 
-use crate::warm::cli::client;
+use super::client;
 
 /// What to purge, as `POST /purge` takes it.
 #[derive(Debug, Default, serde::Serialize)]
