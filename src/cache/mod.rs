@@ -7,8 +7,11 @@
 
 pub mod compact_header;
 pub mod derived;
+pub mod hit;
 pub mod hit_for_miss;
 pub mod identity;
+mod miss;
+pub mod object;
 pub mod recent_purges;
 pub mod shared_tier;
 pub mod store;
@@ -19,10 +22,10 @@ pub mod wire;
 
 pub use compact_header::CompactHeader;
 pub use derived::{BodySource, Derive, Derived, Deriver};
+pub use hit::StoredHit;
 pub use hit_for_miss::HitForMissMarks;
 pub use identity::RequestIdentity;
-pub use store::{
-    FetchStarted, MemoryStore, StoredHit, StoredObject, VisitorFetch, PURGED_COPY_HEADER,
-};
+pub use object::{FetchStarted, StoredObject, VisitorFetch, PURGED_COPY_HEADER};
+pub use store::MemoryStore;
 pub use tags::Tags;
 pub use variants::{VariantVerdict, Variants};

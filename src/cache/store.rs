@@ -4,16 +4,20 @@
 //! TTL + keep, so objects nobody may be served any more give their memory back), which is
 //! why no Pingora eviction manager runs on top: two accountants would disagree.
 //!
-//! Objects are kept as their parts (freshness, header, body, tags) instead of the
-//! serialised `CacheMeta`, so a hit does not decompress and re-parse a header. Every
-//! object enters through `put` and leaves through moka's removal listener, which is
-//! where the tag index is kept in step: eviction, expiry, replacement and purge alike.
-//! A shared tier (Redis) attaches behind `lookup`/`finish` without changing Pingora's view.
+//! Invariant: every object enters through `put` and leaves through moka's removal
+//! listener, which is where the tag and pool indexes are kept in step: eviction, expiry,
+//! replacement and purge alike. The index may name an object that is gone (a lookup then
+//! finds nothing), never miss one that is there.
+//!
+//! Objects are kept as their parts (`object`: freshness, header, body, tags) instead of
+//! the serialised `CacheMeta`, so a hit (`hit`) does not decompress and re-parse a
+//! header; a fill (`miss`) stores nothing until its body is complete. A shared tier
+//! (Redis) attaches behind `lookup`/`finish` without changing Pingora's view.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -21,260 +25,26 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
 use pingora::cache::key::{CacheHashKey, HashBinary};
-use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{
     CacheKey, CacheMeta, HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage,
 };
 use pingora::http::ResponseHeader;
-use pingora::{Error, ErrorType, Result};
+use pingora::Result;
 use regex::Regex;
 
-use super::derived::{BodySource, Derive, Derived, Deriver};
+use super::derived::{Derive, Derived, Deriver};
+use super::hit::StoredHit;
+use super::miss::Miss;
+use super::object::{FetchStarted, StoredObject, VisitorFetch};
 use super::recent_purges::RecentPurges;
 use super::shared_tier::SharedTier;
 use super::tag_index::TagIndex;
-use super::{CompactHeader, RequestIdentity, Tags};
+use super::{RequestIdentity, Tags};
 
-/// Bookkeeping bytes per object beyond body, header and tags (key, Arc, moka node).
-const ENTRY_OVERHEAD: usize = 256;
 /// Most bytes read to derive what a copy promoted from the shared tier needs (its ESI),
 /// whose request's configuration is not known here: the default `cache.max_object_bytes`.
 const PROMOTED_MAX_INFLATED: usize = 16 << 20;
-/// Tag-index bytes per tag of an object (map slot, key copy, generation).
-const INDEX_BYTES_PER_TAG: usize = 48;
-
-/// When the fetch that produced an object started; purges after it make it unstorable.
-#[derive(Debug, Clone, Copy)]
-pub struct FetchStarted(pub SystemTime);
-
-/// The object was fetched for a visitor (not by a warmer), which counts as a request
-/// for "requested recently".
-#[derive(Debug, Clone, Copy)]
-pub struct VisitorFetch;
-
-/// How often and how lately an object was served, for the re-warmer's "hottest first".
-#[derive(Debug, Default)]
-pub struct Heat {
-    hits: AtomicU32,
-    last_hit_secs: AtomicU64,
-}
-
-impl Heat {
-    pub fn hit(&self) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        self.last_hit_secs
-            .store(unix_secs(SystemTime::now()), Ordering::Relaxed);
-    }
-
-    pub fn hits(&self) -> u32 {
-        self.hits.load(Ordering::Relaxed)
-    }
-
-    /// Whether it was served within `window` of now.
-    pub fn recent(&self, window: Duration) -> bool {
-        let last = self.last_hit_secs.load(Ordering::Relaxed);
-        last > 0 && unix_secs(SystemTime::now()).saturating_sub(last) <= window.as_secs()
-    }
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// One stored response.
-pub struct StoredObject {
-    pub fresh_until: SystemTime,
-    /// When the object was fetched or last revalidated; the reference for its age.
-    pub updated: SystemTime,
-    pub grace_secs: u32,
-    pub keep_secs: u32,
-    pub header: CompactHeader,
-    pub body: Bytes,
-    pub tags: Tags,
-    /// The response's `X-Pool` header, for Magento's pool purges.
-    pub pool: Option<Box<str>>,
-    pub identity: Option<Arc<RequestIdentity>>,
-    /// What the layer above worked out from the body when it was stored (its ESI
-    /// template); `None` for most bodies.
-    pub derived: Option<Arc<dyn Derived>>,
-    /// One value the layer above computes from the object on first use and keeps with it
-    /// (ESI: the body as a piece of other pages). Not weighed (moka weighs at insert);
-    /// it is about the gzipped body, and few objects have one.
-    memo: std::sync::OnceLock<Option<Box<dyn Any + Send + Sync>>>,
-    pub heat: Heat,
-    /// Set by `MemoryStore::put`; tells index entries of successive objects apart.
-    generation: u64,
-    /// A purged page's copy kept as a last resort (`purged`).
-    purged_copy: bool,
-}
-
-/// Headers that are never stored: tags live beside the object, and the body's framing
-/// is decided again from its exact length.
-const NOT_STORED: &[&str] = &["x-magento-tags", "transfer-encoding", "content-length"];
-
-/// Marks the copy of a purged page kept as a last resort (`purge.keep_purged_secs`): it
-/// travels in the stored header, so every response served from it says so.
-pub const PURGED_COPY_HEADER: &str = "x-floodgate-purged-copy";
-
-impl StoredObject {
-    /// Stores `header` with the freshness of `freshness`; `body` is complete.
-    fn new(
-        freshness: &CacheMeta,
-        header: &ResponseHeader,
-        body: Bytes,
-        tags: Tags,
-        identity: Option<Arc<RequestIdentity>>,
-    ) -> Result<Self> {
-        let pool = header
-            .headers
-            .get("x-pool")
-            .and_then(|v| v.to_str().ok())
-            .map(Into::into);
-        // The stored body is complete, so its length is known: hits go out with
-        // Content-Length rather than chunked (gzipping before storing had removed the
-        // origin's length), which saves a write and the chunk framing on every hit.
-        let length = body.len().to_string();
-        let header = CompactHeader::pack(header, NOT_STORED, &[("content-length", &length)]);
-        Ok(Self::restored(
-            freshness.fresh_until(),
-            freshness.updated(),
-            freshness.stale_while_revalidate_sec(),
-            freshness.stale_if_error_sec(),
-            header,
-            body,
-            tags,
-            pool,
-            identity,
-        ))
-    }
-
-    /// An object from its parts (as the shared tier hands it back, too).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn restored(
-        fresh_until: SystemTime,
-        updated: SystemTime,
-        grace_secs: u32,
-        keep_secs: u32,
-        header: CompactHeader,
-        body: Bytes,
-        tags: Tags,
-        pool: Option<Box<str>>,
-        identity: Option<Arc<RequestIdentity>>,
-    ) -> Self {
-        Self {
-            fresh_until,
-            updated,
-            grace_secs,
-            keep_secs,
-            header,
-            body,
-            tags,
-            pool,
-            identity,
-            derived: None,
-            memo: std::sync::OnceLock::new(),
-            heat: Heat::default(),
-            generation: 0,
-            purged_copy: false,
-        }
-    }
-
-    /// Until when the object may be served at all (stale included).
-    pub fn usable_until(&self) -> SystemTime {
-        self.unusable_at()
-    }
-
-    /// The same object, expired now: served stale within grace while one refresh runs.
-    fn expired(&self) -> Self {
-        let now = SystemTime::now() - Duration::from_secs(1);
-        let mut expired = Self::restored(
-            self.fresh_until.min(now),
-            self.updated.min(now),
-            self.grace_secs,
-            self.keep_secs,
-            self.header.clone(),
-            self.body.clone(),
-            self.tags.clone(),
-            self.pool.clone(),
-            self.identity.clone(),
-        );
-        expired.derived = self.derived.clone();
-        expired
-    }
-
-    /// The same object purged but kept `keep_secs` as a last resort: expired, with no
-    /// grace (never served while a refresh runs), servable only where the origin cannot
-    /// answer (stale-if-error), and marked.
-    fn purged(&self, keep_secs: u32) -> Self {
-        let now = SystemTime::now() - Duration::from_secs(1);
-        let header = match self.header.unpack() {
-            Ok(mut header) => match header.insert_header(PURGED_COPY_HEADER, "1") {
-                Ok(()) => CompactHeader::pack(&header, &[], &[]),
-                Err(_) => self.header.clone(),
-            },
-            Err(_) => self.header.clone(),
-        };
-        let mut purged = Self::restored(
-            self.fresh_until.min(now),
-            self.updated.min(now),
-            0,
-            keep_secs,
-            header,
-            self.body.clone(),
-            self.tags.clone(),
-            self.pool.clone(),
-            self.identity.clone(),
-        );
-        purged.derived = self.derived.clone();
-        purged.purged_copy = true;
-        purged
-    }
-
-    /// Whether this is a purged page's copy kept as a last resort.
-    pub fn is_purged_copy(&self) -> bool {
-        self.purged_copy
-    }
-
-    /// The value `init` computes from this object, computed on first use and kept with
-    /// it; `None` when `init` gave none (or the one value kept is of another type: there
-    /// is one per object, for the one layer that keeps one).
-    pub fn memo<T: Any + Send + Sync>(&self, init: impl FnOnce(&Self) -> Option<T>) -> Option<&T> {
-        self.memo
-            .get_or_init(|| init(self).map(|v| Box::new(v) as Box<dyn Any + Send + Sync>))
-            .as_ref()?
-            .downcast_ref::<T>()
-    }
-
-    pub fn is_fresh(&self) -> bool {
-        self.fresh_until >= SystemTime::now()
-    }
-
-    fn meta(&self) -> Result<CacheMeta> {
-        Ok(CacheMeta::new(
-            self.fresh_until,
-            self.updated,
-            self.grace_secs,
-            self.keep_secs,
-            self.header.unpack()?,
-        ))
-    }
-
-    /// When nobody may be served this object any more, stale or not.
-    fn unusable_at(&self) -> SystemTime {
-        self.fresh_until + Duration::from_secs(self.grace_secs.max(self.keep_secs).into())
-    }
-
-    fn weight(&self) -> u32 {
-        let total = ENTRY_OVERHEAD
-            + self.header.len_bytes()
-            + self.body.len()
-            + self.derived.as_ref().map_or(0, |t| t.len_bytes())
-            + self.tags.len_bytes()
-            + self.tags.iter().count() * INDEX_BYTES_PER_TAG;
-        total.min(u32::MAX as usize) as u32
-    }
-}
 
 struct ExpireWhenUnusable;
 
@@ -315,12 +85,12 @@ pub struct MemoryStore {
     objects: Cache<HashBinary, Arc<StoredObject>>,
     tags: Arc<TagIndex>,
     pools: Arc<TagIndex>,
-    recent_purges: RecentPurges,
+    pub(super) recent_purges: RecentPurges,
     generation: AtomicU64,
     /// Objects evicted to make room, since start.
     evictions: Arc<AtomicU64>,
     /// The second tier shared by the nodes in Redis, when configured.
-    shared: std::sync::OnceLock<Arc<SharedTier>>,
+    pub(super) shared: std::sync::OnceLock<Arc<SharedTier>>,
     /// How long a hard purge keeps the old copy as a last resort (0: removed at once).
     keep_purged_secs: AtomicU32,
     /// Works out what the layer above needs of a body (ESI's template), when set.
@@ -369,7 +139,7 @@ impl MemoryStore {
         let _ = self.deriver.set(deriver);
     }
 
-    fn derive(
+    pub(super) fn derive(
         &self,
         header: &ResponseHeader,
         body: &Bytes,
@@ -401,7 +171,7 @@ impl MemoryStore {
     }
 
     /// The one way in: indexes the object's tags and pool, then stores it.
-    async fn put(&self, key: HashBinary, mut object: StoredObject) {
+    pub(super) async fn put(&self, key: HashBinary, mut object: StoredObject) {
         object.generation = self.generation.fetch_add(1, Ordering::Relaxed);
         self.tags.insert(key, object.generation, object.tags.iter());
         if let Some(pool) = &object.pool {
@@ -628,174 +398,6 @@ impl Storage for MemoryStore {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
-    }
-}
-
-/// Serves one stored body; seekable, so Range requests are answered from the cache. A
-/// body the layer above makes another way (an assembled ESI page) replaces it whole,
-/// once it is handed to the hit as a `BodySource`.
-pub struct StoredHit {
-    body: Bytes,
-    done: bool,
-    start: usize,
-    end: usize,
-    derived: Option<Arc<dyn Derived>>,
-    assembles: bool,
-    source: Option<Box<dyn BodySource>>,
-}
-
-impl StoredHit {
-    fn new(body: Bytes, derived: Option<Arc<dyn Derived>>) -> Self {
-        Self {
-            end: body.len(),
-            body,
-            done: false,
-            start: 0,
-            derived,
-            assembles: false,
-            source: None,
-        }
-    }
-
-    /// What was derived from the body when it was stored.
-    pub fn derived(&self) -> Option<&Arc<dyn Derived>> {
-        self.derived.as_ref()
-    }
-
-    /// The body will be assembled: byte ranges of the stored body mean nothing then.
-    pub fn will_assemble(&mut self) {
-        self.assembles = true;
-    }
-
-    /// The body comes from `source` instead of the store.
-    pub fn assemble(&mut self, source: Box<dyn BodySource>) {
-        self.source = Some(source);
-    }
-}
-
-#[async_trait]
-impl HandleHit for StoredHit {
-    async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        if let Some(source) = &mut self.source {
-            return Ok(source.next_chunk().await);
-        }
-        if self.done {
-            return Ok(None);
-        }
-        self.done = true;
-        Ok(Some(self.body.slice(self.start..self.end)))
-    }
-
-    async fn finish(
-        self: Box<Self>,
-        _storage: &'static (dyn Storage + Sync),
-        _key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn can_seek(&self) -> bool {
-        !self.assembles
-    }
-
-    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        if start >= self.body.len() {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                format!(
-                    "seek start {start} is past the body ({} bytes)",
-                    self.body.len()
-                ),
-            );
-        }
-        self.start = start;
-        self.end = end.map_or(self.body.len(), |end| end.min(self.body.len()));
-        self.done = false;
-        Ok(())
-    }
-
-    fn get_eviction_weight(&self) -> usize {
-        self.body.len()
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
-        self
-    }
-}
-
-/// Collects a response body; the object becomes visible only when it is complete, so a
-/// failed or cut fetch never leaves a truncated page behind.
-struct Miss {
-    key: HashBinary,
-    /// Derive what the layer above needs of the body, reading at most this many bytes.
-    derive: Option<usize>,
-    /// The response's freshness and header; taken when the object is stored.
-    meta: Option<CacheMeta>,
-    tags: Tags,
-    identity: Option<Arc<RequestIdentity>>,
-    started: SystemTime,
-    visitor: bool,
-    body: BytesMut,
-    store: &'static MemoryStore,
-}
-
-#[async_trait]
-impl HandleMiss for Miss {
-    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        self.body.extend_from_slice(&data);
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        let meta = self.meta.take().ok_or_else(|| {
-            Error::explain(ErrorType::InternalError, "miss handler finished twice")
-        })?;
-        let collected = std::mem::take(&mut self.body);
-        // The buffer grew by doubling; keeping its slack would cost up to twice the body
-        // for as long as the object lives, so store an exact-size copy instead.
-        let body = if collected.capacity() > collected.len() + collected.len() / 16 {
-            Bytes::copy_from_slice(&collected)
-        } else {
-            collected.freeze()
-        };
-        let size = body.len();
-        let tags = std::mem::take(&mut self.tags);
-        // Packing copies the header out of Pingora's socket read buffer, which it would
-        // otherwise keep alive (about 8 KB) for as long as the object lives.
-        let mut object = StoredObject::new(
-            &meta,
-            meta.response_header(),
-            body,
-            tags,
-            self.identity.take(),
-        )?;
-        if let Some(max_bytes) = self.derive {
-            object.derived = self
-                .store
-                .derive(meta.response_header(), &object.body, max_bytes);
-        }
-        if self
-            .store
-            .recent_purges
-            .purged_since(&object.tags, object.pool.as_deref(), self.started)
-        {
-            // Fetched before a purge of one of its tags: it may show what was purged.
-            tracing::debug!("not storing a response whose tags were purged during its fetch");
-            return Ok(MissFinishType::Created(size));
-        }
-        if self.visitor {
-            object.heat.hit();
-        }
-        if let Some(shared) = self.store.shared.get() {
-            shared.put(self.key, &object, self.started, &self.store.recent_purges);
-        }
-        self.store.put(self.key, object).await;
-        Ok(MissFinishType::Created(size))
     }
 }
 
