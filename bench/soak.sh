@@ -28,13 +28,19 @@ start_redis() {
 
 start_origin; ORIGIN_PID=${pids[-1]}
 start_redis
-start_floodgate "[redis]
+# The cache is bounded small (16 MiB, about a third of the catalogue) so that it is full,
+# evicting, by the first sample: what a long-running node looks like. Resident memory
+# must then stay flat.
+start_floodgate "[cache]
+memory_bytes = ${MEMORY_BYTES:-16777216}
+[redis]
 url = \"redis://127.0.0.1:$REDIS_PORT\"
 shared_cache = true"
 fill "$FG_PORT" product 1 2000 >/dev/null
 
-sample() { # second -> "second rss_kb fds"
-  echo "$1 $(awk '/^VmRSS/ {print $2}' "/proc/$FG_PID/status") $(ls "/proc/$FG_PID/fd" | wc -l)"
+sample() { # second -> "second rss_kb fds cache_bytes"
+  echo "$1 $(awk '/^VmRSS/ {print $2}' "/proc/$FG_PID/status") $(ls "/proc/$FG_PID/fd" | wc -l)" \
+    "$(curl -s "http://127.0.0.1:$((FG_PORT + 100))/metrics" | awk '/^floodgate_cache_bytes / {print $2}')"
 }
 
 on_load_cpus python3 bench/soak.py "127.0.0.1:$FG_PORT" "$PAGES" "$RATE" "$DURATION" "$work/answers" &
@@ -90,11 +96,14 @@ print(f"503 outside the origin's outage (+10 s): {unexpected_503}; 502: {by_stat
 if unexpected_at:
     print("  at seconds:", dict(sorted(unexpected_at.items())))
 print(f"origin down at {down} s, back at {up} s")
-rows = [tuple(map(int, l.split())) for l in open(samples) if l.strip()]
+rows = [tuple(int(float(x)) for x in l.split()) for l in open(samples) if len(l.split()) == 4]
 at5 = next((r for r in rows if r[0] >= 300), rows[0])
 end = rows[-1]
 print(f"RSS at {at5[0]} s: {at5[1] / 1024:.1f} MiB; at {end[0]} s: {end[1] / 1024:.1f} MiB "
-      f"({100.0 * (end[1] - at5[1]) / at5[1]:+.1f} %)")
+      f"({100.0 * (end[1] - at5[1]) / at5[1]:+.1f} %); cache held then: "
+      f"{float(at5[3]) / 2**20:.1f} and {float(end[3]) / 2**20:.1f} MiB")
+print("samples (s, RSS MiB, fds, cache MiB):",
+      " ".join(f"{r[0]}:{r[1] / 1024:.0f}/{r[2]}/{float(r[3]) / 2**20:.0f}" for r in rows))
 fds = [r[2] for r in rows]
 print(f"open fds: min {min(fds)}, max {max(fds)}, at the end {fds[-1]}")
 PY

@@ -123,14 +123,14 @@ pub fn build(
     ));
     let bus = if let Some(client) = runtime.redis.clone() {
         let shared = if config.redis.shared_cache {
-            let shared = SharedTier::new(&config.redis, client.clone(), metrics.clone());
+            let shared = SharedTier::new(&config.redis, client.clone(), &metrics)?;
             store.attach_shared(shared.clone());
             purger.attach_shared(shared.clone());
             Some(shared)
         } else {
             None
         };
-        let bus = PurgeBus::new(&config.redis, client, purger.clone(), metrics.clone());
+        let bus = PurgeBus::new(&config.redis, client, purger.clone(), metrics.clone())?;
         purger.attach_bus(bus.clone());
         server.add_service(background_service(
             "purge bus",

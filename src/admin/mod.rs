@@ -105,14 +105,11 @@ impl Admin {
         // Gauges are read at scrape time rather than kept up to date per request.
         self.store.sync().await;
         let (objects, bytes) = self.store.usage();
-        self.metrics.cache_objects.set(objects as i64);
-        self.metrics.cache_bytes.set(bytes as i64);
         self.metrics
-            .origin_healthy
-            .set(i64::from(self.origins.any_healthy()));
+            .scraped(objects, bytes, self.origins.any_healthy());
         let warm_dropped = self.warm_queue.as_ref().map_or(0, |q| q.dropped());
         if let Some(queue) = &self.warm_queue {
-            self.metrics.warm_queue_depth.set(queue.len() as i64);
+            self.metrics.warm_queue_depth(queue.len());
         }
         self.metrics
             .sync_totals(self.store.evictions(), warm_dropped);

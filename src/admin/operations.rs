@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{json_reply, Admin};
+use crate::metrics::PurgeRefusal;
 use crate::purge::pattern::magento_pattern;
 use crate::warm::sitemap;
 
@@ -91,7 +92,7 @@ impl Admin {
                 )
             }
             Err(reason) => {
-                self.metrics.purge_refused("invalid");
+                self.metrics.purge_refused(PurgeRefusal::Invalid);
                 json_reply(
                     400,
                     json!({ "error": format!("{reason}; nothing was purged") }),
@@ -146,7 +147,7 @@ impl Admin {
 
     pub(super) fn set_maintenance(&self, on: bool) -> Response<Vec<u8>> {
         self.origins.set_maintenance(on);
-        self.metrics.maintenance.set(i64::from(on));
+        self.metrics.maintenance(on);
         tracing::warn!(on, "maintenance mode switched through the admin API");
         self.maintenance_state()
     }

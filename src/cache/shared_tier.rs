@@ -22,7 +22,9 @@ use super::recent_purges::RecentPurges;
 use super::{wire, StoredObject};
 use crate::cluster::{self, Client, Connection};
 use crate::config::RedisSection;
-use crate::metrics::Metrics;
+use prometheus::{IntCounter, Registry};
+
+use crate::metrics::{counter, counter_vec, Metrics};
 
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 /// A TCP and TLS handshake, in the background.
@@ -45,7 +47,7 @@ pub struct SharedTier {
     max_object_bytes: usize,
     /// The connection, and when one was last attempted.
     connection: Arc<Mutex<(Option<Connection>, Option<Instant>)>>,
-    metrics: Arc<Metrics>,
+    metrics: SharedMetrics,
     /// Cross-node coalescing: how long to wait for another node's fetch, if at all.
     coalesce_wait: Option<Duration>,
     /// This node's name in coalescing locks: its own requests wait on its local lock.
@@ -58,14 +60,59 @@ pub struct SharedTier {
     writes: Arc<tokio::sync::Semaphore>,
 }
 
+/// The shared tier's own metrics, registered when it is built.
+struct SharedMetrics {
+    /// Memory misses looked up here: found, not found.
+    hits: IntCounter,
+    misses: IntCounter,
+    writes: IntCounter,
+    timeouts: IntCounter,
+    coalesced: IntCounter,
+}
+
+impl SharedMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let lookups = counter_vec(
+            registry,
+            "floodgate_shared_lookups_total",
+            "Memory misses looked up in the shared Redis tier, by result (hit, miss)",
+            &["result"],
+        )?;
+        Ok(Self {
+            hits: lookups.with_label_values(&["hit"]),
+            misses: lookups.with_label_values(&["miss"]),
+            writes: counter(
+                registry,
+                "floodgate_shared_writes_total",
+                "Fills written to the shared Redis tier",
+            )?,
+            timeouts: counter(
+                registry,
+                "floodgate_shared_timeouts_total",
+                "Shared-tier operations that ran past redis.timeout_ms (treated as misses)",
+            )?,
+            coalesced: counter(
+                registry,
+                "floodgate_shared_coalesced_total",
+                "Misses served by another node's fetch through the shared tier (cross-node coalescing)",
+            )?,
+        })
+    }
+}
+
 fn hex(key: &HashBinary) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl SharedTier {
     /// The tier in Redis through `client` (the runtime's, for `redis.url`).
-    pub fn new(config: &RedisSection, client: Client, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(
+        config: &RedisSection,
+        client: Client,
+        metrics: &Metrics,
+    ) -> prometheus::Result<Arc<Self>> {
+        let metrics = SharedMetrics::register(metrics.registry())?;
+        Ok(Arc::new(Self {
             client,
             prefix: config.key_prefix.clone(),
             timeout: Duration::from_millis(config.timeout_ms),
@@ -84,7 +131,7 @@ impl SharedTier {
             ),
             flushed_at: std::sync::atomic::AtomicU64::new(0),
             writes: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES)),
-        })
+        }))
     }
 
     /// The connection if there is one. Never waits: without one it starts connecting in
@@ -184,7 +231,7 @@ impl SharedTier {
                 None
             }
             Err(_) => {
-                self.metrics.shared_timeouts.inc();
+                self.metrics.timeouts.inc();
                 self.broken();
                 None
             }
@@ -200,16 +247,8 @@ impl SharedTier {
             .and_then(|v| wire::decode(Bytes::from(v)))
             .filter(|o| !self.flushed_before(o));
         match &object {
-            Some(_) => self
-                .metrics
-                .shared_lookups
-                .with_label_values(&["hit"])
-                .inc(),
-            None => self
-                .metrics
-                .shared_lookups
-                .with_label_values(&["miss"])
-                .inc(),
+            Some(_) => self.metrics.hits.inc(),
+            None => self.metrics.misses.inc(),
         }
         object
     }
@@ -244,7 +283,7 @@ impl SharedTier {
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             if let Some(object) = self.get(key).await {
-                self.metrics.shared_coalesced.inc();
+                self.metrics.coalesced.inc();
                 return Some(object);
             }
         }
@@ -352,7 +391,7 @@ impl SharedTier {
                 Err(e) => Err(e),
             };
             match written {
-                Ok(_) => tier.metrics.shared_writes.inc(),
+                Ok(_) => tier.metrics.writes.inc(),
                 Err(e) => {
                     tier.broken();
                     tracing::debug!(error = %e, "shared tier: a fill was not written");

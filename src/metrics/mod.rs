@@ -1,6 +1,8 @@
 //! Prometheus metrics: what an operator replacing varnishstat watches.
 //!
-//! One registry per process, owned here and exposed by `admin`. Names follow Prometheus
+//! One registry per process, owned here and exposed by `admin`. The families of the
+//! request path live here; a subsystem with metrics of its own (the purge bus, the
+//! shared tier) registers and owns them, with the helpers below. Names follow Prometheus
 //! conventions: `floodgate_` prefix, `_total` on counters only, base units (seconds,
 //! bytes), and label values from fixed sets (outcomes, status classes, priority classes,
 //! configured origins), so the series count stays bounded. Request counters are recorded
@@ -96,33 +98,23 @@ pub struct Metrics {
     purged_tags: IntCounter,
     purge_time: Histogram,
     warmed: IntCounterVec,
-    pub warm_queue_depth: IntGauge,
+    warm_queue_depth: IntGauge,
     warm_dropped: IntCounter,
-    pub cache_objects: IntGauge,
-    pub cache_bytes: IntGauge,
+    cache_objects: IntGauge,
+    cache_bytes: IntGauge,
     resident_memory: IntGauge,
     cache_evictions: IntCounter,
-    pub origin_healthy: IntGauge,
-    pub origin_inflight: IntGaugeVec,
-    pub origin_inflight_by_class: IntGaugeVec,
-    pub origin_limit: IntGaugeVec,
-    pub origin_queued: IntGaugeVec,
-    pub origin_wait: HistogramVec,
+    origin_healthy: IntGauge,
+    origin_inflight: IntGaugeVec,
+    origin_inflight_by_class: IntGaugeVec,
+    origin_limit: IntGaugeVec,
+    origin_queued: IntGaugeVec,
+    origin_wait: HistogramVec,
     shed: IntCounterVec,
-    pub maintenance: IntGauge,
+    maintenance: IntGauge,
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
-    pub redis_connected: IntGauge,
-    pub purge_bus_published: IntCounter,
-    pub purge_bus_applied: IntCounter,
-    pub purge_bus_outbox: IntGauge,
-    pub purge_bus_dropped: IntCounter,
-    pub purge_bus_flushes: IntCounter,
     purged_remote_objects: IntCounter,
-    pub shared_lookups: IntCounterVec,
-    pub shared_writes: IntCounter,
-    pub shared_timeouts: IntCounter,
-    pub shared_coalesced: IntCounter,
     esi_fragments: [IntCounter; 3],
 }
 
@@ -149,60 +141,115 @@ impl FragmentResult {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntCounter> {
+/// Registers a new family in `registry` (each subsystem registers its own).
+pub fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
     let metric = IntCounter::new(name, help)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
 
-fn counter_vec(
+/// Registers a new family in `registry` (each subsystem registers its own).
+pub fn counter_vec(
     registry: &Registry,
     name: &str,
     help: &str,
     labels: &[&str],
-) -> anyhow::Result<IntCounterVec> {
+) -> prometheus::Result<IntCounterVec> {
     let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntGauge> {
+/// Registers a new family in `registry` (each subsystem registers its own).
+pub fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
     let metric = IntGauge::new(name, help)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
 
-fn gauge_vec(
+/// Registers a new family in `registry` (each subsystem registers its own).
+pub fn gauge_vec(
     registry: &Registry,
     name: &str,
     help: &str,
     labels: &[&str],
-) -> anyhow::Result<IntGaugeVec> {
+) -> prometheus::Result<IntGaugeVec> {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
 
-fn histogram(
+/// Registers a new family in `registry` (each subsystem registers its own).
+pub fn histogram(
     registry: &Registry,
     name: &str,
     help: &str,
     buckets: &[f64],
-) -> anyhow::Result<Histogram> {
+) -> prometheus::Result<Histogram> {
     let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
 
-/// Why Floodgate answers a 503 itself: the origin failed, or one of the shed reasons.
-const UNAVAILABLE_REASONS: [&str; 6] = [
-    "origin_failed",
-    "queue_full",
-    "timeout",
-    "would_time_out",
-    "unhealthy",
-    "maintenance",
-];
+/// Why Floodgate answered a request itself: the label of `floodgate_unavailable_total`
+/// (every one but `OriginFailed` and `BodyTimeout` is also a reason the limiter sheds, the
+/// `reason` of `floodgate_shed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The origin failed or broke its answer, and nothing was stored.
+    OriginFailed,
+    QueueFull,
+    Timeout,
+    WouldTimeOut,
+    Unhealthy,
+    Maintenance,
+    ClientCap,
+    /// 408: the request body did not arrive in time.
+    BodyTimeout,
+}
+
+impl Unavailable {
+    /// Declared at start, so the common series show up at zero.
+    const DECLARED: [Unavailable; 6] = [
+        Self::OriginFailed,
+        Self::QueueFull,
+        Self::Timeout,
+        Self::WouldTimeOut,
+        Self::Unhealthy,
+        Self::Maintenance,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::OriginFailed => "origin_failed",
+            Self::QueueFull => "queue_full",
+            Self::Timeout => "timeout",
+            Self::WouldTimeOut => "would_time_out",
+            Self::Unhealthy => "unhealthy",
+            Self::Maintenance => "maintenance",
+            Self::ClientCap => "client_cap",
+            Self::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+/// Why a purge request was not applied, the label of `floodgate_purge_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeRefusal {
+    /// Not allowed (the ACL).
+    Refused,
+    /// Bad input: no header, a bad regex.
+    Invalid,
+}
+
+impl PurgeRefusal {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Invalid => "invalid",
+        }
+    }
+}
 
 /// Origin and wait times: from a cached fragment to Magento's 600 s first-byte timeout.
 const SLOW_BUCKETS: &[f64] = &[
@@ -380,65 +427,11 @@ impl Metrics {
             "1 for the hash of the configuration in force",
             &["hash"],
         )?;
-        let redis_connected = gauge(
-            &r,
-            "floodgate_redis_connected",
-            "1 while the last exchange with Redis worked (0 also when no Redis is configured)",
-        )?;
-        let purge_bus_published = counter(
-            &r,
-            "floodgate_purge_bus_published_total",
-            "Purges this node published to the other nodes",
-        )?;
-        let purge_bus_applied = counter(
-            &r,
-            "floodgate_purge_bus_applied_total",
-            "Purges from other nodes applied here",
-        )?;
-        let purge_bus_outbox = gauge(
-            &r,
-            "floodgate_purge_bus_outbox",
-            "Purges waiting for Redis to be published",
-        )?;
-        let purge_bus_dropped = counter(
-            &r,
-            "floodgate_purge_bus_dropped_total",
-            "Purges dropped from the full outbox while Redis was unreachable",
-        )?;
-        let purge_bus_flushes = counter(
-            &r,
-            "floodgate_purge_bus_flushes_total",
-            "Times this node dropped its memory tier because purges it missed were trimmed",
-        )?;
         let purged_remote_objects = counter(
             &r,
             "floodgate_purged_remote_objects_total",
             "Objects removed or expired here by purges from other nodes",
         )?;
-        let shared_lookups = counter_vec(
-            &r,
-            "floodgate_shared_lookups_total",
-            "Memory misses looked up in the shared Redis tier, by result (hit, miss)",
-            &["result"],
-        )?;
-        let shared_writes = counter(
-            &r,
-            "floodgate_shared_writes_total",
-            "Fills written to the shared Redis tier",
-        )?;
-        let shared_timeouts = counter(
-            &r,
-            "floodgate_shared_timeouts_total",
-            "Shared-tier operations that ran past redis.timeout_ms (treated as misses)",
-        )?;
-        let shared_coalesced = counter(
-            &r,
-            "floodgate_shared_coalesced_total",
-            "Misses served by another node's fetch through the shared tier (cross-node coalescing)",
-        )?;
-        for result in ["hit", "miss"] {
-            shared_lookups.with_label_values(&[result]);
-        }
         let esi_fragments = counter_vec(
             &r,
             "floodgate_esi_fragments_total",
@@ -458,8 +451,8 @@ impl Metrics {
         ] {
             warmed.with_label_values(&[result.label()]);
         }
-        for reason in UNAVAILABLE_REASONS {
-            unavailable.with_label_values(&[reason]);
+        for reason in Unavailable::DECLARED {
+            unavailable.with_label_values(&[reason.label()]);
         }
         for result in ["ok", "refused", "invalid"] {
             purge_requests.with_label_values(&[result]);
@@ -499,17 +492,7 @@ impl Metrics {
             maintenance,
             config_reloads,
             config_info,
-            redis_connected,
-            purge_bus_published,
-            purge_bus_applied,
-            purge_bus_outbox,
-            purge_bus_dropped,
-            purge_bus_flushes,
             purged_remote_objects,
-            shared_lookups,
-            shared_writes,
-            shared_timeouts,
-            shared_coalesced,
             esi_fragments,
         })
     }
@@ -541,7 +524,8 @@ impl Metrics {
     }
 
     /// A 503 written by Floodgate; `reason` is `origin_failed` or a shed reason.
-    pub fn unavailable(&self, reason: &str) {
+    pub fn unavailable(&self, reason: Unavailable) {
+        let reason = reason.label();
         self.unavailable.with_label_values(&[reason]).inc();
     }
 
@@ -558,18 +542,55 @@ impl Metrics {
     }
 
     /// Makes a priority class's shed series exist, at 0, before its first shed.
-    pub fn declare_class(&self, class: &str) {
-        for reason in &UNAVAILABLE_REASONS[1..] {
-            self.shed.with_label_values(&[class, reason]);
+    /// The gauges of one priority class, `(queued, in flight)`; its shed series are
+    /// declared too, so every class shows up at zero before anything happens.
+    pub fn class_gauges(&self, class: &str) -> (IntGauge, IntGauge) {
+        for reason in &Unavailable::DECLARED[1..] {
+            self.shed.with_label_values(&[class, reason.label()]);
         }
+        (
+            self.origin_queued.with_label_values(&[class]),
+            self.origin_inflight_by_class.with_label_values(&[class]),
+        )
     }
 
-    pub fn shed(&self, class: &str, reason: &str) {
-        self.shed.with_label_values(&[class, reason]).inc();
+    /// The gauges of one origin server, `(in flight, limit)`.
+    pub fn origin_gauges(&self, origin: &str) -> (IntGauge, IntGauge) {
+        (
+            self.origin_inflight.with_label_values(&[origin]),
+            self.origin_limit.with_label_values(&[origin]),
+        )
+    }
+
+    /// A request of `class` got an origin slot after waiting `waited`.
+    pub fn origin_waited(&self, class: &str, waited: Duration) {
+        self.origin_wait
+            .with_label_values(&[class])
+            .observe(waited.as_secs_f64());
+    }
+
+    /// State mirrored into gauges when `/metrics` is read.
+    pub fn scraped(&self, cache_objects: u64, cache_bytes: u64, origin_healthy: bool) {
+        self.cache_objects.set(cache_objects as i64);
+        self.cache_bytes.set(cache_bytes as i64);
+        self.origin_healthy.set(i64::from(origin_healthy));
+    }
+
+    pub fn warm_queue_depth(&self, depth: usize) {
+        self.warm_queue_depth.set(depth as i64);
+    }
+
+    pub fn maintenance(&self, on: bool) {
+        self.maintenance.set(i64::from(on));
+    }
+
+    pub fn shed(&self, class: &str, reason: Unavailable) {
+        self.shed.with_label_values(&[class, reason.label()]).inc();
     }
 
     /// A purge request that was refused (`refused`: not allowed; `invalid`: bad input).
-    pub fn purge_refused(&self, result: &str) {
+    pub fn purge_refused(&self, result: PurgeRefusal) {
+        let result = result.label();
         self.purge_requests.with_label_values(&[result]).inc();
     }
 
@@ -621,6 +642,12 @@ impl Metrics {
         if let Some(pages) = resident_pages {
             self.resident_memory.set(pages * page_size.max(1) as i64);
         }
+    }
+
+    /// The process's registry: subsystems register the families they own in it (the
+    /// purge bus, the shared tier).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The text exposition format.

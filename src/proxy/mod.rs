@@ -37,7 +37,7 @@ use crate::cache::{
     VariantVerdict, Variants, VisitorFetch, PURGED_COPY_HEADER,
 };
 use crate::esi::{self, Assembly, Role};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, PurgeRefusal, Unavailable};
 use crate::policy::client::{forwarded_chain, real_client};
 use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
 use crate::policy::key::{cache_key, with_variance};
@@ -110,7 +110,7 @@ impl Floodgate {
         if !client.is_some_and(|ip| rt.purge_acl.allows(ip)) {
             let who = client.map_or_else(|| "this client".to_string(), |ip| ip.to_string());
             let body = format!("PURGE is not allowed from {who}: add it to purge.allow\n");
-            self.metrics.purge_refused("refused");
+            self.metrics.purge_refused(PurgeRefusal::Refused);
             return respond::plain(session, 405, &body, &[]).await;
         }
         let headers = &session.req_header().headers;
@@ -125,13 +125,13 @@ impl Floodgate {
         let (pattern, pool) = match (value("x-magento-tags-pattern"), value("x-pool")) {
             (Ok(pattern), Ok(pool)) => (pattern, pool),
             (Err(reason), _) | (_, Err(reason)) => {
-                self.metrics.purge_refused("invalid");
+                self.metrics.purge_refused(PurgeRefusal::Invalid);
                 return respond::plain(session, 400, &format!("{reason}\n"), &[]).await;
             }
         };
         if pattern.is_none() && pool.is_none() {
             let body = "PURGE needs an X-Magento-Tags-Pattern or X-Pool header\n";
-            self.metrics.purge_refused("invalid");
+            self.metrics.purge_refused(PurgeRefusal::Invalid);
             return respond::plain(session, 400, body, &[]).await;
         }
         let soft = rt.config.purge.soft
@@ -156,7 +156,7 @@ impl Floodgate {
                 respond::plain(session, 200, &body, &[]).await
             }
             Err(reason) => {
-                self.metrics.purge_refused("invalid");
+                self.metrics.purge_refused(PurgeRefusal::Invalid);
                 respond::plain(
                     session,
                     400,
@@ -399,7 +399,7 @@ impl Floodgate {
                 Ok(Ok(None)) => return Ok(false),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    self.metrics.unavailable("body_timeout");
+                    self.metrics.unavailable(Unavailable::BodyTimeout);
                     let body = format!(
                         "the request body did not arrive within {} s\n",
                         limits.request_body_timeout_secs
@@ -743,7 +743,7 @@ impl ProxyHttp for Floodgate {
                 if let (Some(key), None) = (ctx.key, shared) {
                     self.shed_fanout.record(key, shed);
                 }
-                self.metrics.shed(ctx.rt.classes.name(class), shed.label());
+                self.metrics.shed(ctx.rt.classes.name(class), shed.into());
                 let why = match shed {
                     Shed::QueueFull => "the origin's queue is full",
                     Shed::Timeout => "the request waited too long for a free origin slot",
@@ -1042,10 +1042,9 @@ impl ProxyHttp for Floodgate {
             } else {
                 ctx.rt.pages.busy.clone()
             };
-            let reason = match ctx.shed {
-                Some(shed) => shed.label(),
-                None => "origin_failed",
-            };
+            let reason = ctx
+                .shed
+                .map_or(Unavailable::OriginFailed, Unavailable::from);
             self.metrics.unavailable(reason);
             let _ = respond::page(
                 session,
@@ -1054,7 +1053,7 @@ impl ProxyHttp for Floodgate {
                 body,
                 &[
                     ("retry-after", ctx.rt.pages.retry_after.as_str()),
-                    ("x-floodgate-shed", reason),
+                    ("x-floodgate-shed", reason.label()),
                 ],
             )
             .await;

@@ -32,7 +32,9 @@ use super::Purger;
 use crate::cache::shared_tier::SharedTier;
 use crate::cluster::{Client, Connection};
 use crate::config::RedisSection;
-use crate::metrics::Metrics;
+use prometheus::{IntCounter, IntGauge, Registry};
+
+use crate::metrics::{counter, gauge, Metrics};
 
 /// How long one XREAD waits for new entries before asking again.
 const READ_BLOCK: Duration = Duration::from_secs(1);
@@ -88,6 +90,54 @@ pub struct PurgeBus {
     connected: AtomicBool,
     purger: Arc<Purger>,
     metrics: Arc<Metrics>,
+    own: BusMetrics,
+}
+
+/// The bus's own metrics, registered when it is built (a node without Redis has none).
+struct BusMetrics {
+    connected: IntGauge,
+    published: IntCounter,
+    applied: IntCounter,
+    outbox: IntGauge,
+    dropped: IntCounter,
+    flushes: IntCounter,
+}
+
+impl BusMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            connected: gauge(
+                registry,
+                "floodgate_redis_connected",
+                "1 while the last exchange with Redis worked",
+            )?,
+            published: counter(
+                registry,
+                "floodgate_purge_bus_published_total",
+                "Purges this node published to the other nodes",
+            )?,
+            applied: counter(
+                registry,
+                "floodgate_purge_bus_applied_total",
+                "Purges from other nodes applied here",
+            )?,
+            outbox: gauge(
+                registry,
+                "floodgate_purge_bus_outbox",
+                "Purges waiting for Redis to be published",
+            )?,
+            dropped: counter(
+                registry,
+                "floodgate_purge_bus_dropped_total",
+                "Purges dropped from the full outbox while Redis was unreachable",
+            )?,
+            flushes: counter(
+                registry,
+                "floodgate_purge_bus_flushes_total",
+                "Times this node dropped its memory tier because purges it missed were trimmed",
+            )?,
+        })
+    }
 }
 
 impl PurgeBus {
@@ -97,7 +147,8 @@ impl PurgeBus {
         client: Client,
         purger: Arc<Purger>,
         metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    ) -> prometheus::Result<Arc<Self>> {
+        let own = BusMetrics::register(metrics.registry())?;
         // The append script touches both keys: in a cluster they must share a slot.
         let stream = client.slot_tag(&format!("{}purges", config.key_prefix));
         let sequence = format!("{stream}:seq");
@@ -108,7 +159,7 @@ impl PurgeBus {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         );
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             client,
             stream,
             sequence,
@@ -122,7 +173,8 @@ impl PurgeBus {
             connected: AtomicBool::new(false),
             purger,
             metrics,
-        })
+            own,
+        }))
     }
 
     /// Whether the last exchange with Redis worked.
@@ -144,21 +196,21 @@ impl PurgeBus {
                 soft: false,
                 everything: true,
             });
-            self.metrics.purge_bus_dropped.inc_by(dropped);
+            self.own.dropped.inc_by(dropped);
             tracing::warn!(
                 dropped,
                 "the purge outbox is full (Redis away too long): the other nodes will flush everything when it returns"
             );
         }
         outbox.push_back(message);
-        self.metrics.purge_bus_outbox.set(outbox.len() as i64);
+        self.own.outbox.set(outbox.len() as i64);
         drop(outbox);
         self.ready.notify_one();
     }
 
     fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
-        self.metrics.redis_connected.set(i64::from(up));
+        self.own.connected.set(i64::from(up));
     }
 
     async fn connect(&self) -> Option<Connection> {
@@ -188,7 +240,7 @@ impl PurgeBus {
                 "Redis is unreachable: purges are applied here and kept until it returns"
             );
         }
-        self.metrics.redis_connected.set(0);
+        self.own.connected.set(0);
     }
 
     /// Empties the outbox into the stream, oldest first, keeping what Redis refused.
@@ -250,8 +302,8 @@ impl PurgeBus {
                         if outbox.front() == Some(&message) {
                             outbox.pop_front();
                         }
-                        self.metrics.purge_bus_outbox.set(outbox.len() as i64);
-                        self.metrics.purge_bus_published.inc();
+                        self.own.outbox.set(outbox.len() as i64);
+                        self.own.published.inc();
                     }
                     Ok(Err(e)) => {
                         self.disconnected(&e.to_string());
@@ -386,7 +438,7 @@ impl PurgeBus {
             "purges this node may have missed are gone from Redis: dropping the memory tier"
         );
         self.purger.store().flush();
-        self.metrics.purge_bus_flushes.inc();
+        self.own.flushes.inc();
     }
 
     /// The stream's sequence counter now (`None`: Redis has none, it restarted empty).
@@ -409,7 +461,7 @@ impl PurgeBus {
         let soft = field("soft").as_deref() == Some("1");
         if field("everything").as_deref() == Some("1") {
             let report = self.purger.apply_everything().await;
-            self.metrics.purge_bus_applied.inc();
+            self.own.applied.inc();
             self.metrics.purged_remote(report.objects, 0, report.took);
             return;
         }
@@ -419,7 +471,7 @@ impl PurgeBus {
             .await
         {
             Ok(report) => {
-                self.metrics.purge_bus_applied.inc();
+                self.own.applied.inc();
                 self.metrics
                     .purged_remote(report.objects, report.tags, report.took);
             }

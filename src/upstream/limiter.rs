@@ -13,13 +13,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntGauge, IntGaugeVec};
+use prometheus::IntGauge;
 use tokio::sync::oneshot;
 
 use super::adaptive::AdaptiveLimit;
 use super::classes::{ClassId, Classes};
 use crate::config::LimitsSection;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Unavailable};
 
 /// Weight of the newest slot-holding time in the moving average.
 const SERVICE_WEIGHT: f64 = 0.05;
@@ -52,6 +52,19 @@ impl Shed {
             Shed::Unhealthy => "unhealthy",
             Shed::Maintenance => "maintenance",
             Shed::ClientCap => "client_cap",
+        }
+    }
+}
+
+impl From<Shed> for Unavailable {
+    fn from(shed: Shed) -> Self {
+        match shed {
+            Shed::QueueFull => Unavailable::QueueFull,
+            Shed::Timeout => Unavailable::Timeout,
+            Shed::WouldTimeOut => Unavailable::WouldTimeOut,
+            Shed::Unhealthy => Unavailable::Unhealthy,
+            Shed::Maintenance => Unavailable::Maintenance,
+            Shed::ClientCap => Unavailable::ClientCap,
         }
     }
 }
@@ -118,12 +131,8 @@ impl Limiter {
                 next_id: 0,
                 service_secs: 0.0,
                 settings: config.clone(),
-                queued_gauges: class_gauges(&metrics, &metrics.origin_queued, &classes),
-                in_flight_gauges: class_gauges(
-                    &metrics,
-                    &metrics.origin_inflight_by_class,
-                    &classes,
-                ),
+                queued_gauges: class_gauges(&metrics, &classes).0,
+                in_flight_gauges: class_gauges(&metrics, &classes).1,
                 classes,
             }),
             picker,
@@ -152,13 +161,8 @@ impl Limiter {
         for gauge in &state.queued_gauges {
             gauge.set(0);
         }
-        state.queued_gauges = class_gauges(&self.metrics, &self.metrics.origin_queued, &classes);
         // Permits already out keep decrementing the gauge they incremented.
-        state.in_flight_gauges = class_gauges(
-            &self.metrics,
-            &self.metrics.origin_inflight_by_class,
-            &classes,
-        );
+        (state.queued_gauges, state.in_flight_gauges) = class_gauges(&self.metrics, &classes);
         let lengths: Vec<usize> = state.queues.iter().map(VecDeque::len).collect();
         for (gauge, len) in state.queued_gauges.iter().zip(lengths) {
             gauge.set(len as i64);
@@ -244,9 +248,7 @@ impl Limiter {
 
     fn waited(&self, classes: &Classes, class: ClassId, since: Instant) {
         self.metrics
-            .origin_wait
-            .with_label_values(&[classes.name(class)])
-            .observe(since.elapsed().as_secs_f64());
+            .origin_waited(classes.name(class), since.elapsed());
     }
 
     /// Whether a request of `class` would have to queue right now.
@@ -306,13 +308,13 @@ impl Limiter {
 
     fn new_slots(&self, origin: SocketAddr, settings: &LimitsSection) -> Slots {
         let name = origin.to_string();
-        let limit_gauge = self.metrics.origin_limit.with_label_values(&[&name]);
+        let (in_flight_gauge, limit_gauge) = self.metrics.origin_gauges(&name);
         limit_gauge.set(settings.max_inflight as i64);
         Slots {
             in_flight: 0,
             fixed: settings.max_inflight,
             adaptive: adaptive_for(settings),
-            in_flight_gauge: self.metrics.origin_inflight.with_label_values(&[&name]),
+            in_flight_gauge,
             limit_gauge,
         }
     }
@@ -378,14 +380,11 @@ impl Limiter {
 }
 
 /// One gauge of `family` per class, in class order; declares the class's other series.
-fn class_gauges(metrics: &Metrics, family: &IntGaugeVec, classes: &Classes) -> Vec<IntGauge> {
+/// Each class's `(queued, in flight)` gauges, in class order.
+fn class_gauges(metrics: &Metrics, classes: &Classes) -> (Vec<IntGauge>, Vec<IntGauge>) {
     (0..classes.len())
-        .map(|i| {
-            let name = classes.name(ClassId(i));
-            metrics.declare_class(name);
-            family.with_label_values(&[name])
-        })
-        .collect()
+        .map(|i| metrics.class_gauges(classes.name(ClassId(i))))
+        .unzip()
 }
 
 fn adaptive_for(settings: &LimitsSection) -> Option<AdaptiveLimit> {

@@ -64,7 +64,7 @@ impl BackgroundService for Warmer {
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let page = loop {
-                self.metrics.warm_queue_depth.set(self.queue.len() as i64);
+                self.metrics.warm_queue_depth(self.queue.len());
                 if let Some(page) = self.queue.pop() {
                     break page;
                 }

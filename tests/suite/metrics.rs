@@ -80,16 +80,33 @@ async fn coalesced_stale_and_unavailable_are_counted() {
     assert_eq!(fg.metric("floodgate_coalesced_total").await, 9.0);
 
     get(&fg.url("/short.html")).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    get(&fg.url("/short.html")).await; // stale, refreshed in the background
+    // Polled until the page has expired: the first answer served within grace (a fact
+    // the response states), which starts one background refresh.
+    let mut stale = false;
+    for _ in 0..100 {
+        let got = get(&fg.url("/short.html")).await;
+        if got.header("grace") == Some("normal (healthy server)") {
+            stale = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stale, "the page expired within 5 s");
     assert_eq!(
         fg.metric("floodgate_requests_total{outcome=\"stale\"}")
             .await,
         1.0
     );
     assert!(eventually(Duration::from_secs(3), || origin.hits("/short.html") == 2).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fg.metric("floodgate_background_refreshes_total").await, 1.0);
+    let mut refreshed = 0.0;
+    for _ in 0..100 {
+        refreshed = fg.metric("floodgate_background_refreshes_total").await;
+        if refreshed >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refreshed, 1.0);
 
     origin.stop();
     assert_eq!(get(&fg.url("/never.html")).await.status, 503);
