@@ -257,7 +257,7 @@ const SLOW_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new() -> prometheus::Result<Self> {
         let r = Registry::new();
         let requests = counter_vec(
             &r,

@@ -15,7 +15,7 @@ pub mod vary;
 
 use regex::Regex;
 
-use crate::config::Config;
+use crate::config::{invalid, Config, ConfigError};
 
 /// The compiled form of the Magento rules in the configuration, built once at start-up
 /// so the request path does no regex compilation or string parsing of the config.
@@ -29,28 +29,46 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Compiles the rules; `Config::validate` has already checked every pattern.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    /// Compiles the rules; `config::load` has already checked every pattern, and an
+    /// error still names the key.
+    pub fn new(config: &Config) -> Result<Self, ConfigError> {
         let m = &config.magento;
         let extra_pass = if m.pass_url_patterns.is_empty() {
             None
         } else {
-            Some(regex::RegexSet::new(&m.pass_url_patterns)?)
+            Some(
+                regex::RegexSet::new(&m.pass_url_patterns)
+                    .map_err(|e| invalid("magento.pass_url_patterns", e.to_string()))?,
+            )
         };
         let design_exceptions = m
             .design_exceptions
             .iter()
-            .map(|d| Ok((Regex::new(&d.user_agent)?, d.value.clone())))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .enumerate()
+            .map(|(i, d)| {
+                Regex::new(&d.user_agent)
+                    .map(|re| (re, d.value.clone()))
+                    .map_err(|e| {
+                        invalid(
+                            &format!("magento.design_exceptions[{i}].user_agent"),
+                            e.to_string(),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let header = |key: &str, name: &str| {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(key, format!("`{name}` is not a valid header name")))
+        };
         Ok(Self {
             normalizer: normalize::UrlNormalizer::new(&m.marketing_params),
             extra_pass,
             design_exceptions,
-            ssl_offload_header: http::HeaderName::from_bytes(m.ssl_offload_header.as_bytes())?,
+            ssl_offload_header: header("magento.ssl_offload_header", &m.ssl_offload_header)?,
             stripped_headers: m
                 .strip_request_headers
                 .iter()
-                .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
+                .map(|h| header("magento.strip_request_headers", h))
                 .collect::<Result<_, _>>()?,
         })
     }

@@ -30,12 +30,12 @@ impl Runtime {
     pub fn compile(config: Config) -> Result<Self, ConfigError> {
         let limits = &config.limits;
         Ok(Self {
-            rules: Rules::new(&config).map_err(|e| invalid("magento", format!("{e:#}")))?,
+            rules: Rules::new(&config)?,
             purge_acl: PurgeAcl::new(&config.purge.allow).map_err(|e| invalid("purge.allow", e))?,
             trusted_proxies: PurgeAcl::new(&config.server.trusted_proxies)
                 .map_err(|e| invalid("server.trusted_proxies", e))?,
-            pages: ShedPages::load(limits).map_err(|(key, reason)| invalid(&key, reason))?,
-            classes: Arc::new(Classes::new(limits).map_err(|(key, reason)| invalid(&key, reason))?),
+            pages: ShedPages::load(limits)?,
+            classes: Arc::new(Classes::new(limits)?),
             redis: match config.redis.url.is_empty() {
                 true => None,
                 false => Some(cluster::client(&config.redis)?),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Method;
 use regex::RegexSet;
 
-use crate::config::LimitsSection;
+use crate::config::{invalid, ConfigError, LimitsSection};
 
 /// A class's rank: 0 is served first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,40 +42,41 @@ pub struct Classes {
     default: ClassId,
 }
 
-/// A configuration mistake: the key at fault and why.
-pub type ClassError = (String, String);
+fn bad(key: impl AsRef<str>, reason: impl Into<String>) -> ConfigError {
+    invalid(key.as_ref(), reason)
+}
 
 impl Classes {
-    pub fn new(config: &LimitsSection) -> Result<Self, ClassError> {
+    pub fn new(config: &LimitsSection) -> Result<Self, ConfigError> {
         let mut rules = Vec::with_capacity(config.classes.len());
         let mut names: Vec<String> = Vec::with_capacity(config.classes.len() + 1);
         let mut waits = Vec::with_capacity(config.classes.len() + 1);
         for (i, class) in config.classes.iter().enumerate() {
             let key = |field: &str| format!("limits.class[{i}].{field}");
             if class.name.is_empty() || class.name == WARM_CLASS {
-                return Err((
+                return Err(bad(
                     key("name"),
                     format!("needs a name other than `{WARM_CLASS}` (the re-warmer's class)"),
                 ));
             }
             if names.contains(&class.name) {
-                return Err((key("name"), format!("`{}` is used twice", class.name)));
+                return Err(bad(key("name"), format!("`{}` is used twice", class.name)));
             }
             let methods = class
                 .methods
                 .iter()
                 .map(|m| {
                     Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                        .map_err(|_| (key("methods"), format!("`{m}` is not an HTTP method")))
+                        .map_err(|_| bad(key("methods"), format!("`{m}` is not an HTTP method")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let set = |field: &str, patterns: &[String]| -> Result<Option<RegexSet>, ClassError> {
+            let set = |field: &str, patterns: &[String]| -> Result<Option<RegexSet>, ConfigError> {
                 if patterns.is_empty() {
                     return Ok(None);
                 }
                 RegexSet::new(patterns)
                     .map(Some)
-                    .map_err(|e| (key(field), e.to_string()))
+                    .map_err(|e| bad(key(field), e.to_string()))
             };
             rules.push(ClassRule {
                 methods,
@@ -94,8 +95,8 @@ impl Classes {
             .position(|n| *n == config.default_class)
             .map(ClassId)
             .ok_or_else(|| {
-                (
-                    "limits.default_class".to_string(),
+                bad(
+                    "limits.default_class",
                     format!(
                         "`{}` is not one of the classes ({})",
                         config.default_class,
@@ -150,6 +151,13 @@ impl Classes {
 mod tests {
     use super::*;
 
+    fn parts(e: ConfigError) -> (String, String) {
+        match e {
+            ConfigError::Invalid { key, reason } => (key, reason),
+            other => panic!("not a key's mistake: {other}"),
+        }
+    }
+
     fn classes() -> Classes {
         Classes::new(&LimitsSection::default()).expect("default classes")
     }
@@ -189,16 +197,18 @@ mod tests {
     fn mistakes_name_their_key() {
         let mut config = LimitsSection::default();
         config.classes[2].user_agents = vec!["(".into()];
-        let (key, _) = Classes::new(&config).err().expect("bad regex refused");
+        let (key, _) = parts(Classes::new(&config).err().expect("bad regex refused"));
         assert_eq!(key, "limits.class[2].user_agents");
 
         let config = LimitsSection {
             default_class: "nope".into(),
             ..LimitsSection::default()
         };
-        let (key, reason) = Classes::new(&config)
-            .err()
-            .expect("unknown default refused");
+        let (key, reason) = parts(
+            Classes::new(&config)
+                .err()
+                .expect("unknown default refused"),
+        );
         assert_eq!(key, "limits.default_class");
         assert!(reason.contains("checkout, pages, crawlers"), "{reason}");
 

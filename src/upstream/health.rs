@@ -19,7 +19,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
 use pingora::lb::Backend;
 use pingora::{Error, ErrorType, Result};
 
-use crate::config::OriginSection;
+use crate::config::{invalid, ConfigError, OriginSection};
 
 /// The last `size` probe results as bits (1 = success), newest in bit 0.
 #[derive(Debug, Clone, Copy)]
@@ -41,11 +41,14 @@ pub struct WindowedHealthCheck {
 const SICK_PROBE_EVERY: Duration = Duration::from_millis(500);
 
 impl WindowedHealthCheck {
-    pub fn new(config: &OriginSection) -> anyhow::Result<Self> {
+    pub fn new(config: &OriginSection) -> Result<Self, ConfigError> {
         let mut probe = HttpHealthCheck::new("localhost", false);
-        let mut req = RequestHeader::build("GET", config.health_check_url.as_bytes(), None)?;
-        req.insert_header("Host", "localhost")?;
-        req.insert_header("User-Agent", "floodgate-health-probe")?;
+        let bad_url = |e: Box<pingora::Error>| invalid("origin.health_check_url", e.to_string());
+        let mut req = RequestHeader::build("GET", config.health_check_url.as_bytes(), None)
+            .map_err(bad_url)?;
+        req.insert_header("Host", "localhost").map_err(bad_url)?;
+        req.insert_header("User-Agent", "floodgate-health-probe")
+            .map_err(bad_url)?;
         probe.req = req;
         let timeout = Duration::from_secs(config.health_check_timeout_secs);
         probe.peer_template.options.connection_timeout = Some(timeout);

@@ -14,7 +14,7 @@ use pingora::upstreams::peer::HttpPeer;
 use super::classes::{ClassId, Classes};
 use super::health::WindowedHealthCheck;
 use super::limiter::{Limiter, Permit, Pick, Shed};
-use crate::config::{Config, LimitsSection};
+use crate::config::{invalid, Config, ConfigError, LimitsSection};
 use crate::metrics::Metrics;
 
 /// Why a stale copy is served without asking the origin (the `Grace` header says it).
@@ -69,10 +69,10 @@ impl Origins {
         config: &Config,
         classes: Arc<Classes>,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(Self, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
+    ) -> Result<(Self, GenBackgroundService<LoadBalancer<RoundRobin>>), ConfigError> {
         let origin = &config.origin;
         let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(origin.addresses.iter())
-            .map_err(|e| anyhow::anyhow!("origin.addresses: {e}"))?;
+            .map_err(|e| invalid("origin.addresses", e.to_string()))?;
         balancer.set_health_check(Box::new(WindowedHealthCheck::new(origin)?));
         balancer.health_check_frequency =
             Some(Duration::from_secs(origin.health_check_interval_secs));

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::config::LimitsSection;
+use crate::config::{invalid, ConfigError, LimitsSection};
 
 const BUSY: &str = r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -32,16 +32,15 @@ pub struct ShedPages {
 
 impl ShedPages {
     /// Reads the configured pages; an error names the key and the file.
-    pub fn load(config: &LimitsSection) -> Result<Self, (String, String)> {
-        let read =
-            |key: &str, path: &str, builtin: &'static str| -> Result<Bytes, (String, String)> {
-                if path.is_empty() {
-                    return Ok(Bytes::from_static(builtin.as_bytes()));
-                }
-                std::fs::read(path)
-                    .map(Bytes::from)
-                    .map_err(|e| (key.to_string(), format!("cannot read {path}: {e}")))
-            };
+    pub fn load(config: &LimitsSection) -> Result<Self, ConfigError> {
+        let read = |key: &str, path: &str, builtin: &'static str| -> Result<Bytes, ConfigError> {
+            if path.is_empty() {
+                return Ok(Bytes::from_static(builtin.as_bytes()));
+            }
+            std::fs::read(path)
+                .map(Bytes::from)
+                .map_err(|e| invalid(key, format!("cannot read {path}: {e}")))
+        };
         Ok(Self {
             busy: read("limits.busy_page", &config.busy_page, BUSY)?,
             maintenance: read(
