@@ -269,7 +269,7 @@ impl PurgeBus {
                         .map(|_| ())
                 };
                 if let Err(reason) = shared {
-                    self.disconnected(&reason);
+                    self.disconnected(&reason.to_string());
                     break;
                 }
                 if connection.is_none() {

@@ -16,6 +16,18 @@ pub use acl::PurgeAcl;
 pub use bus::{PurgeBus, PurgeMessage};
 use pattern::Selector;
 
+/// Why a purge was not applied (then nothing was), or its shared copies not removed.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    #[error("X-Magento-Tags-Pattern is not a valid regular expression: {0}")]
+    Pattern(regex::Error),
+    #[error("X-Pool is not a valid regular expression: {0}")]
+    Pool(regex::Error),
+    /// Redis did not take the removal of the shared copies; it says what failed.
+    #[error("the shared tier: {0}")]
+    Shared(String),
+}
+
 /// What one purge did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeReport {
@@ -66,7 +78,7 @@ impl Purger {
         tags_pattern: Option<&str>,
         pool: Option<&str>,
         wait: bool,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, PurgeError> {
         let Some(shared) = self.shared.get() else {
             return Ok(0);
         };
@@ -79,14 +91,20 @@ impl Purger {
                 Selector::Pattern(re) => SharedSelector::Pattern(re),
             });
         let pool = pool.map(pattern::pool).transpose()?;
-        shared.purge(selector.as_ref(), pool.as_ref(), wait).await
+        shared
+            .purge(selector.as_ref(), pool.as_ref(), wait)
+            .await
+            .map_err(PurgeError::Shared)
     }
 
     /// Marks every shared copy stored before now as gone (a flush of everything sent to
     /// the other nodes). `Ok` without a shared tier.
-    pub async fn flush_shared(&self) -> Result<(), String> {
+    pub async fn flush_shared(&self) -> Result<(), PurgeError> {
         match self.shared.get() {
-            Some(shared) => shared.flushed(SystemTime::now()).await,
+            Some(shared) => shared
+                .flushed(SystemTime::now())
+                .await
+                .map_err(PurgeError::Shared),
             None => Ok(()),
         }
     }
@@ -107,7 +125,7 @@ impl Purger {
         tags_pattern: Option<&str>,
         pool: Option<&str>,
         soft: bool,
-    ) -> Result<PurgeReport, String> {
+    ) -> Result<PurgeReport, PurgeError> {
         let report = self.apply(tags_pattern, pool, soft).await?;
         if let Some(bus) = self.bus.get() {
             bus.publish(PurgeMessage {
@@ -167,7 +185,7 @@ impl Purger {
         tags_pattern: Option<&str>,
         pool: Option<&str>,
         soft: bool,
-    ) -> Result<PurgeReport, String> {
+    ) -> Result<PurgeReport, PurgeError> {
         let started = Instant::now();
         let pool_pattern = pool;
         let selector = tags_pattern.map(pattern::parse).transpose()?;

@@ -7,6 +7,8 @@
 
 use regex::Regex;
 
+use super::PurgeError;
+
 /// Purges of unusual patterns compile at most this much regex program.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
@@ -21,7 +23,7 @@ pub enum Selector {
 }
 
 /// Reads a pattern; `Err` says why it is not a valid regular expression.
-pub fn parse(pattern: &str) -> Result<Selector, String> {
+pub fn parse(pattern: &str) -> Result<Selector, PurgeError> {
     let pattern = pattern.trim();
     if pattern == ".*" {
         return Ok(Selector::AllTagged);
@@ -33,15 +35,15 @@ pub fn parse(pattern: &str) -> Result<Selector, String> {
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map(Selector::Pattern)
-        .map_err(|e| format!("X-Magento-Tags-Pattern is not a valid regular expression: {e}"))
+        .map_err(PurgeError::Pattern)
 }
 
 /// A pool (`X-Pool`) is always a regular expression against the stored `X-Pool` value.
-pub fn pool(pattern: &str) -> Result<Regex, String> {
+pub fn pool(pattern: &str) -> Result<Regex, PurgeError> {
     regex::RegexBuilder::new(pattern.trim())
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| format!("X-Pool is not a valid regular expression: {e}"))
+        .map_err(PurgeError::Pool)
 }
 
 /// `((^|,)a(,|$))|((^|,)b(,|$))` -> `["a", "b"]`; `None` for anything else.
@@ -108,8 +110,9 @@ mod tests {
             Selector::Pattern(_)
         ));
         let err = parse("((^|,)cat_p_1(,|$)").unwrap_err();
-        assert!(err.contains("not a valid regular expression"), "{err}");
-        assert!(pool("(").is_err());
+        assert!(matches!(err, PurgeError::Pattern(_)), "{err}");
+        assert!(err.to_string().contains("not a valid regular expression"));
+        assert!(matches!(pool("("), Err(PurgeError::Pool(_))));
     }
 
     #[test]
