@@ -33,29 +33,7 @@ async fn tagged_origin() -> TestOrigin {
 }
 
 fn purge(fg: &Floodgate, pattern: &str) -> reqwest::RequestBuilder {
-    client()
-        .request(
-            reqwest::Method::from_bytes(b"PURGE").expect("method"),
-            fg.url("/"),
-        )
-        .header("X-Magento-Tags-Pattern", pattern.to_string())
-}
-
-/// Polls a node's metric until it reaches `value`; the time it took.
-async fn until_metric(
-    fg: &Floodgate,
-    sample: &str,
-    value: f64,
-    limit: Duration,
-) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if fg.metric(sample).await >= value {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    None
+    purge_request(fg, pattern)
 }
 
 /// Starts a node and waits until it has reached Redis (when Redis is up).

@@ -26,13 +26,8 @@ async fn page(fg: &Floodgate, url: &str) -> Got {
     send(client().get(fg.url(url)).header("host", "shop.test")).await
 }
 
-fn purge(fg: &Floodgate, tags: &str) -> reqwest::RequestBuilder {
-    client()
-        .request(
-            reqwest::Method::from_bytes(b"PURGE").expect("method"),
-            fg.url("/"),
-        )
-        .header("x-magento-tags-pattern", format!("((^|,){tags}(,|$))"))
+fn purge(fg: &Floodgate, tag: &str) -> reqwest::RequestBuilder {
+    purge_request(fg, &tags_pattern(&[tag]))
 }
 
 fn menu_render(body: &str) -> u32 {

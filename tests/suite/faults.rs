@@ -388,25 +388,14 @@ async fn normal_operation_logs_no_error() {
             let got = send(visitor.get(fg.url(&format!("/product-{}.html", i % 40)))).await;
             assert_eq!(got.status, 200);
         }
-        let mut done = false;
-        for _ in 0..100 {
-            let reloads = fg
-                .metrics()
-                .await
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("floodgate_config_reloads_total{result=\"ok\"}")?
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-                .unwrap_or(0.0);
-            if reloads >= f64::from(round) {
-                done = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let done = until_metric(
+            &fg,
+            "floodgate_config_reloads_total{result=\"ok\"}",
+            f64::from(round),
+            Duration::from_secs(5),
+        )
+        .await
+        .is_some();
         assert!(done, "reload {round} was applied");
     }
     purges.await.expect("purges");

@@ -16,13 +16,6 @@ fn purge_req(fg: &Floodgate) -> reqwest::RequestBuilder {
     client().request(reqwest::Method::from_bytes(b"PURGE").unwrap(), fg.url("/"))
 }
 
-fn tags_pattern(tags: &[&str]) -> String {
-    tags.iter()
-        .map(|t| format!("((^|,){t}(,|$))"))
-        .collect::<Vec<_>>()
-        .join("|")
-}
-
 /// Whether `url` is served from the cache: a HIT, or else a MISS (anything else, an
 /// error status included, fails the test rather than counting as "not cached").
 async fn is_cached(fg: &Floodgate, url: &str) -> bool {

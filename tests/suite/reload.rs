@@ -10,16 +10,11 @@ use std::time::Duration;
 use common::*;
 
 fn purge(fg: &Floodgate) -> reqwest::RequestBuilder {
-    client()
-        .request(
-            reqwest::Method::from_bytes(b"PURGE").expect("method"),
-            fg.url("/"),
-        )
-        .header("X-Magento-Tags-Pattern", "((^|,)nothing(,|$))")
+    purge_request(fg, &tags_pattern(&["nothing"]))
 }
 
 async fn reloads(fg: &Floodgate, result: &str) -> f64 {
-    fg.metric(&format!(
+    fg.metric_or_zero(&format!(
         "floodgate_config_reloads_total{{result=\"{result}\"}}"
     ))
     .await
@@ -27,13 +22,10 @@ async fn reloads(fg: &Floodgate, result: &str) -> f64 {
 
 /// Waits up to 5 s for the count of reloads with `result` to reach `n`.
 async fn wait_reloads(fg: &Floodgate, result: &str, n: f64) -> bool {
-    for _ in 0..100 {
-        if reloads(fg, result).await == n {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    until(Duration::from_secs(5), || async {
+        reloads(fg, result).await == n
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -252,15 +252,7 @@ async fn one_megabyte_of_tags_is_cached_and_never_sent_to_the_browser() {
         ("/huge-category.html", last.as_str()),
         ("/split.html", "split_2"),
     ] {
-        let purged = send(
-            client()
-                .request(
-                    reqwest::Method::from_bytes(b"PURGE").expect("method"),
-                    fg.url("/"),
-                )
-                .header("x-magento-tags-pattern", format!("((^|,){tag}(,|$))")),
-        )
-        .await;
+        let purged = send(purge_request(&fg, &tags_pattern(&[tag]))).await;
         assert!(
             purged.text().contains("purged 1 objects"),
             "{tag}: {}",

@@ -223,6 +223,16 @@ impl Floodgate {
             .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
     }
 
+    /// One sample's value, 0 while it does not exist yet (a labelled series appears on
+    /// its first use).
+    pub async fn metric_or_zero(&self, sample: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Rewrites the config file with `settings` (same listeners and origins); the
     /// running process does not see it until it reloads.
     pub fn rewrite_config(&self, settings: &Settings) {

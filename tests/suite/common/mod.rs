@@ -87,6 +87,53 @@ pub async fn burst(url: &str, n: usize) -> Vec<Got> {
     out
 }
 
+/// Magento's `X-Magento-Tags-Pattern` for `tags`: `((^|,)a(,|$))|((^|,)b(,|$))`.
+pub fn tags_pattern(tags: &[&str]) -> String {
+    tags.iter()
+        .map(|t| format!("((^|,){t}(,|$))"))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// A PURGE of `pattern` (an `X-Magento-Tags-Pattern`) as Magento sends it to `fg`.
+pub fn purge_request(fg: &Floodgate, pattern: &str) -> reqwest::RequestBuilder {
+    client()
+        .request(
+            reqwest::Method::from_bytes(b"PURGE").expect("method"),
+            fg.url("/"),
+        )
+        .header("x-magento-tags-pattern", pattern)
+}
+
+/// Polls the async `cond` every 20 ms for up to `limit`; whether it came true.
+pub async fn until<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond().await
+}
+
+/// Polls `fg`'s metric `sample` until it reaches `value` (a sample not there yet counts
+/// as 0); how long that took, or `None` past `limit`.
+pub async fn until_metric(
+    fg: &Floodgate,
+    sample: &str,
+    value: f64,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let reached = until(limit, || async { fg.metric_or_zero(sample).await >= value }).await;
+    reached.then(|| started.elapsed())
+}
+
 /// Polls `cond` every 50 ms for up to `limit`.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
