@@ -156,7 +156,8 @@ impl Admin {
         let reloader = self.reloader.clone();
         let result = tokio::task::spawn_blocking(move || reloader.reload())
             .await
-            .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")));
+            .map_err(|e| format!("the reload task failed: {e}"))
+            .and_then(|reloaded| reloaded.map_err(|e| e.to_string()));
         match result {
             Ok(done) => json_reply(
                 200,

@@ -21,6 +21,16 @@ use crate::metrics::Metrics;
 use crate::proxy::Runtime;
 use crate::upstream::Origins;
 
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no config file to reload: Floodgate was started without -c")]
+    NoFile,
+    /// The file does not load, validate or compile; it names the key.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+}
+
 /// What a successful reload did.
 #[derive(Debug, Clone)]
 pub struct Reloaded {
@@ -67,7 +77,7 @@ impl Reloader {
     }
 
     /// Re-reads the file; on any error nothing changes and the reason is returned.
-    pub fn reload(&self) -> Result<Reloaded, String> {
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.try_reload();
         match &result {
@@ -84,12 +94,12 @@ impl Reloader {
         result
     }
 
-    fn try_reload(&self) -> Result<Reloaded, String> {
+    fn try_reload(&self) -> Result<Reloaded, ReloadError> {
         let Some(path) = &self.path else {
-            return Err("no config file to reload: Floodgate was started without -c".into());
+            return Err(ReloadError::NoFile);
         };
-        let config = config::load(Some(path), &self.overrides).map_err(|e| e.to_string())?;
-        let runtime = Runtime::compile(config.clone()).map_err(|e| e.to_string())?;
+        let config = config::load(Some(path), &self.overrides)?;
+        let runtime = Runtime::compile(config.clone())?;
         self.origins
             .reconfigure(&config.limits, runtime.classes.clone());
         self.store
