@@ -47,46 +47,60 @@ pub enum Header {
     Local,
 }
 
+/// Why a connection on a PROXY protocol listener is closed before its request is read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("no PROXY header: {0}")]
+    Missing(std::io::Error),
+    #[error("the connection does not start with a PROXY header")]
+    NotProxy,
+    #[error("PROXY v1 header longer than 107 bytes")]
+    TooLong,
+    #[error("PROXY header cut short: {0}")]
+    CutShort(std::io::Error),
+    #[error("invalid PROXY header: {0}")]
+    Invalid(String),
+    #[error("PROXY v2 header for {0}: only TCP is served")]
+    NotTcp(String),
+}
+
 /// Reads exactly one PROXY header (v1 or v2) from `stream`.
-pub async fn read_header(stream: &mut TcpStream) -> Result<Header, String> {
+pub async fn read_header(stream: &mut TcpStream) -> Result<Header, HeaderError> {
     let mut buf = vec![0u8; 16];
     stream
         .read_exact(&mut buf[..5])
         .await
-        .map_err(|e| format!("no PROXY header: {e}"))?;
+        .map_err(HeaderError::Missing)?;
     if &buf[..5] == b"PROXY" {
         buf.truncate(5);
         // Byte by byte, so not one byte of the request after it is taken.
         while !buf.ends_with(b"\r\n") {
             if buf.len() >= V1_MAX {
-                return Err("PROXY v1 header longer than 107 bytes".into());
+                return Err(HeaderError::TooLong);
             }
-            let byte = stream
-                .read_u8()
-                .await
-                .map_err(|e| format!("PROXY v1 header cut short: {e}"))?;
+            let byte = stream.read_u8().await.map_err(HeaderError::CutShort)?;
             buf.push(byte);
         }
     } else {
         stream
             .read_exact(&mut buf[5..16])
             .await
-            .map_err(|e| format!("no PROXY header: {e}"))?;
+            .map_err(HeaderError::Missing)?;
         if &buf[..12] != V2_SIGNATURE {
-            return Err("the connection does not start with a PROXY header".into());
+            return Err(HeaderError::NotProxy);
         }
         let len = u16::from_be_bytes([buf[14], buf[15]]) as usize;
         buf.resize(16 + len, 0);
         stream
             .read_exact(&mut buf[16..])
             .await
-            .map_err(|e| format!("PROXY v2 header cut short: {e}"))?;
+            .map_err(HeaderError::CutShort)?;
     }
     parse(&buf)
 }
 
 /// Parses one complete header.
-pub fn parse(bytes: &[u8]) -> Result<Header, String> {
+pub fn parse(bytes: &[u8]) -> Result<Header, HeaderError> {
     use ppp::{v1, v2, HeaderResult};
     match HeaderResult::parse(bytes) {
         HeaderResult::V1(Ok(header)) => match header.addresses {
@@ -110,10 +124,10 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
                 a.source_address,
                 a.source_port,
             )))),
-            (_, other) => Err(format!("PROXY v2 header for {other:?}: only TCP is served")),
+            (_, other) => Err(HeaderError::NotTcp(format!("{other:?}"))),
         },
-        HeaderResult::V1(Err(e)) => Err(format!("invalid PROXY v1 header: {e}")),
-        HeaderResult::V2(Err(e)) => Err(format!("invalid PROXY v2 header: {e}")),
+        HeaderResult::V1(Err(e)) => Err(HeaderError::Invalid(format!("v1: {e}"))),
+        HeaderResult::V2(Err(e)) => Err(HeaderError::Invalid(format!("v2: {e}"))),
     }
 }
 
@@ -254,23 +268,26 @@ mod tests {
     #[test]
     fn v1_and_v2_name_the_client() {
         assert_eq!(
-            parse(b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 443\r\n"),
-            Ok(Header::Client("198.51.100.7:40000".parse().unwrap()))
+            parse(b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 443\r\n").ok(),
+            Some(Header::Client("198.51.100.7:40000".parse().unwrap()))
         );
         assert_eq!(
-            parse(b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 443\r\n"),
-            Ok(Header::Client("[2001:db8::7]:40000".parse().unwrap()))
+            parse(b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 443\r\n").ok(),
+            Some(Header::Client("[2001:db8::7]:40000".parse().unwrap()))
         );
-        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Header::Local));
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n").ok(), Some(Header::Local));
         let mut v2 = V2_SIGNATURE.to_vec();
         v2.extend_from_slice(&[
             0x21, 0x11, 0, 12, 198, 51, 100, 7, 10, 0, 0, 1, 0x9c, 0x40, 1, 187,
         ]);
         assert_eq!(
-            parse(&v2),
-            Ok(Header::Client("198.51.100.7:40000".parse().unwrap()))
+            parse(&v2).ok(),
+            Some(Header::Client("198.51.100.7:40000".parse().unwrap()))
         );
-        assert!(parse(b"PROXY TCP4 not-an-ip 10.0.0.1 1 2\r\n").is_err());
+        assert!(matches!(
+            parse(b"PROXY TCP4 not-an-ip 10.0.0.1 1 2\r\n"),
+            Err(HeaderError::Invalid(_))
+        ));
         assert!(parse(b"GET / HTTP/1.1\r\n").is_err());
     }
 }
