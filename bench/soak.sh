@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak: mixed traffic for a long time while things break, as on a shop's worst day.
-# Zipf visitors over 20,000 product pages (the head hits, the tail misses) at 300/s on
-# 32 kept-alive connections, 2,000 pages filled first; a purge of a random product tag
+# Zipf visitors over 20,000 product pages at 300/s on 32 kept-alive connections, the
+# catalogue filled first into a cache bounded below it (so the tail misses and evicts); a purge of a random product tag
 # every 3 s (20 a minute); a config reload (SIGHUP) every minute; Redis (shared tier and
 # purge bus) killed and restarted twice; the origin killed and restarted once.
 # Prints requests by status (503s while the origin was down are expected and counted
@@ -36,7 +36,9 @@ memory_bytes = ${MEMORY_BYTES:-16777216}
 [redis]
 url = \"redis://127.0.0.1:$REDIS_PORT\"
 shared_cache = true"
-fill "$FG_PORT" product 1 2000 >/dev/null
+# The whole catalogue first: the cache is at its bound from the start, so the first
+# memory sample is a full node's, not one still filling.
+fill "$FG_PORT" product 1 "$PAGES" >/dev/null
 
 sample() { # second -> "second rss_kb fds cache_bytes"
   echo "$1 $(awk '/^VmRSS/ {print $2}' "/proc/$FG_PID/status") $(ls "/proc/$FG_PID/fd" | wc -l)" \
