@@ -55,7 +55,9 @@ pub async fn purge(
 
 /// The admin token from `--token-file`, read once per command.
 pub fn token(file: Option<&str>) -> Result<Option<String>, String> {
-    file.map(crate::config::read_token).transpose()
+    file.map(crate::config::read_token)
+        .transpose()
+        .map_err(|e| e.to_string())
 }
 
 fn authorized(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {

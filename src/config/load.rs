@@ -257,7 +257,7 @@ impl Config {
         }
         if !self.server.admin_token_file.is_empty() {
             read_token(&self.server.admin_token_file)
-                .map_err(|e| invalid("server.admin_token_file", e))?;
+                .map_err(|e| invalid("server.admin_token_file", e.to_string()))?;
         }
         if limits.request_body_buffer_bytes > 65_536 {
             return Err(invalid(
@@ -294,14 +294,29 @@ impl Config {
     }
 }
 
+/// Why the admin token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} must hold a token of at least 16 printable characters on its first line")]
+    TooWeak { path: String },
+}
+
 /// The admin token in `path`: its first line, at least 16 characters.
-pub fn read_token(path: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+pub fn read_token(path: &str) -> Result<String, TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Unreadable {
+        path: path.to_string(),
+        source,
+    })?;
     let token = text.lines().next().unwrap_or("").trim().to_string();
     if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "{path} must hold a token of at least 16 printable characters on its first line"
-        ));
+        return Err(TokenError::TooWeak {
+            path: path.to_string(),
+        });
     }
     Ok(token)
 }

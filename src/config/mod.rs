@@ -11,5 +11,5 @@
 mod load;
 mod model;
 
-pub use load::{invalid, load, read_token, ConfigError, Overrides};
+pub use load::{invalid, load, read_token, ConfigError, Overrides, TokenError};
 pub use model::*;

@@ -31,9 +31,10 @@ impl Runtime {
         let limits = &config.limits;
         Ok(Self {
             rules: Rules::new(&config)?,
-            purge_acl: PurgeAcl::new(&config.purge.allow).map_err(|e| invalid("purge.allow", e))?,
+            purge_acl: PurgeAcl::new(&config.purge.allow)
+                .map_err(|e| invalid("purge.allow", e.to_string()))?,
             trusted_proxies: PurgeAcl::new(&config.server.trusted_proxies)
-                .map_err(|e| invalid("server.trusted_proxies", e))?,
+                .map_err(|e| invalid("server.trusted_proxies", e.to_string()))?,
             pages: ShedPages::load(limits)?,
             classes: Arc::new(Classes::new(limits)?),
             redis: match config.redis.url.is_empty() {

@@ -4,20 +4,25 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// An entry that is neither an address nor a network.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is neither an IP address nor a CIDR network")]
+pub struct AclError(pub String);
+
 pub struct PurgeAcl {
     allowed: Vec<IpNet>,
 }
 
 impl PurgeAcl {
     /// Entries are addresses (`10.0.0.5`, `::1`) or networks (`10.0.0.0/8`).
-    pub fn new(entries: &[String]) -> Result<Self, String> {
+    pub fn new(entries: &[String]) -> Result<Self, AclError> {
         let allowed = entries
             .iter()
             .map(|entry| {
                 entry
                     .parse::<IpNet>()
                     .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("`{entry}` is neither an IP address nor a CIDR network"))
+                    .map_err(|_| AclError(entry.clone()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { allowed })
