@@ -132,7 +132,7 @@ impl Admin {
             .collect::<Result<Vec<_>, _>>()
         {
             Ok(pages) => pages,
-            Err(reason) => return json_reply(400, json!({ "error": reason })),
+            Err(reason) => return json_reply(400, json!({ "error": reason.to_string() })),
         };
         let queued = pages.len();
         for page in pages {

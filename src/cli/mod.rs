@@ -52,7 +52,7 @@ pub async fn purge(
 /// shop needs no TLS here), following one level of sitemap index.
 async fn load(client: &reqwest::Client, target: &str, source: &str) -> Result<String, String> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let page = sitemap::identity(source, "X-Forwarded-Proto")?;
+        let page = sitemap::identity(source, "X-Forwarded-Proto").map_err(|e| e.to_string())?;
         let mut request = client.get(format!("{target}{}", page.url));
         for (name, value) in &page.headers {
             request = request.header(name.as_str(), value.as_str());
@@ -85,16 +85,18 @@ pub async fn warm(
     let xml = load(&client, target, source).await?;
     let mut locations = Vec::new();
     if sitemap::is_index(&xml) {
-        for child in sitemap::locations(&xml)? {
-            locations.extend(sitemap::locations(&load(&client, target, &child).await?)?);
+        for child in sitemap::locations(&xml).map_err(|e| e.to_string())? {
+            let xml = load(&client, target, &child).await?;
+            locations.extend(sitemap::locations(&xml).map_err(|e| e.to_string())?);
         }
     } else {
-        locations = sitemap::locations(&xml)?;
+        locations = sitemap::locations(&xml).map_err(|e| e.to_string())?;
     }
     let pages = locations
         .iter()
         .map(|loc| sitemap::identity(loc, offload_header))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     eprintln!(
         "warming {} pages from {source} through {target} at {rate}/s",
         pages.len()

@@ -20,8 +20,21 @@ pub struct Summary {
     pub failed: usize,
 }
 
+/// What is wrong with a sitemap or one of its URLs.
+#[derive(Debug, thiserror::Error)]
+pub enum SitemapError {
+    #[error("bad text in <loc>: {0}")]
+    BadText(String),
+    #[error("sitemap is not valid XML at byte {at}: {reason}")]
+    NotXml { at: u64, reason: String },
+    #[error("`{loc}` is not a URL: {reason}")]
+    NotUrl { loc: String, reason: String },
+    #[error("`{0}` has no host")]
+    NoHost(String),
+}
+
 /// Every `<loc>` of a sitemap or sitemap index, in order.
-pub fn locations(xml: &str) -> Result<Vec<String>, String> {
+pub fn locations(xml: &str) -> Result<Vec<String>, SitemapError> {
     let mut reader = Reader::from_str(xml);
     let mut in_loc = false;
     let mut locs = Vec::new();
@@ -32,15 +45,15 @@ pub fn locations(xml: &str) -> Result<Vec<String>, String> {
             Ok(Event::Text(text)) if in_loc => {
                 let loc = text
                     .unescape()
-                    .map_err(|e| format!("bad text in <loc>: {e}"))?;
+                    .map_err(|e| SitemapError::BadText(e.to_string()))?;
                 locs.push(loc.trim().to_string());
             }
             Ok(Event::Eof) => return Ok(locs),
             Err(e) => {
-                return Err(format!(
-                    "sitemap is not valid XML at byte {}: {e}",
-                    reader.buffer_position()
-                ))
+                return Err(SitemapError::NotXml {
+                    at: reader.buffer_position(),
+                    reason: e.to_string(),
+                })
             }
             _ => {}
         }
@@ -54,13 +67,16 @@ pub fn is_index(xml: &str) -> bool {
 
 /// The request a visitor of `loc` makes: its path, its Host, and the SSL-offload header
 /// the TLS terminator would add for an `https` URL (it is part of the cache key).
-pub fn identity(loc: &str, offload_header: &str) -> Result<RequestIdentity, String> {
+pub fn identity(loc: &str, offload_header: &str) -> Result<RequestIdentity, SitemapError> {
     let uri: http::Uri = loc
         .parse()
-        .map_err(|e| format!("`{loc}` is not a URL: {e}"))?;
+        .map_err(|e: http::uri::InvalidUri| SitemapError::NotUrl {
+            loc: loc.to_string(),
+            reason: e.to_string(),
+        })?;
     let host = uri
         .authority()
-        .ok_or_else(|| format!("`{loc}` has no host"))?
+        .ok_or_else(|| SitemapError::NoHost(loc.to_string()))?
         .to_string();
     let url = uri
         .path_and_query()
