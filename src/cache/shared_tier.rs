@@ -60,6 +60,17 @@ pub struct SharedTier {
     writes: Arc<tokio::sync::Semaphore>,
 }
 
+/// Why Redis did not take a shared-tier operation; the caller keeps a purge to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("Redis is unreachable")]
+    Unreachable,
+    #[error("Redis did not {0}")]
+    NotDone(&'static str),
+    #[error("Redis: {0}")]
+    Redis(String),
+}
+
 /// The shared tier's own metrics, registered when it is built.
 struct SharedMetrics {
     /// Memory misses looked up here: found, not found.
@@ -171,7 +182,7 @@ impl SharedTier {
 
     /// Every copy stored before `at` is gone: after an emergency flush of everything.
     /// `Err` when Redis could not record it (this node ignores older copies anyway).
-    pub async fn flushed(&self, at: SystemTime) -> Result<(), String> {
+    pub async fn flushed(&self, at: SystemTime) -> Result<(), SharedError> {
         let ms = at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -184,7 +195,7 @@ impl SharedTier {
                     .arg(ms),
             )
             .await;
-        set.ok_or_else(|| "Redis did not record the flush".to_string())
+        set.ok_or(SharedError::NotDone("record the flush"))
     }
 
     fn flushed_before(&self, object: &StoredObject) -> bool {
@@ -410,7 +421,7 @@ impl SharedTier {
         selector: Option<&SharedSelector>,
         pool: Option<&Regex>,
         wait: bool,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, SharedError> {
         let p = &self.prefix;
         let mut sets: Vec<String> = Vec::new();
         let mut names: Vec<(String, String)> = Vec::new(); // (list, member) to forget
@@ -426,7 +437,7 @@ impl SharedTier {
                 let all: Vec<String> = self
                     .run(&listed("tags"))
                     .await
-                    .ok_or("Redis did not list the shared tags")?;
+                    .ok_or(SharedError::NotDone("list the shared tags"))?;
                 for tag in all {
                     let selected = match selector {
                         Some(SharedSelector::Pattern(re)) => re.is_match(&tag),
@@ -444,7 +455,7 @@ impl SharedTier {
             let all: Vec<String> = self
                 .run(&listed("pools"))
                 .await
-                .ok_or("Redis did not list the shared pools")?;
+                .ok_or(SharedError::NotDone("list the shared pools"))?;
             for value in all.into_iter().filter(|v| re.is_match(v)) {
                 sets.push(format!("{p}pool:{value}"));
                 names.push(("pools".into(), value));
@@ -458,7 +469,7 @@ impl SharedTier {
         } else {
             self.connection()
         }
-        .ok_or("Redis is unreachable")?;
+        .ok_or(SharedError::Unreachable)?;
         // On a request's path Redis gets its timeout; the publisher retries what is left.
         let limit = if wait { self.timeout * 4 } else { self.timeout };
         let listed = cluster::each(
@@ -469,10 +480,12 @@ impl SharedTier {
             limit,
         )
         .await
-        .inspect_err(|_| self.broken())?;
+        .inspect_err(|_| self.broken())
+        .map_err(SharedError::Redis)?;
         let mut members = std::collections::BTreeSet::new();
         for reply in listed {
-            let names: Vec<String> = redis::from_redis_value(&reply).map_err(|e| e.to_string())?;
+            let names: Vec<String> =
+                redis::from_redis_value(&reply).map_err(|e| SharedError::Redis(e.to_string()))?;
             members.extend(names);
         }
         // One key per command: the keys may live in different cluster slots.
@@ -489,7 +502,8 @@ impl SharedTier {
         }));
         cluster::each(&con, commands, limit)
             .await
-            .inspect_err(|_| self.broken())?;
+            .inspect_err(|_| self.broken())
+            .map_err(SharedError::Redis)?;
         Ok(members.len())
     }
 }

@@ -8,7 +8,7 @@ pub mod pattern;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cache::shared_tier::{SharedSelector, SharedTier};
+use crate::cache::shared_tier::{SharedError, SharedSelector, SharedTier};
 use crate::cache::MemoryStore;
 use crate::warm::WarmQueue;
 
@@ -23,9 +23,9 @@ pub enum PurgeError {
     Pattern(regex::Error),
     #[error("X-Pool is not a valid regular expression: {0}")]
     Pool(regex::Error),
-    /// Redis did not take the removal of the shared copies; it says what failed.
+    /// Redis did not take the removal of the shared copies.
     #[error("the shared tier: {0}")]
-    Shared(String),
+    Shared(#[from] SharedError),
 }
 
 /// What one purge did.
