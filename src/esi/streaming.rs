@@ -74,7 +74,7 @@ impl Streamed {
                 inflate.flush()?;
                 Bytes::from(std::mem::take(inflate.get_mut()))
             }
-            None => Bytes::copy_from_slice(data),
+            None => return Ok(self.scan(data)),
         };
         Ok(self.scan(&text))
     }
@@ -95,7 +95,7 @@ impl Streamed {
             });
         }
         let pending = self.pending.split().freeze();
-        last.extend_from_slice(&self.literal(&pending));
+        last.extend_from_slice(&self.literal(pending));
         if let Some(out) = &mut self.out {
             last.extend_from_slice(&out.finish());
         }
@@ -104,7 +104,7 @@ impl Streamed {
 
     fn scan(&mut self, text: &[u8]) -> Bytes {
         if self.unprocessed {
-            return self.literal(text);
+            return self.literal(Bytes::copy_from_slice(text));
         }
         if let Some(rest) = &mut self.rest {
             rest.extend_from_slice(text);
@@ -117,7 +117,7 @@ impl Streamed {
             );
             let rest = self.rest.take().unwrap_or_default().freeze();
             self.unprocessed = true;
-            return self.literal(&rest);
+            return self.literal(rest);
         }
         self.pending.extend_from_slice(text);
         let send = match first_marker(&self.pending) {
@@ -131,17 +131,17 @@ impl Streamed {
                 self.pending.split_to(self.pending.len() - keep).freeze()
             }
         };
-        self.literal(&send)
+        self.literal(send)
     }
 
-    /// `text` in the client's encoding.
-    fn literal(&mut self, text: &[u8]) -> Bytes {
+    /// `text` in the client's encoding (identity passes as it is, without a copy).
+    fn literal(&mut self, text: Bytes) -> Bytes {
         if text.is_empty() {
-            return Bytes::new();
+            return text;
         }
         match &mut self.out {
-            Some(out) => out.piece(&Piece::compress(text, self.level)),
-            None => Bytes::copy_from_slice(text),
+            Some(out) => out.piece(&Piece::compress(&text, self.level)),
+            None => text,
         }
     }
 }
