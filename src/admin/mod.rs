@@ -11,11 +11,13 @@
 //! | `POST /warm` | `{"urls": ["https://shop/page.html", ..]}` queued for the re-warmer |
 //! | `GET /maintenance`, `POST /maintenance/on`, `POST /maintenance/off` | maintenance mode |
 //! | `POST /reload` | re-read the config file |
+//! | `GET /cache?url=/path` | what is stored for that URL: each variant's state (fresh, grace, stale_if_error), age, TTL left |
 //!
 //! Every operation (all but `/metrics` and the health checks) passes `guard` first: JSON
 //! only, no cross-site browser requests, a known `Host`, and the token when configured.
 
 mod guard;
+mod inspect;
 mod operations;
 pub mod reload;
 
@@ -73,6 +75,7 @@ impl ServeHttp for Admin {
             (Method::GET, "/healthz" | "/health") => reply(200, "text/plain", b"ok\n".to_vec()),
             (Method::GET, "/readyz") => self.readiness().await,
             (Method::GET, "/maintenance") => self.maintenance_state(),
+            (Method::GET, "/cache") => self.inspect(session.req_header().uri.query()),
             (Method::POST, "/maintenance/on") => self.set_maintenance(true),
             (Method::POST, "/maintenance/off") => self.set_maintenance(false),
             (Method::POST, "/reload") => self.reload().await,
@@ -87,14 +90,15 @@ impl ServeHttp for Admin {
             (
                 _,
                 "/metrics" | "/healthz" | "/health" | "/readyz" | "/maintenance"
-                | "/maintenance/on" | "/maintenance/off" | "/reload" | "/purge" | "/warm",
+                | "/maintenance/on" | "/maintenance/off" | "/reload" | "/purge" | "/warm"
+                | "/cache",
             ) => json_reply(
                 405,
                 json!({ "error": format!("wrong method for {path}: operations are POST, reads are GET") }),
             ),
             _ => json_reply(
                 404,
-                json!({ "error": format!("no {path} here: try /metrics, /healthz, /readyz, /purge, /warm, /maintenance, /reload") }),
+                json!({ "error": format!("no {path} here: try /metrics, /healthz, /readyz, /purge, /warm, /cache, /maintenance, /reload") }),
             ),
         }
     }

@@ -25,7 +25,7 @@ pub use derived::{BodySource, Derive, Derived, Deriver};
 pub use hit::StoredHit;
 pub use hit_for_miss::HitForMissMarks;
 pub use identity::RequestIdentity;
-pub use object::{FetchStarted, StoredObject, VisitorFetch, PURGED_COPY_HEADER};
+pub use object::{FetchStarted, Servable, StoredObject, VisitorFetch, PURGED_COPY_HEADER};
 pub use store::MemoryStore;
 pub use tags::Tags;
 pub use variants::{VariantVerdict, Variants};

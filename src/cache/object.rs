@@ -61,6 +61,30 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// How a stored object may be served at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Servable {
+    /// Within its TTL: a hit.
+    Fresh,
+    /// Expired, within grace: served stale while one refresh runs.
+    Grace,
+    /// Past grace, within keep: served only when the origin cannot answer.
+    IfError,
+    /// Past everything: about to leave the store.
+    No,
+}
+
+impl Servable {
+    pub fn label(self) -> &'static str {
+        match self {
+            Servable::Fresh => "fresh",
+            Servable::Grace => "grace",
+            Servable::IfError => "stale_if_error",
+            Servable::No => "expired",
+        }
+    }
+}
+
 /// One stored response.
 pub struct StoredObject {
     pub fresh_until: SystemTime,
@@ -227,6 +251,20 @@ impl StoredObject {
 
     pub fn is_fresh(&self) -> bool {
         self.fresh_until >= SystemTime::now()
+    }
+
+    /// How the object may be served at `now`.
+    pub fn state(&self, now: SystemTime) -> Servable {
+        let past = |secs: u32| self.fresh_until + Duration::from_secs(secs.into());
+        if self.fresh_until >= now {
+            Servable::Fresh
+        } else if past(self.grace_secs) >= now {
+            Servable::Grace
+        } else if past(self.keep_secs) >= now {
+            Servable::IfError
+        } else {
+            Servable::No
+        }
     }
 
     pub(super) fn meta(&self) -> Result<CacheMeta> {

@@ -69,6 +69,18 @@ impl std::fmt::Display for EntryId {
     }
 }
 
+/// What an exchange with Redis ran into; the bus reconnects and says so in the log.
+#[derive(Debug, thiserror::Error)]
+enum BusError {
+    #[error("Redis refused {command}: {source}")]
+    Redis {
+        command: &'static str,
+        source: redis::RedisError,
+    },
+    #[error("{0} timed out")]
+    TimedOut(&'static str),
+}
+
 /// Appends a purge with the next sequence number, atomically.
 const APPEND: &str = r"
 local seq = redis.call('INCR', KEYS[2])
@@ -96,6 +108,7 @@ pub struct PurgeBus {
 /// The bus's own metrics, registered when it is built (a node without Redis has none).
 struct BusMetrics {
     connected: IntGauge,
+    following: IntGauge,
     published: IntCounter,
     applied: IntCounter,
     outbox: IntGauge,
@@ -110,6 +123,11 @@ impl BusMetrics {
                 registry,
                 "floodgate_redis_connected",
                 "1 while the last exchange with Redis worked",
+            )?,
+            following: gauge(
+                registry,
+                "floodgate_purge_bus_following",
+                "1 once this node reads the purge stream: other nodes' purges reach it",
             )?,
             published: counter(
                 registry,
@@ -134,7 +152,7 @@ impl BusMetrics {
             flushes: counter(
                 registry,
                 "floodgate_purge_bus_flushes_total",
-                "Times this node dropped its memory tier because purges it missed were trimmed",
+                "Times this node dropped its memory tier because it may have missed purges",
             )?,
         })
     }
@@ -351,7 +369,7 @@ impl PurgeBus {
                     }
                     Ok(_) => {}
                     Err(why) => {
-                        self.disconnected(&why);
+                        self.disconnected(&why.to_string());
                         connection = None;
                         continue;
                     }
@@ -364,6 +382,7 @@ impl PurgeBus {
                 None => match self.newest(con).await {
                     Ok(id) => {
                         last = Some(id);
+                        self.started_following().await;
                         // Where the numbers stand, so a Redis that loses them later is
                         // noticed even if this node never read an entry.
                         if let Ok(now) = self.sequence_now(con).await {
@@ -372,7 +391,7 @@ impl PurgeBus {
                         id
                     }
                     Err(why) => {
-                        self.disconnected(&why);
+                        self.disconnected(&why.to_string());
                         connection = None;
                         continue;
                     }
@@ -441,13 +460,37 @@ impl PurgeBus {
         self.own.flushes.inc();
     }
 
+    /// The consumer has its place in the stream: purges from now on reach this node.
+    /// Objects cached before that (Redis was slow or down at the start) may have been
+    /// purged by another node in between, unseen here, so they are dropped: a page
+    /// served after a purge's 200 is the one thing the bus must never allow.
+    async fn started_following(&self) {
+        self.set_connected(true);
+        let store = self.purger.store();
+        store.sync().await;
+        let (objects, _) = store.usage();
+        if objects > 0 {
+            tracing::warn!(
+                objects,
+                "the purge bus reached Redis after this node had cached pages: dropping \
+                 them, since purges sent meanwhile by other nodes cannot be known"
+            );
+            store.flush();
+            self.own.flushes.inc();
+        }
+        self.own.following.set(1);
+    }
+
     /// The stream's sequence counter now (`None`: Redis has none, it restarted empty).
-    async fn sequence_now(&self, con: &mut Connection) -> Result<Option<u64>, String> {
+    async fn sequence_now(&self, con: &mut Connection) -> Result<Option<u64>, BusError> {
         let get = redis::cmd("GET").arg(&self.sequence).to_owned();
         match tokio::time::timeout(self.timeout, get.query_async::<Option<u64>>(con)).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("GET of the purge sequence timed out".into()),
+            Ok(Err(source)) => Err(BusError::Redis {
+                command: "GET of the purge sequence",
+                source,
+            }),
+            Err(_) => Err(BusError::TimedOut("GET of the purge sequence")),
         }
     }
 
@@ -482,7 +525,7 @@ impl PurgeBus {
     }
 
     /// The newest entry's ID, or 0-0 for an empty stream.
-    async fn newest(&self, con: &mut Connection) -> Result<EntryId, String> {
+    async fn newest(&self, con: &mut Connection) -> Result<EntryId, BusError> {
         let query = redis::cmd("XREVRANGE")
             .arg(&self.stream)
             .arg("+")
@@ -496,8 +539,11 @@ impl PurgeBus {
                 .first()
                 .and_then(|e| EntryId::parse(&e.id))
                 .unwrap_or(EntryId(0, 0))),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("XREVRANGE timed out".into()),
+            Ok(Err(source)) => Err(BusError::Redis {
+                command: "XREVRANGE",
+                source,
+            }),
+            Err(_) => Err(BusError::TimedOut("XREVRANGE")),
         }
     }
 }

@@ -31,17 +31,14 @@ async fn healthz_and_readyz_follow_the_process_and_the_origin() {
     assert!(ready.text().contains("\"listening\":true"));
 
     origin.set_unhealthy(true);
-    let fg_ref = &fg;
-    let mut unready = None;
-    for _ in 0..60 {
-        let got = get(&fg_ref.admin_url("/readyz")).await;
-        if got.status == 503 {
-            unready = Some(got);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let unready = unready.expect("readyz turns 503 while the origin fails its probe");
+    assert!(
+        until(Duration::from_secs(6), || async {
+            get(&fg.admin_url("/readyz")).await.status == 503
+        })
+        .await,
+        "readyz turns 503 while the origin fails its probe"
+    );
+    let unready = get(&fg.admin_url("/readyz")).await;
     assert!(
         unready.text().contains("\"origin_healthy\":false"),
         "{}",
@@ -114,7 +111,8 @@ async fn warm_through_the_admin_api_fills_the_cache_in_the_background() {
             && origin.hits("/w2.html") == 1)
         .await
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    fg.until_fresh("/w1.html").await;
+    fg.until_fresh("/w2.html").await;
     assert_eq!(get(&fg.url("/w1.html")).await.cache_debug(), "HIT");
     let https = send(
         client()
@@ -126,4 +124,62 @@ async fn warm_through_the_admin_api_fills_the_cache_in_the_background() {
 
     let (status, answer) = post_json(fg.admin_url("/warm"), r#"{"urls": ["not a url"]}"#).await;
     assert_eq!(status, 400, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_endpoint_says_what_is_stored_for_a_url_without_touching_it() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/short.html",
+        Page::cacheable("short")
+            .ttl(1)
+            .header("x-magento-tags", "cat_p_1,cat_p"),
+    );
+    let fg = Floodgate::start(origin.addr).await;
+    assert!(fg.stored("/short.html").await.is_empty(), "nothing yet");
+    get(&fg.url("/short.html")).await;
+    send(
+        client()
+            .get(fg.url("/short.html"))
+            .header("x-forwarded-proto", "https"),
+    )
+    .await;
+    let answer: serde_json::Value = client()
+        .get(fg.admin_url("/cache"))
+        .query(&[("url", "/short.html?utm_source=mail")])
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        answer["url"], "/short.html",
+        "normalised as a visitor's URL is"
+    );
+    let objects = answer["objects"].as_array().expect("objects");
+    assert_eq!(objects.len(), 2, "one per variant: {answer}");
+    for object in objects {
+        assert_eq!(object["state"], "fresh", "{answer}");
+        assert_eq!(object["tags"], 2, "{answer}");
+        assert_eq!(object["body_bytes"], 5, "{answer}");
+    }
+    // The TTL runs out in Floodgate's view, and asking changed nothing: no fetch.
+    fg.until_stored("/short.html", &["grace"], Duration::from_secs(10))
+        .await;
+    assert_eq!(origin.hits("/short.html"), 2, "the endpoint never fetches");
+
+    let missing = client()
+        .get(fg.admin_url("/cache"))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(missing.status(), 400, "the URL is required");
+    let foreign = client()
+        .get(fg.admin_url("/cache?url=/short.html"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(foreign.status(), 403, "guarded like every operation");
 }

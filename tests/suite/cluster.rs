@@ -39,9 +39,11 @@ fn purge(fg: &Floodgate, pattern: &str) -> reqwest::RequestBuilder {
 /// Starts a node and waits until it has reached Redis (when Redis is up).
 async fn start_node(origin: std::net::SocketAddr, settings: Settings) -> Floodgate {
     let node = Floodgate::start_with(origin, settings).await;
+    // Reading the purge stream: every purge sent from now on reaches it (and it drops
+    // whatever it would cache before that, so a test fills it only after).
     let _ = until_metric(
         &node,
-        "floodgate_redis_connected",
+        "floodgate_purge_bus_following",
         1.0,
         Duration::from_secs(5),
     )
@@ -90,8 +92,6 @@ async fn a_purge_sent_to_one_node_reaches_every_node() {
             );
         }
     }
-    // Give every consumer time to be reading the stream.
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let sent = Instant::now();
     let answer = send(purge(&nodes[1], "((^|,)cat_p_1(,|$))")).await;
@@ -195,16 +195,61 @@ async fn a_node_that_missed_trimmed_purges_drops_its_memory_tier() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_reaches_redis_late_drops_what_it_cached_before() {
+    let mut redis = RedisServer::start().await;
+    let origin = tagged_origin().await;
+    redis.kill();
+    // A starts with Redis down and caches p1: a purge sent by another node meanwhile
+    // cannot reach it.
+    let a = Floodgate::start_with(origin.addr, node_settings(&redis, &[])).await;
+    shop(&a, "/p1.html").await;
+    assert_eq!(shop(&a, "/p1.html").await.cache_debug(), "HIT");
+    assert_eq!(a.metric_or_zero("floodgate_purge_bus_following").await, 0.0);
+
+    redis.restart().await;
+    let b = start_node(origin.addr, node_settings(&redis, &[])).await;
+    origin.set(
+        "/p1.html",
+        Page::cacheable("p1 v2").header("x-magento-tags", "cat_p_1,cat_p"),
+    );
+    assert_eq!(send(purge(&b, "((^|,)cat_p_1(,|$))")).await.status, 200);
+
+    // Whether A reads the stream before or after that purge, it never serves p1 v1.
+    assert!(
+        until_metric(
+            &a,
+            "floodgate_purge_bus_following",
+            1.0,
+            Duration::from_secs(10)
+        )
+        .await
+        .is_some(),
+        "{}",
+        a.log()
+    );
+    assert_eq!(shop(&a, "/p1.html").await.text(), "p1 v2");
+    assert_eq!(a.metric("floodgate_purge_bus_flushes_total").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_returns() {
     let mut redis = RedisServer::start().await;
     let origin = tagged_origin().await;
     let a = Arc::new(start_node(origin.addr, node_settings(&redis, &[])).await);
     let b = Arc::new(start_node(origin.addr, node_settings(&redis, &[])).await);
-    for node in [&a, &b] {
-        shop(node, "/p1.html").await;
-        shop(node, "/p2.html").await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    shop(&a, "/p1.html").await;
+    shop(&a, "/p2.html").await;
+    // A's copies are in Redis before B asks: B takes them from there.
+    assert!(until_metric(
+        &a,
+        "floodgate_shared_writes_total",
+        2.0,
+        Duration::from_secs(5)
+    )
+    .await
+    .is_some());
+    shop(&b, "/p1.html").await;
+    shop(&b, "/p2.html").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
@@ -236,7 +281,15 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
     }
 
     redis.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both nodes know Redis is gone (their stream reads broke).
+    for node in [&a, &b] {
+        assert!(
+            until(Duration::from_secs(5), || async {
+                node.metric("floodgate_redis_connected").await == 0.0
+            })
+            .await
+        );
+    }
     // B takes a purge while Redis is gone: applied at once on B, kept for A.
     let answer = send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
     assert_eq!(answer.status, 200);
@@ -265,7 +318,6 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
         "{}",
         ready.text()
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
 
     redis.restart().await;
     assert!(
@@ -413,11 +465,17 @@ async fn with_cross_node_coalescing_a_cold_page_is_fetched_once_for_all_nodes() 
     let a = Arc::new(start_node(origin.addr, settings.clone()).await);
     let b = Arc::new(start_node(origin.addr, settings).await);
 
+    let origin = &origin;
     let both = |path: &'static str| {
         let (a, b) = (a.clone(), b.clone());
         async move {
+            let before = origin.hits(path);
             let on_a = tokio::spawn(async move { shop(&a, path).await });
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A has claimed the fetch (it claims before it asks the origin).
+            assert!(
+                eventually(Duration::from_secs(5), || origin.hits(path) > before).await,
+                "A's fetch of {path} did not start"
+            );
             let on_b = tokio::spawn(async move { shop(&b, path).await });
             (on_a.await.expect("a"), on_b.await.expect("b"))
         }
@@ -467,7 +525,6 @@ async fn nodes_reach_redis_over_tls_as_an_acl_user_and_a_wrong_password_only_deg
         "HIT",
         "shared over TLS"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
     send(purge(&b, "((^|,)cat_p_1(,|$))")).await;
     assert!(until_metric(&a, APPLIED, 1.0, Duration::from_secs(5))
         .await
@@ -520,7 +577,6 @@ async fn on_a_redis_cluster_purges_and_shared_pages_work_across_slots() {
     }
     assert_eq!(origin.total_hits(), 3);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // `cat_p` is on all three pages: the purge removes shared copies in every slot.
     assert_eq!(send(purge(&b, "((^|,)cat_p(,|$))")).await.status, 200);
     assert!(
@@ -627,20 +683,19 @@ async fn no_purge_is_lost_while_redis_is_killed_and_restarted_five_times() {
             node.log()
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut stale = Vec::new();
-    loop {
-        stale.clear();
+    let stale = std::sync::Mutex::new(Vec::new());
+    until(Duration::from_secs(15), || async {
+        let mut found = Vec::new();
         for (n, node) in nodes.iter().enumerate() {
             if node.metric("floodgate_purge_bus_outbox").await > 0.0 {
-                stale.push(format!("node {n}: outbox not empty"));
+                found.push(format!("node {n}: outbox not empty"));
                 continue;
             }
             for (i, v) in version.iter().enumerate() {
                 let got = shop(node, &page(i)).await;
                 let want = format!("f{i} v{v}");
                 if got.text() != want {
-                    stale.push(format!(
+                    found.push(format!(
                         "node {n} {}: {} (want {want})",
                         page(i),
                         got.text()
@@ -648,11 +703,12 @@ async fn no_purge_is_lost_while_redis_is_killed_and_restarted_five_times() {
                 }
             }
         }
-        if stale.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let converged = found.is_empty();
+        *stale.lock().expect("stale") = found;
+        converged
+    })
+    .await;
+    let stale = stale.into_inner().expect("stale");
     assert!(
         stale.is_empty(),
         "purged pages still served ({} lost):\n{}",

@@ -36,7 +36,8 @@ async fn expiry_triggers_one_refresh_while_the_others_get_stale() {
     origin.set("/hot.html", page("old"));
     let fg = Floodgate::start(origin.addr).await;
     get(&fg.url("/hot.html")).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fg.until_stored("/hot.html", &["grace"], Duration::from_secs(10))
+        .await;
     origin.set("/hot.html", page("new"));
     let responses = burst(&fg.url("/hot.html"), 100).await;
     assert!(
@@ -46,8 +47,8 @@ async fn expiry_triggers_one_refresh_while_the_others_get_stale() {
         "all served stale at once"
     );
     assert!(eventually(Duration::from_secs(5), || origin.hits("/hot.html") == 2).await);
-    // The origin counts a request on arrival; let the 500 ms render finish and be stored.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // The origin counts a request on arrival; the 500 ms render is stored when it ends.
+    fg.until_fresh("/hot.html").await;
     assert_eq!(origin.hits("/hot.html"), 2, "exactly one refresh");
     assert_eq!(get(&fg.url("/hot.html")).await.text(), "new");
 }
@@ -63,7 +64,7 @@ async fn expiry_past_grace_coalesces_the_synchronous_fetch() {
     origin.set("/sync.html", page("old"));
     let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 0")).await;
     get(&fg.url("/sync.html")).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fg.until_expired("/sync.html").await;
     origin.set("/sync.html", page("new"));
     let responses = burst(&fg.url("/sync.html"), 100).await;
     assert!(responses

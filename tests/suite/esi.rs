@@ -453,7 +453,8 @@ async fn an_expired_page_is_assembled_from_its_stale_copy_in_grace_and_when_the_
             .status(500)
             .header("cache-control", "no-store"),
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    fg.until_stored("/in-grace.html", &["grace"], Duration::from_secs(10))
+        .await;
 
     // Within grace: the stale copy at once, assembled, while one refresh runs.
     let stale = page(&fg, "/in-grace.html").await;
@@ -464,11 +465,16 @@ async fn an_expired_page_is_assembled_from_its_stale_copy_in_grace_and_when_the_
         .await,
         "refreshed in the background"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    fg.until_fresh("/in-grace.html").await;
     assert_eq!(page(&fg, "/in-grace.html").await.text(), "<p>v2</p>[menu]");
 
     // Past grace, the origin answers 500: the kept copy, assembled, never the error.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    fg.until_stored(
+        "/erroring.html",
+        &["stale_if_error"],
+        Duration::from_secs(10),
+    )
+    .await;
     let kept = page(&fg, "/erroring.html").await;
     assert_eq!(
         (kept.status, kept.text().as_str()),
@@ -488,7 +494,8 @@ async fn an_expired_fragment_is_served_stale_once_and_refreshed_in_the_backgroun
     let fg = Floodgate::start_with(origin.addr, no_warm()).await;
     assert_eq!(page(&fg, "/page.html").await.text(), "<p>page</p>[menu v1]");
     origin.set("/menu", Page::cacheable("[menu v2]").ttl(60));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    fg.until_stored("/menu", &["grace"], Duration::from_secs(10))
+        .await;
 
     // Within grace: the stale menu at once, while its refresh (of the menu's own URL)
     // runs in the background.
@@ -497,7 +504,7 @@ async fn an_expired_fragment_is_served_stale_once_and_refreshed_in_the_backgroun
         eventually(Duration::from_secs(5), || origin.hits("/menu") == 2).await,
         "the menu was refreshed"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    fg.until_fresh("/menu").await;
     assert_eq!(page(&fg, "/page.html").await.text(), "<p>page</p>[menu v2]");
     assert_eq!(
         origin.hits("/page.html"),

@@ -3,6 +3,8 @@
 
 use crate::common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -44,18 +46,15 @@ async fn a_gateway_error_becomes_the_busy_page_or_the_stale_copy() {
             .status(502)
             .header("cache-control", "no-store"),
     );
-    // Polled until the page has expired and the origin was asked (a fact, not a sleep).
+    fg.until_expired("/kept.html").await;
     let before = origin.hits("/kept.html");
-    let mut stale = None;
-    for _ in 0..100 {
-        let got = get(&fg.url("/kept.html")).await;
-        if origin.hits("/kept.html") > before {
-            stale = Some(got);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stale = stale.expect("the page expired within 5 s");
+    let stale = get(&fg.url("/kept.html")).await;
+    assert!(
+        eventually(Duration::from_secs(5), || origin.hits("/kept.html")
+            > before)
+        .await,
+        "the expired page was asked of the origin again"
+    );
     assert_eq!(stale.status, 200);
     assert_eq!(stale.text(), "fresh copy");
     assert!(stale
@@ -144,24 +143,21 @@ async fn a_recovered_origin_is_used_again_within_five_seconds() {
     )
     .await;
     origin.set_unhealthy(true);
-    let sick = std::time::Instant::now();
-    while fg.metric("floodgate_origin_healthy").await != 0.0 {
-        assert!(
-            sick.elapsed() < Duration::from_secs(40),
-            "never marked sick"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        until(Duration::from_secs(40), || async {
+            fg.metric("floodgate_origin_healthy").await == 0.0
+        })
+        .await,
+        "never marked sick"
+    );
     assert_eq!(get(&fg.url("/uncached-1.html")).await.status, 503);
     origin.set_unhealthy(false);
-    let back = std::time::Instant::now();
-    while fg.metric("floodgate_origin_healthy").await != 1.0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            back.elapsed() < Duration::from_secs(5),
-            "uncached pages still got 503 five seconds after the origin came back"
-        );
-    }
+    assert!(
+        until_metric(&fg, "floodgate_origin_healthy", 1.0, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "uncached pages still got 503 five seconds after the origin came back"
+    );
     assert_eq!(get(&fg.url("/uncached-2.html")).await.status, 200);
 }
 
@@ -234,17 +230,13 @@ async fn broken_origin_answers_are_never_stored_and_release_their_slot() {
         let whole = get(&fg.url(&path)).await;
         assert_eq!(whole.body.len(), 10_000);
         origin.break_with(&path, how);
-        let mut served = None;
-        for _ in 0..100 {
-            let before = origin.hits(&path);
-            let got = get(&fg.url(&path)).await;
-            if origin.hits(&path) > before {
-                served = Some(got);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let served = served.expect("the page expired");
+        fg.until_expired(&path).await;
+        let before = origin.hits(&path);
+        let served = get(&fg.url(&path)).await;
+        assert!(
+            eventually(Duration::from_secs(5), || origin.hits(&path) > before).await,
+            "{how:?}: the expired page was asked of the broken origin"
+        );
         assert_eq!(served.status, 200, "{how:?}");
         assert_eq!(served.body.len(), 10_000, "{how:?}: the stale copy, whole");
     }
@@ -362,8 +354,16 @@ async fn normal_operation_logs_no_error() {
     let origin = TestOrigin::start().await;
     let fg = Floodgate::start(origin.addr).await;
     let purge_url = fg.url("/");
+    let visits = Arc::new(AtomicU64::new(0));
+    let seen = visits.clone();
     let purges = tokio::spawn(async move {
-        for n in 0..60 {
+        for n in 0..60u64 {
+            // Spread among the visitors' requests: purge n after 15 n of them.
+            assert!(
+                eventually(Duration::from_secs(30), || seen.load(Ordering::Relaxed)
+                    >= n * 15)
+                .await
+            );
             let answer = send(
                 client()
                     .request(
@@ -377,8 +377,6 @@ async fn normal_operation_logs_no_error() {
             )
             .await;
             assert_eq!(answer.status, 200);
-            // Pacing the purges among the requests, not waiting for anything.
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
     let visitor = client();
@@ -387,6 +385,7 @@ async fn normal_operation_logs_no_error() {
         for i in 0..300 {
             let got = send(visitor.get(fg.url(&format!("/product-{}.html", i % 40)))).await;
             assert_eq!(got.status, 200);
+            visits.fetch_add(1, Ordering::Relaxed);
         }
         let done = until_metric(
             &fg,

@@ -86,7 +86,7 @@ async fn a_free_slot_goes_to_checkout_then_pages_then_crawlers_then_the_warmer()
     for (_, path, _, _) in queue {
         origin.set(path, Page::cacheable(path));
     }
-    for (method, path, user_agent, warm) in queue {
+    for (queued, (method, path, user_agent, warm)) in queue.into_iter().enumerate() {
         let mut req = client().request(method.parse().expect("method"), fg.url(path));
         if let Some(ua) = user_agent {
             req = req.header("user-agent", ua);
@@ -96,7 +96,14 @@ async fn a_free_slot_goes_to_checkout_then_pages_then_crawlers_then_the_warmer()
         }
         tasks.push(tokio::spawn(send(req)));
         // Each must be queued before the next arrives.
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        let waiting = (queued + 1) as f64;
+        assert!(
+            until(Duration::from_secs(5), || async {
+                fg.metric_sum("floodgate_origin_queued").await == waiting
+            })
+            .await,
+            "{path} was not queued"
+        );
     }
     assert_eq!(hold.await.expect("hold").status, 200);
     for task in tasks {
@@ -128,7 +135,8 @@ async fn past_the_deadline_a_page_gets_its_stale_copy_or_a_503_busy_page() {
         .cache("grace_secs = 0");
     let fg = Floodgate::start_with(origin.addr, settings).await;
     get(&fg.url("/kept.html")).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    fg.until_stored("/kept.html", &["stale_if_error"], Duration::from_secs(10))
+        .await;
 
     let hold = {
         let url = fg.url("/hold.html");
@@ -290,7 +298,8 @@ async fn maintenance_mode_serves_stale_pages_and_the_maintenance_page_without_a_
     origin.set("/kept.html", Page::cacheable("kept").ttl(1));
     let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 0")).await;
     get(&fg.url("/kept.html")).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    fg.until_stored("/kept.html", &["stale_if_error"], Duration::from_secs(10))
+        .await;
 
     let cli = |state: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_floodgate"))

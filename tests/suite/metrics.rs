@@ -80,33 +80,26 @@ async fn coalesced_stale_and_unavailable_are_counted() {
     assert_eq!(fg.metric("floodgate_coalesced_total").await, 9.0);
 
     get(&fg.url("/short.html")).await;
-    // Polled until the page has expired: the first answer served within grace (a fact
-    // the response states), which starts one background refresh.
-    let mut stale = false;
-    for _ in 0..100 {
-        let got = get(&fg.url("/short.html")).await;
-        if got.header("grace") == Some("normal (healthy server)") {
-            stale = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(stale, "the page expired within 5 s");
+    fg.until_stored("/short.html", &["grace"], Duration::from_secs(10))
+        .await;
+    // Served within grace, which starts one background refresh.
+    let stale = get(&fg.url("/short.html")).await;
+    assert_eq!(stale.header("grace"), Some("normal (healthy server)"));
     assert_eq!(
         fg.metric("floodgate_requests_total{outcome=\"stale\"}")
             .await,
         1.0
     );
     assert!(eventually(Duration::from_secs(3), || origin.hits("/short.html") == 2).await);
-    let mut refreshed = 0.0;
-    for _ in 0..100 {
-        refreshed = fg.metric("floodgate_background_refreshes_total").await;
-        if refreshed >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(refreshed, 1.0);
+    assert!(until_metric(
+        &fg,
+        "floodgate_background_refreshes_total",
+        1.0,
+        Duration::from_secs(5)
+    )
+    .await
+    .is_some());
+    assert_eq!(fg.metric("floodgate_background_refreshes_total").await, 1.0);
 
     origin.stop();
     assert_eq!(get(&fg.url("/never.html")).await.status, 503);
@@ -245,19 +238,15 @@ async fn the_access_log_has_one_json_line_per_request_with_outcome_class_and_ori
     )
     .await;
 
-    let mut lines = Vec::new();
-    for _ in 0..50 {
-        lines = fg
-            .log()
+    let access_lines = || {
+        fg.log()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|l| l["target"] == "floodgate::access")
-            .collect::<Vec<_>>();
-        if lines.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .collect::<Vec<_>>()
+    };
+    eventually(Duration::from_secs(3), || access_lines().len() >= 3).await;
+    let lines = access_lines();
     assert_eq!(lines.len(), 3, "{}", fg.log());
     let miss = &lines[0];
     assert_eq!(miss["url"], "/logged.html");

@@ -189,7 +189,12 @@ async fn a_response_in_flight_during_a_purge_is_not_stored_fresh() {
     let fg = Floodgate::start_with(origin.addr, no_warm()).await;
     let url = fg.url("/slow-price.html");
     let in_flight = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || origin.hits("/slow-price.html")
+            == 1)
+        .await,
+        "the fetch reached the origin before the purge"
+    );
     assert_eq!(
         send(purge_req(&fg).header("x-magento-tags-pattern", tags_pattern(&["cat_p_9"])))
             .await
@@ -242,7 +247,7 @@ async fn soft_purge_serves_stale_while_one_refresh_runs() {
         ("v1", Some("normal (healthy server)"))
     );
     assert!(eventually(Duration::from_secs(3), || origin.hits("/soft.html") == 2).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    fg.until_fresh("/soft.html").await;
     assert_eq!(get(&fg.url("/soft.html")).await.text(), "v2");
 }
 
@@ -281,7 +286,7 @@ async fn purged_hot_pages_are_rewarmed_and_cold_ones_are_not() {
         .await,
         "re-warmed"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fg.until_fresh("/product-8.html").await;
     let visitor = send(
         c.get(fg.url("/product-8.html"))
             .header("x-forwarded-proto", "https"),
@@ -458,16 +463,24 @@ async fn a_purged_copy_is_served_only_where_the_alternative_is_a_503() {
 
     // The origin down: the kept copy at once. Back: the new page.
     origin.set_unhealthy(true);
-    while fg.metric("floodgate_origin_healthy").await != 0.0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        until(Duration::from_secs(10), || async {
+            fg.metric("floodgate_origin_healthy").await == 0.0
+        })
+        .await
+    );
     let down = get(&fg.url(page)).await;
     assert_eq!(down.text(), "v2");
     assert_eq!(down.header("x-floodgate-purged-copy"), Some("1"));
     origin.set_unhealthy(false);
-    while fg.metric("floodgate_origin_healthy").await != 1.0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(until_metric(
+        &fg,
+        "floodgate_origin_healthy",
+        1.0,
+        Duration::from_secs(10)
+    )
+    .await
+    .is_some());
     let back = get(&fg.url(page)).await;
     assert_eq!(back.text(), "v3");
     assert!(back.header("x-floodgate-purged-copy").is_none());

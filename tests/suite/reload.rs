@@ -127,8 +127,21 @@ async fn no_request_fails_across_reloads_under_load() {
             }
         }));
     }
+    // Each reload lands among requests: some must complete under the previous one first.
+    let requests_under_each_config = || {
+        let done = done.clone();
+        let from = done.load(Ordering::Relaxed);
+        async move {
+            assert!(
+                eventually(Duration::from_secs(10), || done.load(Ordering::Relaxed)
+                    >= from + 20)
+                .await,
+                "requests stopped completing"
+            );
+        }
+    };
     for n in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        requests_under_each_config().await;
         // The priority classes change too: one class, then five, then the defaults.
         let mut settings = Settings::default()
             .cache(&format!("default_ttl_secs = {}", 1 + n % 3))
@@ -158,7 +171,7 @@ async fn no_request_fails_across_reloads_under_load() {
         assert_eq!(answer.status, 200, "{}", answer.text());
         fg.signal("HUP");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    requests_under_each_config().await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.expect("worker");

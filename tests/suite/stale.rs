@@ -13,7 +13,7 @@ async fn within_grace_stale_is_served_at_once_and_refreshed_once_in_the_backgrou
     origin.set("/g.html", Page::cacheable("v1").ttl(1));
     let fg = Floodgate::start(origin.addr).await;
     assert_eq!(get(&fg.url("/g.html")).await.text(), "v1");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fg.until_expired("/g.html").await;
     origin.set(
         "/g.html",
         Page::cacheable("v2")
@@ -34,8 +34,8 @@ async fn within_grace_stale_is_served_at_once_and_refreshed_once_in_the_backgrou
         assert_eq!(get(&fg.url("/g.html")).await.text(), "v1");
     }
     assert!(eventually(Duration::from_secs(5), || origin.hits("/g.html") == 2).await);
-    // The origin counts on arrival; let the 500 ms refresh finish and be stored.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // The origin counts on arrival; the 500 ms refresh is stored when it ends.
+    fg.until_fresh("/g.html").await;
     assert_eq!(origin.hits("/g.html"), 2, "exactly one background refresh");
     let fresh = get(&fg.url("/g.html")).await;
     assert_eq!(
@@ -50,7 +50,12 @@ async fn past_grace_with_a_healthy_origin_fetches_synchronously() {
     origin.set("/past.html", Page::cacheable("v1").ttl(1));
     let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 1")).await;
     get(&fg.url("/past.html")).await;
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    fg.until_stored(
+        "/past.html",
+        &["stale_if_error", "absent"],
+        Duration::from_secs(10),
+    )
+    .await;
     origin.set("/past.html", Page::cacheable("v2").ttl(1));
     let got = get(&fg.url("/past.html")).await;
     assert_eq!((got.text().as_str(), got.cache_debug()), ("v2", "MISS"));
@@ -63,7 +68,9 @@ async fn a_dead_origin_gets_stale_pages_served_and_503_with_retry_after_for_the_
     let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 0")).await;
     get(&fg.url("/kept.html")).await;
     origin.stop();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Expired, but still held for stale-if-error: the copy the rest relies on.
+    fg.until_stored("/kept.html", &["stale_if_error"], Duration::from_secs(10))
+        .await;
 
     let stale = get(&fg.url("/kept.html")).await;
     assert_eq!((stale.status, stale.text().as_str()), (200, "kept"));
@@ -83,7 +90,9 @@ async fn an_erroring_origin_gets_stale_pages_served() {
     origin.set("/err.html", Page::cacheable("good").ttl(1));
     let fg = Floodgate::start_with(origin.addr, Settings::default().cache("grace_secs = 0")).await;
     get(&fg.url("/err.html")).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Expired, but still held for stale-if-error: the copy the rest relies on.
+    fg.until_stored("/err.html", &["stale_if_error"], Duration::from_secs(10))
+        .await;
     origin.set("/err.html", Page::cacheable("fatal error").status(500));
     let got = get(&fg.url("/err.html")).await;
     assert_eq!((got.status, got.text().as_str()), (200, "good"));
@@ -106,7 +115,13 @@ async fn failing_health_probes_mark_the_origin_unhealthy() {
     get(&fg.url("/probe.html")).await;
     origin.set_unhealthy(true);
     // Probes run every second; one failure of a window of two tips it.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert!(
+        until(Duration::from_secs(10), || async {
+            fg.metric("floodgate_origin_healthy").await == 0.0
+        })
+        .await,
+        "marked unhealthy"
+    );
     let got = get(&fg.url("/probe.html")).await;
     assert_eq!(got.text(), "probe");
     assert_eq!(
@@ -120,7 +135,17 @@ async fn failing_health_probes_mark_the_origin_unhealthy() {
     assert_eq!(origin.hits("/unknown.html"), before);
 
     origin.set_unhealthy(false);
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert!(
+        until_metric(
+            &fg,
+            "floodgate_origin_healthy",
+            1.0,
+            Duration::from_secs(10)
+        )
+        .await
+        .is_some(),
+        "healthy again"
+    );
     assert_eq!(
         get(&fg.url("/unknown.html")).await.status,
         200,

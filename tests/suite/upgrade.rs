@@ -14,7 +14,7 @@ use common::*;
 async fn no_request_fails_while_a_new_binary_takes_over() {
     let origin = TestOrigin::start().await;
     origin.set_delay(Duration::from_millis(5));
-    let mut fg = Floodgate::start(origin.addr).await;
+    let fg = Floodgate::start(origin.addr).await;
     assert_eq!(get(&fg.url("/hot.html")).await.cache_debug(), "MISS");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -75,7 +75,12 @@ async fn no_request_fails_while_a_new_binary_takes_over() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || done.load(Ordering::Relaxed)
+            >= 50)
+        .await,
+        "the load is flowing before the upgrade"
+    );
 
     let _new = fg.spawn_upgrade();
     let socket = fg.upgrade_socket();
@@ -88,7 +93,17 @@ async fn no_request_fails_while_a_new_binary_takes_over() {
     let hot_before = origin.hits("/hot.html");
     fg.signal("QUIT");
 
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Load runs through the hand-over until the new process has served (it fetches the
+    // hot page once for its empty cache) and plenty of requests came after.
+    assert!(
+        eventually(Duration::from_secs(20), || origin.hits("/hot.html")
+            > hot_before
+            && done.load(Ordering::Relaxed) > before_handover + 200)
+        .await,
+        "the new process did not take over: {} hot fetches, {} requests",
+        origin.hits("/hot.html") - hot_before,
+        done.load(Ordering::Relaxed) - before_handover
+    );
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.expect("worker");
@@ -111,13 +126,8 @@ async fn no_request_fails_while_a_new_binary_takes_over() {
     );
     assert_eq!(get(&fg.url("/hot.html")).await.cache_debug(), "HIT");
     // The old one drains and exits (grace period 10 s, then at most 5 s of shutdown).
-    let mut exited = false;
-    for _ in 0..200 {
-        if !fg.running() {
-            exited = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(exited, "the old process exited after draining");
+    assert!(
+        eventually(Duration::from_secs(20), || fg.has_exited()).await,
+        "the old process exited after draining"
+    );
 }

@@ -126,6 +126,9 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                 let answer = format!("{HEAD}Content-Length: 10000\r\n\r\n{}", &body[..3000]);
                 let _ = stream.write_all(answer.as_bytes()).await;
                 let _ = stream.flush().await;
+                // Not a wait for a fact: the origin being simulated lets its first bytes
+                // travel before it resets, as a crashing PHP worker does; a reset at once
+                // could make the peer's kernel drop them unread.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 // A zero linger makes the close a reset; with zero it does not block.
                 #[allow(deprecated)]

@@ -185,18 +185,20 @@ impl Floodgate {
 
     /// Waits until both listeners accept; false if the process exited first.
     async fn wait_listening(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                eprintln!("floodgate exited at start ({status}):\n{}", self.log());
-                return false;
-            }
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
-                && tokio::net::TcpStream::connect(self.admin).await.is_ok()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let (addr, admin) = (self.addr, self.admin);
+        let this = &*self;
+        let settled = crate::common::until(Duration::from_secs(30), || async move {
+            this.has_exited()
+                || (tokio::net::TcpStream::connect(addr).await.is_ok()
+                    && tokio::net::TcpStream::connect(admin).await.is_ok())
+        })
+        .await;
+        if let Ok(Some(status)) = self.child.try_wait() {
+            eprintln!("floodgate exited at start ({status}):\n{}", self.log());
+            return false;
+        }
+        if settled {
+            return true;
         }
         panic!(
             "floodgate did not listen on {} within 30 s:\n{}",
@@ -231,6 +233,78 @@ impl Floodgate {
             .lines()
             .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// The sum of every series of the metric family `name` (all its labels).
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                value.trim().parse::<f64>().ok()
+            })
+            .sum()
+    }
+
+    /// How each copy the store holds for `path` may be served now (`fresh`, `grace`,
+    /// `stale_if_error`), from the admin API's `GET /cache`.
+    pub async fn stored(&self, path: &str) -> Vec<String> {
+        let answer: serde_json::Value = crate::common::client()
+            .get(self.admin_url("/cache"))
+            .query(&[("url", path)])
+            .send()
+            .await
+            .expect("admin listener answers")
+            .json()
+            .await
+            .expect("GET /cache answers JSON");
+        answer["objects"]
+            .as_array()
+            .expect("GET /cache lists objects")
+            .iter()
+            .map(|o| o["state"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Waits until every copy of `path` the store holds is in one of `states` (`fresh`,
+    /// `grace`, `stale_if_error`; `absent` allows none at all): the fact a test about
+    /// expiry starts from, instead of the clock. Panics if that takes over `limit`.
+    pub async fn until_stored(&self, path: &str, states: &[&str], limit: Duration) {
+        let reached = crate::common::until(limit, || async {
+            let stored = self.stored(path).await;
+            if stored.is_empty() {
+                states.contains(&"absent")
+            } else {
+                stored.iter().all(|state| states.contains(&state.as_str()))
+            }
+        })
+        .await;
+        assert!(
+            reached,
+            "{path} not {states:?} within {limit:?}: {:?}",
+            self.stored(path).await
+        );
+    }
+
+    /// Waits until `path` has expired in Floodgate's own view (its TTL ran out).
+    pub async fn until_expired(&self, path: &str) {
+        self.until_stored(
+            path,
+            &["grace", "stale_if_error", "absent"],
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+
+    /// Waits until a fresh copy of `path` is stored (a refresh or re-warm has finished).
+    pub async fn until_fresh(&self, path: &str) {
+        self.until_stored(path, &["fresh"], Duration::from_secs(10))
+            .await;
     }
 
     /// Rewrites the config file with `settings` (same listeners and origins); the
@@ -268,9 +342,15 @@ impl Floodgate {
             .join(format!("floodgate-{}-upgrade.sock", self.addr.port()))
     }
 
-    /// Whether the original process is still running.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// Whether the process has exited (a zombie not reaped yet counts), without `&mut`.
+    pub fn has_exited(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
+            // The state follows the command name's closing parenthesis.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+            Err(_) => true,
+        }
     }
 
     /// Sends a signal (`HUP`, `TERM`, …) to the process.

@@ -293,6 +293,7 @@ async fn answer(
     } else {
         page.delay
     };
+    // Not a wait for a fact: the simulated PHP render time the test asked for.
     tokio::time::sleep(delay).await;
     if let Some(entry) = lock(&state.in_flight).get_mut(&url) {
         entry.0 -= 1;

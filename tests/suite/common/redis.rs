@@ -160,14 +160,14 @@ impl RedisServer {
             .spawn()
             .expect("redis-server (apt-get install redis-server) must be installed");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server did not listen on {}", self.addr);
+        let addr = self.addr;
+        assert!(
+            crate::common::until(Duration::from_secs(10), || async {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await,
+            "redis-server did not listen on {addr}"
+        );
     }
 }
 
@@ -224,14 +224,13 @@ impl RedisCluster {
         };
         for port in &cluster.ports {
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "redis-server did not listen on {addr}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            assert!(
+                crate::common::until(Duration::from_secs(10), || async {
+                    tokio::net::TcpStream::connect(addr).await.is_ok()
+                })
+                .await,
+                "redis-server did not listen on {addr}"
+            );
         }
         let nodes: Vec<String> = cluster
             .ports
@@ -249,20 +248,21 @@ impl RedisCluster {
             "cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ok = cluster.ports.iter().all(|port| {
-                Command::new("redis-cli")
-                    .args(["-p", &port.to_string(), "cluster", "info"])
-                    .output()
-                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
-            });
-            if ok {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the cluster did not become ok");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let ports = &cluster.ports;
+        assert!(
+            crate::common::until(Duration::from_secs(20), || async {
+                ports.iter().all(|port| {
+                    Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "cluster", "info"])
+                        .output()
+                        .is_ok_and(|o| {
+                            String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok")
+                        })
+                })
+            })
+            .await,
+            "the cluster did not become ok"
+        );
         cluster
     }
 
