@@ -108,6 +108,17 @@ pub fn client(config: &RedisSection) -> Result<Client, ConfigError> {
         .map_err(|e| invalid("redis.url", format!("cluster seeds: {e}")))
 }
 
+/// Why a batch of commands (`each`) did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("Redis refused a command: {0}")]
+    Refused(#[from] redis::RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
+    #[error("a Redis command's task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Runs independent commands concurrently on one multiplexed connection (it pipelines
 /// them) and returns their replies in order. Unlike a pipeline, the commands may touch
 /// keys in different cluster slots.
@@ -115,7 +126,7 @@ pub async fn each(
     connection: &Connection,
     commands: Vec<Cmd>,
     limit: std::time::Duration,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>, BatchError> {
     let mut tasks = tokio::task::JoinSet::new();
     let count = commands.len();
     for (i, command) in commands.into_iter().enumerate() {
@@ -125,13 +136,13 @@ pub async fn each(
     let mut replies = vec![Value::Nil; count];
     let collect = async {
         while let Some(joined) = tasks.join_next().await {
-            let (i, reply) = joined.map_err(|e| e.to_string())?;
-            replies[i] = reply.map_err(|e| e.to_string())?;
+            let (i, reply) = joined?;
+            replies[i] = reply?;
         }
-        Ok::<(), String>(())
+        Ok::<(), BatchError>(())
     };
     match tokio::time::timeout(limit, collect).await {
         Ok(result) => result.map(|()| replies),
-        Err(_) => Err("Redis timed out".into()),
+        Err(_) => Err(BatchError::TimedOut(limit)),
     }
 }

@@ -216,7 +216,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("floodgate: {e}");
+                eprintln!("floodgate: {e:#}");
                 ExitCode::from(2)
             }
         },
@@ -235,7 +235,7 @@ fn main() -> ExitCode {
                 let token = match cli::admin::token(token_file.as_deref()) {
                     Ok(token) => token,
                     Err(e) => {
-                        eprintln!("floodgate: --token-file: {e}");
+                        eprintln!("floodgate: --token-file: {e:#}");
                         return ExitCode::from(2);
                     }
                 };
@@ -262,7 +262,7 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
-                        eprintln!("floodgate: {e}");
+                        eprintln!("floodgate: {e:#}");
                         ExitCode::from(1)
                     }
                 };
@@ -289,7 +289,7 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
                 Err(e) => {
-                    eprintln!("floodgate: {e}");
+                    eprintln!("floodgate: {e:#}");
                     ExitCode::from(1)
                 }
             }
@@ -319,7 +319,7 @@ fn main() -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("floodgate: {e}");
+                eprintln!("floodgate: {e:#}");
                 ExitCode::from(1)
             }
         },
@@ -332,7 +332,7 @@ fn main() -> ExitCode {
             let token = match cli::admin::token(token_file.as_deref()) {
                 Ok(token) => token,
                 Err(e) => {
-                    eprintln!("floodgate: --token-file: {e}");
+                    eprintln!("floodgate: --token-file: {e:#}");
                     return ExitCode::from(2);
                 }
             };
@@ -342,7 +342,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("floodgate: {e}");
+                    eprintln!("floodgate: {e:#}");
                     ExitCode::from(1)
                 }
             }
@@ -372,7 +372,7 @@ fn run(path: Option<PathBuf>, overrides: &Overrides, demo: bool, upgrade: bool) 
     let runtime = match load(path.as_deref(), overrides) {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("floodgate: {e}");
+            eprintln!("floodgate: {e:#}");
             return ExitCode::from(2);
         }
     };
@@ -452,10 +452,10 @@ Stop with Ctrl-C."
 }
 
 /// The CLI's own small runtime for the commands that speak HTTP.
-fn block_on<T>(work: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?
+        .map_err(|e| anyhow::anyhow!("cannot start a runtime: {e}"))?
         .block_on(work)
 }

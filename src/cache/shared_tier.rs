@@ -67,8 +67,10 @@ pub enum SharedError {
     Unreachable,
     #[error("Redis did not {0}")]
     NotDone(&'static str),
-    #[error("Redis: {0}")]
-    Redis(String),
+    #[error("{0}")]
+    Batch(#[from] crate::cluster::BatchError),
+    #[error("Redis answered something unexpected: {0}")]
+    Reply(#[from] redis::RedisError),
 }
 
 /// The shared tier's own metrics, registered when it is built.
@@ -481,11 +483,10 @@ impl SharedTier {
         )
         .await
         .inspect_err(|_| self.broken())
-        .map_err(SharedError::Redis)?;
+        .map_err(SharedError::Batch)?;
         let mut members = std::collections::BTreeSet::new();
         for reply in listed {
-            let names: Vec<String> =
-                redis::from_redis_value(&reply).map_err(|e| SharedError::Redis(e.to_string()))?;
+            let names: Vec<String> = redis::from_redis_value(&reply)?;
             members.extend(names);
         }
         // One key per command: the keys may live in different cluster slots.
@@ -503,7 +504,7 @@ impl SharedTier {
         cluster::each(&con, commands, limit)
             .await
             .inspect_err(|_| self.broken())
-            .map_err(SharedError::Redis)?;
+            .map_err(SharedError::Batch)?;
         Ok(members.len())
     }
 }

@@ -22,7 +22,7 @@ pub async fn purge(
     admin: &str,
     token: Option<&str>,
     request: &PurgeRequest,
-) -> Result<String, String> {
+) -> anyhow::Result<String> {
     let base = admin.trim_end_matches('/');
     let response = authorized(client()?.post(format!("{base}/purge")), token)
         .json(request)
@@ -33,9 +33,9 @@ pub async fn purge(
     let body: serde_json::Value = response
         .json()
         .await
-        .map_err(|e| format!("the admin listener answered {status} with no JSON: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("the admin listener answered {status} with no JSON: {e}"))?;
     if !status.is_success() {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "purge refused ({status}): {}",
             body["error"].as_str().unwrap_or("no reason given")
         ));
@@ -54,10 +54,10 @@ pub async fn purge(
 }
 
 /// The admin token from `--token-file`, read once per command.
-pub fn token(file: Option<&str>) -> Result<Option<String>, String> {
+pub fn token(file: Option<&str>) -> anyhow::Result<Option<String>> {
     file.map(crate::config::read_token)
         .transpose()
-        .map_err(|e| e.to_string())
+        .map_err(anyhow::Error::from)
 }
 
 fn authorized(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
@@ -67,8 +67,10 @@ fn authorized(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest:
     }
 }
 
-fn unreachable_admin(base: &str, e: reqwest::Error) -> String {
-    format!("cannot reach Floodgate's admin listener at {base}: {e} (is server.admin_listen set?)")
+fn unreachable_admin(base: &str, e: reqwest::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot reach Floodgate's admin listener at {base}: {e} (is server.admin_listen set?)"
+    )
 }
 
 /// Switches maintenance mode (`Some`) or reads it (`None`); returns the admin's JSON answer.
@@ -76,7 +78,7 @@ pub async fn maintenance(
     admin: &str,
     token: Option<&str>,
     on: Option<bool>,
-) -> Result<String, String> {
+) -> anyhow::Result<String> {
     let client = client()?;
     let base = admin.trim_end_matches('/');
     // Operations are JSON: the admin API refuses what a browser could send cross-site.
@@ -91,7 +93,7 @@ pub async fn maintenance(
     };
     let request = authorized(request, token);
     let response = request.send().await.map_err(|e| {
-        format!(
+        anyhow::anyhow!(
             "cannot reach Floodgate's admin listener at {base}: {e} (is server.admin_listen set?)"
         )
     })?;
@@ -100,6 +102,8 @@ pub async fn maintenance(
     if status.is_success() {
         Ok(body)
     } else {
-        Err(format!("the admin listener answered {status}: {body}"))
+        Err(anyhow::anyhow!(
+            "the admin listener answered {status}: {body}"
+        ))
     }
 }

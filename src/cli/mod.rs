@@ -13,12 +13,12 @@ pub use crate::purge::pattern::magento_pattern;
 use crate::warm::sitemap::{self, Summary};
 
 /// The CLI's HTTP client: no proxy from the environment, a minute per request.
-pub(crate) fn client() -> Result<reqwest::Client, String> {
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+        .map_err(|e| anyhow::anyhow!("cannot build an HTTP client: {e}"))
 }
 
 /// Sends one PURGE; returns Floodgate's status and answer.
@@ -27,8 +27,8 @@ pub async fn purge(
     pattern: Option<&str>,
     pool: Option<&str>,
     soft: bool,
-) -> Result<(u16, String), String> {
-    let method = reqwest::Method::from_bytes(b"PURGE").map_err(|e| e.to_string())?;
+) -> anyhow::Result<(u16, String)> {
+    let method = reqwest::Method::from_bytes(b"PURGE").map_err(anyhow::Error::from)?;
     let mut request = client()?.request(method, format!("{target}/"));
     if let Some(pattern) = pattern {
         request = request.header("X-Magento-Tags-Pattern", pattern);
@@ -42,7 +42,7 @@ pub async fn purge(
     let response = request
         .send()
         .await
-        .map_err(|e| format!("cannot reach Floodgate at {target}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach Floodgate at {target}: {e}"))?;
     let status = response.status().as_u16();
     let body = response.text().await.unwrap_or_default();
     Ok((status, body))
@@ -50,9 +50,9 @@ pub async fn purge(
 
 /// Loads a sitemap from a file, or from a URL through Floodgate itself (so an `https`
 /// shop needs no TLS here), following one level of sitemap index.
-async fn load(client: &reqwest::Client, target: &str, source: &str) -> Result<String, String> {
+async fn load(client: &reqwest::Client, target: &str, source: &str) -> anyhow::Result<String> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let page = sitemap::identity(source, "X-Forwarded-Proto").map_err(|e| e.to_string())?;
+        let page = sitemap::identity(source, "X-Forwarded-Proto").map_err(anyhow::Error::from)?;
         let mut request = client.get(format!("{target}{}", page.url));
         for (name, value) in &page.headers {
             request = request.header(name.as_str(), value.as_str());
@@ -60,13 +60,16 @@ async fn load(client: &reqwest::Client, target: &str, source: &str) -> Result<St
         let response = request
             .send()
             .await
-            .map_err(|e| format!("cannot fetch {source} through {target}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot fetch {source} through {target}: {e}"))?;
         if !response.status().is_success() {
-            return Err(format!("{source}: {}", response.status()));
+            return Err(anyhow::anyhow!("{source}: {}", response.status()));
         }
-        response.text().await.map_err(|e| format!("{source}: {e}"))
+        response
+            .text()
+            .await
+            .map_err(|e| anyhow::anyhow!("{source}: {e}"))
     } else {
-        std::fs::read_to_string(source).map_err(|e| format!("cannot read {source}: {e}"))
+        std::fs::read_to_string(source).map_err(|e| anyhow::anyhow!("cannot read {source}: {e}"))
     }
 }
 
@@ -77,26 +80,26 @@ pub async fn warm(
     rate: f64,
     concurrency: usize,
     offload_header: &str,
-) -> Result<Summary, String> {
+) -> anyhow::Result<Summary> {
     if rate.is_nan() || rate <= 0.0 {
-        return Err("--rate must be above 0".into());
+        anyhow::bail!("--rate must be above 0");
     }
     let client = client()?;
     let xml = load(&client, target, source).await?;
     let mut locations = Vec::new();
     if sitemap::is_index(&xml) {
-        for child in sitemap::locations(&xml).map_err(|e| e.to_string())? {
+        for child in sitemap::locations(&xml).map_err(anyhow::Error::from)? {
             let xml = load(&client, target, &child).await?;
-            locations.extend(sitemap::locations(&xml).map_err(|e| e.to_string())?);
+            locations.extend(sitemap::locations(&xml).map_err(anyhow::Error::from)?);
         }
     } else {
-        locations = sitemap::locations(&xml).map_err(|e| e.to_string())?;
+        locations = sitemap::locations(&xml).map_err(anyhow::Error::from)?;
     }
     let pages = locations
         .iter()
         .map(|loc| sitemap::identity(loc, offload_header))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(anyhow::Error::from)?;
     eprintln!(
         "warming {} pages from {source} through {target} at {rate}/s",
         pages.len()

@@ -181,7 +181,7 @@ impl Assembly {
                 )
             } else {
                 match Target::resolve(&include.src, &path) {
-                    Err(why) => page.left_out(include, &why),
+                    Err(why) => page.left_out(include, &why.to_string()),
                     Ok(target) => match cached(&target, page, cache).await {
                         Some(chunk) => {
                             page.metrics.esi_fragment(FragmentResult::Cached);
@@ -326,7 +326,7 @@ async fn fetch(
                 // way, and said louder.
                 tracing::debug!(src = %include.src, continue_on_error = include.continue_on_error, "ESI fragment left out: {why}");
                 if !include.continue_on_error {
-                    budget.left_out(&include.src, &why);
+                    budget.left_out(&include.src, &why.to_string());
                 }
                 None
             }

@@ -106,9 +106,39 @@ const DROPPED: [HeaderName; 9] = [
     header::CONTENT_TYPE,
 ];
 
+/// Why an include was left out of its page (logged, and the first one per page view is
+/// said in the page's log line).
+#[derive(Debug, thiserror::Error)]
+pub enum FragmentError {
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{src}` is not a URL path: {why}")]
+    BadPath {
+        src: String,
+        why: http::uri::InvalidUri,
+    },
+    #[error("`{src}` has an invalid host: {why}")]
+    BadHost {
+        src: String,
+        why: http::uri::InvalidUri,
+    },
+    #[error("no answer within {0} ms (esi.fragment_timeout_ms)")]
+    TimedOut(u128),
+    #[error("the origin answered {0}")]
+    Status(u16),
+    #[error("larger than {0} bytes (esi.max_bytes)")]
+    TooLarge(usize),
+    #[error("the subrequest failed: {0}")]
+    Failed(Box<pingora::Error>),
+    #[error("the subrequest ended without a response")]
+    NoResponse,
+    #[error("its gzip body does not inflate: {0}")]
+    Gzip(std::io::Error),
+}
+
 impl Target {
     /// Resolves `src` against the including page's Host and path.
-    pub fn resolve(src: &str, page_path: &str) -> Result<Target, String> {
+    pub fn resolve(src: &str, page_path: &str) -> Result<Target, FragmentError> {
         let (host, path_and_query) = if let Some(rest) = src
             .strip_prefix("http://")
             .or_else(|| src.strip_prefix("https://"))
@@ -119,7 +149,7 @@ impl Target {
                 None => (rest, "/"),
             };
             if host.is_empty() {
-                return Err(format!("`{src}` has no host"));
+                return Err(FragmentError::NoHost(src.to_string()));
             }
             let path = if path.starts_with('?') {
                 format!("/{path}")
@@ -137,10 +167,16 @@ impl Target {
         };
         path_and_query
             .parse::<http::uri::PathAndQuery>()
-            .map_err(|e| format!("`{src}` is not a URL path: {e}"))?;
+            .map_err(|why| FragmentError::BadPath {
+                src: src.to_string(),
+                why,
+            })?;
         if let Some(host) = &host {
             host.parse::<http::uri::Authority>()
-                .map_err(|e| format!("`{src}` has an invalid host: {e}"))?;
+                .map_err(|why| FragmentError::BadHost {
+                    src: src.to_string(),
+                    why,
+                })?;
         }
         Ok(Target {
             host,
@@ -195,17 +231,17 @@ pub async fn fetch(
     handle: SubrequestHandle,
     timeout: Duration,
     max_bytes: usize,
-) -> Result<Fetched, String> {
+) -> Result<Fetched, FragmentError> {
     // The subrequest runs on its own, so it completes (and fills the cache) even when
     // this page stops waiting for it.
     tokio::spawn(prepared.run());
     match tokio::time::timeout(timeout, collect(handle, max_bytes)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        Err(_) => Err(FragmentError::TimedOut(timeout.as_millis())),
     }
 }
 
-async fn collect(mut handle: SubrequestHandle, max_bytes: usize) -> Result<Fetched, String> {
+async fn collect(mut handle: SubrequestHandle, max_bytes: usize) -> Result<Fetched, FragmentError> {
     let mut body = BytesMut::new();
     let mut cached = false;
     let mut gzipped = false;
@@ -214,7 +250,7 @@ async fn collect(mut handle: SubrequestHandle, max_bytes: usize) -> Result<Fetch
         let end = match task {
             HttpTask::Header(resp, end) => {
                 if !resp.status.is_success() {
-                    return Err(format!("the origin answered {}", resp.status.as_u16()));
+                    return Err(FragmentError::Status(resp.status.as_u16()));
                 }
                 status = Some(resp.status);
                 cached = resp.headers.contains_key(CACHED_HEADER);
@@ -224,25 +260,25 @@ async fn collect(mut handle: SubrequestHandle, max_bytes: usize) -> Result<Fetch
             HttpTask::Body(data, end) | HttpTask::UpgradedBody(data, end) => {
                 if let Some(data) = data {
                     if body.len() + data.len() > max_bytes {
-                        return Err(format!("larger than {max_bytes} bytes"));
+                        return Err(FragmentError::TooLarge(max_bytes));
                     }
                     body.extend_from_slice(&data);
                 }
                 end
             }
             HttpTask::Trailer(_) | HttpTask::Done => true,
-            HttpTask::Failed(e) => return Err(e.to_string()),
+            HttpTask::Failed(e) => return Err(FragmentError::Failed(e)),
         };
         if end {
             break;
         }
     }
     if status.is_none() {
-        return Err("the subrequest ended without a response".into());
+        return Err(FragmentError::NoResponse);
     }
     let body = body.freeze();
     let body = if gzipped {
-        super::gunzip(&body, max_bytes).map_err(|e| format!("gzip body: {e}"))?
+        super::gunzip(&body, max_bytes).map_err(FragmentError::Gzip)?
     } else {
         body
     };

@@ -1,0 +1,86 @@
+//! Each client request counted once and logged once, in Pingora's `logging` hook, where
+//! the route and the final cache phase are both known.
+//!
+//! Invariant: a background refresh, an ESI fragment and a wrapped request's outer half
+//! are not counted as client requests: one visitor request, one count.
+
+use pingora::cache::CachePhase;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::{Floodgate, RequestCtx};
+use crate::esi::Role;
+use crate::metrics::Outcome;
+use crate::policy::route::Route;
+
+impl Floodgate {
+    pub(super) fn outcome(&self, session: &Session, ctx: &RequestCtx) -> Outcome {
+        match ctx.route {
+            Route::Purge => Outcome::Purge,
+            _ if ctx.stale_reason.is_some() => Outcome::Stale,
+            _ if ctx.shed.is_some() && session.cache.phase() != CachePhase::Stale => Outcome::Shed,
+            Route::Tunnel => Outcome::Tunnel,
+            Route::Pass(_) => Outcome::Pass,
+            Route::Lookup => match session.cache.phase() {
+                CachePhase::Hit | CachePhase::Revalidated => Outcome::Hit,
+                CachePhase::Stale | CachePhase::StaleUpdating => Outcome::Stale,
+                _ if ctx.uncacheable => Outcome::Uncacheable,
+                _ => Outcome::Miss,
+            },
+        }
+    }
+
+    /// One line per client request, like varnishncsa, as text or JSON per `log.format`.
+    pub(super) fn access_log(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        outcome: Outcome,
+        status: u16,
+    ) {
+        let req = session.req_header();
+        let client = ctx.client.map(|ip| ip.to_string()).unwrap_or_default();
+        let class = ctx
+            .class
+            .map(|c| ctx.rt.classes.name(c).to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            target: "floodgate::access",
+            client,
+            method = %req.method,
+            url = %ctx.url,
+            status,
+            outcome = outcome.label(),
+            class,
+            origin_ms = ctx.origin_time.map(|t| t.as_secs_f64() * 1000.0),
+            duration_ms = ctx.arrived.elapsed().as_secs_f64() * 1000.0,
+            shed = ctx.shed.map(|s| s.label()),
+        );
+    }
+
+    /// Counts the request once, where its route and final cache phase are both known,
+    /// and writes its access log line.
+    pub(super) fn account(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |resp| resp.status.as_u16());
+        // A background refresh is Floodgate's own request, not a client's; a fragment is
+        // counted by the page that includes it; a wrapped request by its page subrequest.
+        if ctx.background {
+            self.metrics.background_refresh();
+        } else if ctx.wrapped || matches!(ctx.esi_role, Some(Role::Fragment { .. })) {
+        } else {
+            let outcome = self.outcome(session, ctx);
+            self.metrics.request(outcome, status);
+            if let (Outcome::Hit, Some(waited)) = (outcome, session.cache.lock_duration()) {
+                self.metrics.coalesced(waited);
+            }
+            if ctx.rt.config.log.access {
+                self.access_log(session, ctx, outcome, status);
+            }
+        }
+        if let Some(e) = e {
+            tracing::debug!(url = %ctx.url, error = %e, "request ended with an error");
+        }
+    }
+}
