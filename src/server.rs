@@ -16,15 +16,20 @@ use pingora::services::listening::Service;
 
 use crate::admin::reload::{ReloadOnHangup, Reloader};
 use crate::admin::Admin;
+use crate::cache::metrics::CacheMetrics;
 use crate::cache::shared_tier::SharedTier;
 use crate::cache::{HitForMissMarks, MemoryStore, Variants};
 use crate::config::Overrides;
+use crate::esi::metrics::EsiMetrics;
 use crate::metrics::Metrics;
+use crate::proxy::metrics::RequestMetrics;
 use crate::proxy::proxy_protocol::ProxyProtocolService;
 use crate::proxy::{Floodgate, Runtime, Shared};
 use crate::purge::bus::PurgeBusService;
+use crate::purge::metrics::PurgeMetrics;
 use crate::purge::{PurgeBus, Purger};
 use crate::upstream::{ClientSlots, Origins};
+use crate::warm::metrics::WarmMetrics;
 use crate::warm::{WarmQueue, Warmer};
 
 /// Keys remembered as hit-for-miss at most (about 100 bytes each).
@@ -79,7 +84,7 @@ pub fn build(
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);
-    let (origins, health_probe) = Origins::new(&config, runtime.classes.clone(), metrics.clone())?;
+    let (origins, health_probe) = Origins::new(&config, runtime.classes.clone(), &metrics)?;
     let origins = Arc::new(origins);
     server.add_service(health_probe);
 
@@ -102,6 +107,7 @@ pub fn build(
         config.origin.first_byte_timeout_secs,
     )));
 
+    let warm_metrics = Arc::new(WarmMetrics::register(metrics.registry())?);
     let warm_queue = config
         .warm
         .enabled
@@ -112,7 +118,7 @@ pub fn build(
             format!("http://{}", loopback_for(&config.server.listen[0])),
             config.warm.rate_per_sec,
             config.warm.concurrency,
-            metrics.clone(),
+            warm_metrics.clone(),
         );
         server.add_service(background_service("re-warmer", warmer));
     }
@@ -120,6 +126,7 @@ pub fn build(
         store,
         warm_queue.clone(),
         Duration::from_secs(config.warm.hot_window_secs),
+        PurgeMetrics::register(metrics.registry())?,
     ));
     let bus = if let Some(client) = runtime.redis.clone() {
         let shared = if config.redis.shared_cache {
@@ -130,7 +137,7 @@ pub fn build(
         } else {
             None
         };
-        let bus = PurgeBus::new(&config.redis, client, purger.clone(), metrics.clone())?;
+        let bus = PurgeBus::new(&config.redis, client, purger.clone(), &metrics)?;
         purger.attach_bus(bus.clone());
         server.add_service(background_service(
             "purge bus",
@@ -148,8 +155,8 @@ pub fn build(
         runtime.clone(),
         origins.clone(),
         store,
-        metrics.clone(),
-    ));
+        &metrics,
+    )?);
     server.add_service(background_service(
         "reload on SIGHUP",
         ReloadOnHangup(reloader.clone()),
@@ -158,6 +165,8 @@ pub fn build(
     if !config.server.admin_listen.is_empty() {
         let admin = Admin {
             metrics: metrics.clone(),
+            cache_metrics: CacheMetrics::register(metrics.registry())?,
+            warm_metrics,
             store,
             origins: origins.clone(),
             warm_queue,
@@ -179,7 +188,8 @@ pub fn build(
         marks,
         lock,
         origins,
-        metrics,
+        requests: Arc::new(RequestMetrics::register(metrics.registry())?),
+        esi_metrics: Arc::new(EsiMetrics::register(metrics.registry())?),
         purger,
         runtime,
         variants: Arc::new(Variants::default()),

@@ -18,6 +18,7 @@
 
 mod guard;
 mod inspect;
+pub mod metrics;
 mod operations;
 pub mod reload;
 
@@ -33,18 +34,23 @@ use serde_json::json;
 
 use reload::Reloader;
 
+use crate::cache::metrics::CacheMetrics;
 use crate::cache::MemoryStore;
 use crate::metrics::Metrics;
 use crate::proxy::Runtime;
 use crate::purge::{PurgeBus, Purger};
 use crate::upstream::Origins;
+use crate::warm::metrics::WarmMetrics;
 use crate::warm::WarmQueue;
 
 /// Largest JSON body the admin API reads.
 const MAX_BODY: usize = 4 << 20;
 
 pub struct Admin {
+    /// The registry and the process's own family; each subsystem's families follow.
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) cache_metrics: CacheMetrics,
+    pub(crate) warm_metrics: Arc<WarmMetrics>,
     pub(crate) store: &'static MemoryStore,
     pub(crate) origins: Arc<Origins>,
     pub(crate) warm_queue: Option<Arc<WarmQueue>>,
@@ -107,16 +113,12 @@ impl ServeHttp for Admin {
 impl Admin {
     async fn metrics_text(&self) -> Response<Vec<u8>> {
         // Gauges are read at scrape time rather than kept up to date per request.
-        self.store.sync().await;
-        let (objects, bytes) = self.store.usage();
-        self.metrics
-            .scraped(objects, bytes, self.origins.any_healthy());
-        let warm_dropped = self.warm_queue.as_ref().map_or(0, |q| q.dropped());
+        self.cache_metrics.scrape(self.store).await;
+        self.origins.metrics().healthy(self.origins.any_healthy());
         if let Some(queue) = &self.warm_queue {
-            self.metrics.warm_queue_depth(queue.len());
+            self.warm_metrics.queue_depth(queue.len());
+            self.warm_metrics.dropped_total(queue.dropped());
         }
-        self.metrics
-            .sync_totals(self.store.evictions(), warm_dropped);
         self.metrics.sync_resident_memory();
         reply(200, "text/plain; version=0.0.4", self.metrics.render())
     }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{json_reply, Admin};
-use crate::metrics::PurgeRefusal;
+use crate::purge::metrics::PurgeRefusal;
 use crate::purge::pattern::magento_pattern;
 use crate::warm::sitemap;
 
@@ -47,7 +47,7 @@ impl Admin {
         };
         if request.everything {
             let report = self.purger.everything().await;
-            self.metrics.purged(report.objects, 0, report.took);
+            self.purger.metrics().purged(report.objects, 0, report.took);
             return json_reply(
                 200,
                 json!({
@@ -79,7 +79,8 @@ impl Admin {
             .await
         {
             Ok(report) => {
-                self.metrics
+                self.purger
+                    .metrics()
                     .purged(report.objects, report.tags, report.took);
                 json_reply(
                     200,
@@ -92,7 +93,7 @@ impl Admin {
                 )
             }
             Err(reason) => {
-                self.metrics.purge_refused(PurgeRefusal::Invalid);
+                self.purger.metrics().refused(PurgeRefusal::Invalid);
                 json_reply(
                     400,
                     json!({ "error": format!("{reason}; nothing was purged") }),
@@ -147,7 +148,6 @@ impl Admin {
 
     pub(super) fn set_maintenance(&self, on: bool) -> Response<Vec<u8>> {
         self.origins.set_maintenance(on);
-        self.metrics.maintenance(on);
         tracing::warn!(on, "maintenance mode switched through the admin API");
         self.maintenance_state()
     }

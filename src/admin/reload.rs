@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use super::metrics::ConfigMetrics;
 use crate::cache::MemoryStore;
 use crate::config::{self, Config, Overrides};
 use crate::metrics::Metrics;
@@ -46,7 +47,7 @@ pub struct Reloader {
     runtime: Arc<ArcSwap<Runtime>>,
     origins: Arc<Origins>,
     store: &'static MemoryStore,
-    metrics: Arc<Metrics>,
+    metrics: ConfigMetrics,
     /// The configuration the process started with: restart-only keys are compared to it.
     started_with: Config,
     /// One reload at a time.
@@ -60,11 +61,12 @@ impl Reloader {
         runtime: Arc<ArcSwap<Runtime>>,
         origins: Arc<Origins>,
         store: &'static MemoryStore,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+        metrics: &Metrics,
+    ) -> prometheus::Result<Self> {
         let started_with = runtime.load().config.clone();
-        metrics.config_loaded(&config_hash(&started_with));
-        Self {
+        let metrics = ConfigMetrics::register(metrics.registry())?;
+        metrics.loaded(&config_hash(&started_with));
+        Ok(Self {
             path,
             overrides,
             runtime,
@@ -73,7 +75,7 @@ impl Reloader {
             metrics,
             started_with,
             busy: Mutex::new(()),
-        }
+        })
     }
 
     /// Re-reads the file; on any error nothing changes and the reason is returned.
@@ -82,12 +84,12 @@ impl Reloader {
         let result = self.try_reload();
         match &result {
             Ok(done) => {
-                self.metrics.config_reloaded(true);
-                self.metrics.config_loaded(&done.hash);
+                self.metrics.reloaded(true);
+                self.metrics.loaded(&done.hash);
                 tracing::info!(hash = %done.hash, needs_restart = ?done.needs_restart, "configuration reloaded");
             }
             Err(reason) => {
-                self.metrics.config_reloaded(false);
+                self.metrics.reloaded(false);
                 tracing::error!(%reason, "configuration reload refused; the previous configuration stays in force");
             }
         }

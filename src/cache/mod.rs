@@ -10,6 +10,7 @@ pub mod derived;
 pub mod hit;
 pub mod hit_for_miss;
 pub mod identity;
+pub mod metrics;
 mod miss;
 pub mod object;
 pub mod recent_purges;

@@ -1,5 +1,10 @@
 //! The configuration's shape. Every default here is what Magento's generated VCL does,
 //! so an empty file behaves like Varnish with `bin/magento varnish:vcl:generate`.
+//!
+//! Over 500 lines on purpose: this is the whole file format, section by section in the
+//! order of the README's configuration reference and `conf/floodgate.toml`, each key with
+//! its default and its restart rule beside it. Read as one document it is checked
+//! against both at a glance; split, a key's default would sit away from its section.
 
 use serde::{Deserialize, Serialize};
 

@@ -18,11 +18,11 @@ use tokio::task::JoinHandle;
 
 use super::fragment::{self, Role, Target};
 use super::gzip::{Piece, Stitcher};
+use super::metrics::{EsiMetrics, FragmentResult};
 use super::template::{Include, Segment, Template};
 use super::{accepts_gzip, prepare_assembled_header, ViewBudget, PER_REQUEST_GZIP_LEVEL};
 use crate::cache::{BodySource, StoredObject};
 use crate::config::EsiSection;
-use crate::metrics::{FragmentResult, Metrics};
 
 /// Fresh fragments straight from the cache. A fresh hit needs nothing of the request path
 /// but its key and the store, so it skips the subrequest (a third of an ESI hit's cost);
@@ -40,7 +40,7 @@ pub struct Settings<'a> {
     pub config: &'a EsiSection,
     /// Largest fragment (and held page) accepted, bytes.
     pub max_bytes: usize,
-    pub metrics: &'a Arc<Metrics>,
+    pub metrics: &'a Arc<EsiMetrics>,
     pub cache: &'a dyn FragmentCache,
     /// The page view's include budget, shared by every depth.
     pub budget: Arc<ViewBudget>,
@@ -57,7 +57,7 @@ struct Page<'a> {
     max_bytes: usize,
     /// The client takes gzip: the page goes out as one stitched gzip stream.
     gzip: bool,
-    metrics: &'a Arc<Metrics>,
+    metrics: &'a Arc<EsiMetrics>,
     budget: &'a Arc<ViewBudget>,
 }
 
@@ -69,7 +69,7 @@ impl Page<'_> {
     fn left_out(&self, include: &Include, why: &str) -> Pending {
         tracing::debug!(src = %include.src, depth = self.depth + 1, "ESI include left out: {why}");
         self.budget.left_out(&include.src, why);
-        self.metrics.esi_fragment(FragmentResult::Failed);
+        self.metrics.fragment(FragmentResult::Failed);
         Pending::Ready(None)
     }
 }
@@ -184,7 +184,7 @@ impl Assembly {
                     Err(why) => page.left_out(include, &why.to_string()),
                     Ok(target) => match cached(&target, page, cache).await {
                         Some(chunk) => {
-                            page.metrics.esi_fragment(FragmentResult::Cached);
+                            page.metrics.fragment(FragmentResult::Cached);
                             Pending::Ready(Some(chunk))
                         }
                         None => fetch(&target, include, &path, page, spawner).await,
@@ -303,7 +303,7 @@ async fn fetch(
         }
         match result {
             Ok(fetched) => {
-                metrics.esi_fragment(if fetched.cached {
+                metrics.fragment(if fetched.cached {
                     FragmentResult::Cached
                 } else {
                     FragmentResult::Fetched
@@ -320,7 +320,7 @@ async fn fetch(
                 })
             }
             Err(why) => {
-                metrics.esi_fragment(FragmentResult::Failed);
+                metrics.fragment(FragmentResult::Failed);
                 // Without onerror="continue" the ESI spec would fail the page; a shop
                 // page without its menu beats an error page, so it is left out either
                 // way, and said louder.

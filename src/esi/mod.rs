@@ -20,6 +20,7 @@ pub mod assembly;
 pub mod budget;
 pub mod fragment;
 pub mod gzip;
+pub mod metrics;
 pub mod origin_page;
 pub mod streaming;
 pub mod template;

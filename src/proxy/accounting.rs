@@ -8,9 +8,9 @@ use pingora::cache::CachePhase;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+use super::metrics::Outcome;
 use super::{Floodgate, RequestCtx};
 use crate::esi::Role;
-use crate::metrics::Outcome;
 use crate::policy::route::Route;
 
 impl Floodgate {
@@ -67,13 +67,13 @@ impl Floodgate {
         // A background refresh is Floodgate's own request, not a client's; a fragment is
         // counted by the page that includes it; a wrapped request by its page subrequest.
         if ctx.background {
-            self.metrics.background_refresh();
+            self.requests.background_refresh();
         } else if ctx.wrapped || matches!(ctx.esi_role, Some(Role::Fragment { .. })) {
         } else {
             let outcome = self.outcome(session, ctx);
-            self.metrics.request(outcome, status);
+            self.requests.request(outcome, status);
             if let (Outcome::Hit, Some(waited)) = (outcome, session.cache.lock_duration()) {
-                self.metrics.coalesced(waited);
+                self.requests.coalesced(waited);
             }
             if ctx.rt.config.log.access {
                 self.access_log(session, ctx, outcome, status);

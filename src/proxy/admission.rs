@@ -64,7 +64,9 @@ impl Floodgate {
                 if let (Some(key), None) = (ctx.key, shared) {
                     self.shed_fanout.record(key, shed);
                 }
-                self.metrics.shed(ctx.rt.classes.name(class), shed.into());
+                self.origins
+                    .metrics()
+                    .shed(ctx.rt.classes.name(class), shed);
                 let why = match shed {
                     Shed::QueueFull => "the origin's queue is full",
                     Shed::Timeout => "the request waited too long for a free origin slot",

@@ -21,7 +21,7 @@ impl Floodgate {
             depth: ctx.esi_depth(),
             config: &rt.config.esi,
             max_bytes: rt.config.cache.max_object_bytes,
-            metrics: &self.metrics,
+            metrics: &self.esi_metrics,
             cache,
             // A fragment spends its page view's budget; a client's request starts one.
             budget: match &ctx.esi_role {

@@ -7,8 +7,8 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use super::metrics::Unavailable;
 use super::{respond, Floodgate, RequestCtx};
-use crate::metrics::Unavailable;
 use crate::upstream::Shed;
 
 impl Floodgate {
@@ -51,7 +51,7 @@ impl Floodgate {
             let reason = ctx
                 .shed
                 .map_or(Unavailable::OriginFailed, Unavailable::from);
-            self.metrics.unavailable(reason);
+            self.requests.unavailable(reason);
             let _ = respond::page(
                 session,
                 503,

@@ -327,7 +327,7 @@ impl ProxyHttp for Floodgate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(sent) = ctx.upstream_sent {
-            self.metrics.origin_first_byte(sent.elapsed());
+            self.origins.metrics().first_byte(sent.elapsed());
         }
         if let Some(permit) = &mut ctx.permit {
             permit.answered(resp.status.as_u16() < 500);
@@ -385,7 +385,7 @@ impl ProxyHttp for Floodgate {
             ctx.client_permit = None;
             if let Some(sent) = ctx.upstream_sent.take() {
                 ctx.origin_time = Some(sent.elapsed());
-                self.metrics.origin_response(sent.elapsed());
+                self.origins.metrics().response(sent.elapsed());
             }
         }
         Ok(None)
@@ -424,7 +424,7 @@ impl ProxyHttp for Floodgate {
                 | CachePhase::RevalidatedNoCache(_)
         );
         if serves_stored_body && resp.headers.contains_key(PURGED_COPY_HEADER) {
-            self.metrics.purged_copy_served();
+            self.requests.purged_copy_served();
         }
         if ctx.esi_hit && serves_stored_body {
             self.assemble_hit(session, resp, ctx).await;

@@ -22,6 +22,7 @@ mod failure;
 mod fresh_fragments;
 mod head_fill;
 mod hooks;
+pub mod metrics;
 pub mod proxy_protocol;
 mod purge;
 mod request;
@@ -39,9 +40,10 @@ pub use runtime::Runtime;
 use arc_swap::ArcSwap;
 
 use crate::cache::{HitForMissMarks, MemoryStore, Variants};
-use crate::metrics::Metrics;
+use crate::esi::metrics::EsiMetrics;
 use crate::purge::Purger;
 use crate::upstream::{ClientSlots, Origins, ShedFanout};
+use metrics::RequestMetrics;
 
 /// Compression level for bodies compressed before they are stored.
 const STORE_GZIP_LEVEL: u32 = 6;
@@ -54,7 +56,8 @@ pub struct Floodgate {
     marks: &'static HitForMissMarks,
     lock: &'static CacheKeyLockImpl,
     origins: Arc<Origins>,
-    metrics: Arc<Metrics>,
+    requests: Arc<RequestMetrics>,
+    esi_metrics: Arc<EsiMetrics>,
     purger: Arc<Purger>,
     shed_fanout: ShedFanout,
     variants: Arc<Variants>,
@@ -68,7 +71,9 @@ pub struct Shared {
     pub marks: &'static HitForMissMarks,
     pub lock: &'static CacheKeyLockImpl,
     pub origins: Arc<Origins>,
-    pub metrics: Arc<Metrics>,
+    /// The request path's metrics (one set for every listener's proxy).
+    pub requests: Arc<RequestMetrics>,
+    pub esi_metrics: Arc<EsiMetrics>,
     pub purger: Arc<Purger>,
     /// The reloadable configuration, shared with the reloader.
     pub runtime: Arc<ArcSwap<Runtime>>,
@@ -87,7 +92,8 @@ impl Floodgate {
             marks: shared.marks,
             lock: shared.lock,
             origins: shared.origins,
-            metrics: shared.metrics,
+            requests: shared.requests,
+            esi_metrics: shared.esi_metrics,
             purger: shared.purger,
             variants: shared.variants,
             client_slots: shared.client_slots,

@@ -8,7 +8,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::{respond, Floodgate, Runtime};
-use crate::metrics::PurgeRefusal;
+use crate::purge::metrics::PurgeRefusal;
 
 /// A purge header Magento would never send: its value is refused, not guessed at.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ impl Floodgate {
         if !client.is_some_and(|ip| rt.purge_acl.allows(ip)) {
             let who = client.map_or_else(|| "this client".to_string(), |ip| ip.to_string());
             let body = format!("PURGE is not allowed from {who}: add it to purge.allow\n");
-            self.metrics.purge_refused(PurgeRefusal::Refused);
+            self.purger.metrics().refused(PurgeRefusal::Refused);
             return respond::plain(session, 405, &body, &[]).await;
         }
         let headers = &session.req_header().headers;
@@ -41,13 +41,13 @@ impl Floodgate {
         let (pattern, pool) = match (value("x-magento-tags-pattern"), value("x-pool")) {
             (Ok(pattern), Ok(pool)) => (pattern, pool),
             (Err(reason), _) | (_, Err(reason)) => {
-                self.metrics.purge_refused(PurgeRefusal::Invalid);
+                self.purger.metrics().refused(PurgeRefusal::Invalid);
                 return respond::plain(session, 400, &format!("{reason}\n"), &[]).await;
             }
         };
         if pattern.is_none() && pool.is_none() {
             let body = "PURGE needs an X-Magento-Tags-Pattern or X-Pool header\n";
-            self.metrics.purge_refused(PurgeRefusal::Invalid);
+            self.purger.metrics().refused(PurgeRefusal::Invalid);
             return respond::plain(session, 400, body, &[]).await;
         }
         let soft = rt.config.purge.soft
@@ -60,7 +60,8 @@ impl Floodgate {
             .await
         {
             Ok(report) => {
-                self.metrics
+                self.purger
+                    .metrics()
                     .purged(report.objects, report.tags, report.took);
                 let body = format!(
                     "{} {} objects, {} queued for re-warming, in {:.3} ms\n",
@@ -72,7 +73,7 @@ impl Floodgate {
                 respond::plain(session, 200, &body, &[]).await
             }
             Err(reason) => {
-                self.metrics.purge_refused(PurgeRefusal::Invalid);
+                self.purger.metrics().refused(PurgeRefusal::Invalid);
                 respond::plain(
                     session,
                     400,

@@ -13,9 +13,9 @@ use pingora::cache::CacheKey;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+use super::metrics::Unavailable;
 use super::{respond, Floodgate, RequestCtx};
 use crate::cache::RequestIdentity;
-use crate::metrics::Unavailable;
 use crate::policy::client::{forwarded_chain, real_client};
 use crate::policy::key::{cache_key, with_variance};
 use crate::policy::route::has_bearer;
@@ -93,7 +93,7 @@ impl Floodgate {
                 Ok(Ok(None)) => return Ok(false),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    self.metrics.unavailable(Unavailable::BodyTimeout);
+                    self.requests.unavailable(Unavailable::BodyTimeout);
                     let body = format!(
                         "the request body did not arrive within {} s\n",
                         limits.request_body_timeout_secs

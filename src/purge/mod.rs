@@ -3,8 +3,10 @@
 
 pub mod acl;
 pub mod bus;
+pub mod metrics;
 pub mod pattern;
 
+use metrics::PurgeMetrics;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,6 +51,7 @@ pub struct Purger {
     bus: OnceLock<Arc<PurgeBus>>,
     /// The shared tier in Redis, whose copies purges remove too.
     shared: OnceLock<Arc<SharedTier>>,
+    metrics: PurgeMetrics,
 }
 
 impl Purger {
@@ -56,6 +59,7 @@ impl Purger {
         store: &'static MemoryStore,
         warm: Option<Arc<WarmQueue>>,
         hot_window: Duration,
+        metrics: PurgeMetrics,
     ) -> Self {
         Self {
             store,
@@ -63,7 +67,13 @@ impl Purger {
             hot_window,
             bus: OnceLock::new(),
             shared: OnceLock::new(),
+            metrics,
         }
+    }
+
+    /// The purge metrics: every purge comes through here, wherever it was asked for.
+    pub fn metrics(&self) -> &PurgeMetrics {
+        &self.metrics
     }
 
     /// Purges then also remove the shared tier's copies.

@@ -5,6 +5,7 @@ pub mod adaptive;
 pub mod classes;
 pub mod health;
 pub mod limiter;
+pub mod metrics;
 pub mod origins;
 pub mod pages;
 pub mod per_client;

@@ -14,6 +14,7 @@ use pingora::upstreams::peer::HttpPeer;
 use super::classes::{ClassId, Classes};
 use super::health::WindowedHealthCheck;
 use super::limiter::{Limiter, Permit, Pick, Shed};
+use super::metrics::OriginMetrics;
 use crate::config::{invalid, Config, ConfigError, LimitsSection};
 use crate::metrics::Metrics;
 
@@ -58,8 +59,18 @@ pub struct Origins {
     balancer: Arc<Balancer>,
     limiter: Arc<Limiter>,
     maintenance: AtomicBool,
+    metrics: Arc<OriginMetrics>,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
+}
+
+/// Why the origins could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot register the origin metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 impl Origins {
@@ -68,8 +79,9 @@ impl Origins {
     pub fn new(
         config: &Config,
         classes: Arc<Classes>,
-        metrics: Arc<Metrics>,
-    ) -> Result<(Self, GenBackgroundService<LoadBalancer<RoundRobin>>), ConfigError> {
+        metrics: &Metrics,
+    ) -> Result<(Self, GenBackgroundService<LoadBalancer<RoundRobin>>), OriginsError> {
+        let metrics = Arc::new(OriginMetrics::register(metrics.registry())?);
         let origin = &config.origin;
         let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(origin.addresses.iter())
             .map_err(|e| invalid("origin.addresses", e.to_string()))?;
@@ -79,12 +91,13 @@ impl Origins {
         balancer.parallel_health_check = true;
         let service = background_service("origin health probe", balancer);
         let balancer = Arc::new(Balancer(service.task()));
-        let limiter = Limiter::new(&config.limits, classes, balancer.clone(), metrics);
+        let limiter = Limiter::new(&config.limits, classes, balancer.clone(), metrics.clone());
         Ok((
             Self {
                 balancer,
                 limiter,
                 maintenance: AtomicBool::new(false),
+                metrics,
                 connect_timeout: Duration::from_secs(origin.connect_timeout_secs),
                 first_byte_timeout: Duration::from_secs(origin.first_byte_timeout_secs),
             },
@@ -98,6 +111,12 @@ impl Origins {
     /// a request classified by the old list meanwhile is clamped to it.
     pub fn reconfigure(&self, limits: &LimitsSection, classes: Arc<Classes>) {
         self.limiter.reconfigure(limits, classes);
+    }
+
+    /// The origin side's metrics (owned here, recorded by the proxy where it sees the
+    /// origin's answer).
+    pub fn metrics(&self) -> &OriginMetrics {
+        &self.metrics
     }
 
     /// Waits for a slot at a healthy origin; the permit must live until the origin is done.
@@ -137,5 +156,6 @@ impl Origins {
 
     pub fn set_maintenance(&self, on: bool) {
         self.maintenance.store(on, Ordering::Relaxed);
+        self.metrics.maintenance(on);
     }
 }

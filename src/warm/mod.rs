@@ -1,6 +1,7 @@
 //! Keeping hot pages warm: purged pages that visitors were asking for are fetched again
 //! in the background, and `floodgate warm --sitemap` fills a catalogue before an event.
 
+pub mod metrics;
 mod queue;
 pub mod sitemap;
 pub mod worker;

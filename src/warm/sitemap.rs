@@ -8,9 +8,9 @@ use quick_xml::events::Event;
 use quick_xml::Reader;
 use tokio::sync::Semaphore;
 
+use super::metrics::WarmResult;
 use super::worker::fetch;
 use crate::cache::RequestIdentity;
-use crate::metrics::WarmResult;
 
 /// How a warm run went.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

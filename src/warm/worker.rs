@@ -11,9 +11,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::Semaphore;
 
+use super::metrics::{WarmMetrics, WarmResult};
 use super::WarmQueue;
 use crate::cache::RequestIdentity;
-use crate::metrics::{Metrics, WarmResult};
 
 /// Marks Floodgate's own warming requests (in logs and at the origin).
 pub const WARM_HEADER: &str = "x-floodgate-warm";
@@ -24,7 +24,7 @@ pub struct Warmer {
     target: String,
     rate_per_sec: f64,
     concurrency: usize,
-    metrics: Arc<Metrics>,
+    metrics: Arc<WarmMetrics>,
 }
 
 impl Warmer {
@@ -33,7 +33,7 @@ impl Warmer {
         target: String,
         rate_per_sec: f64,
         concurrency: usize,
-        metrics: Arc<Metrics>,
+        metrics: Arc<WarmMetrics>,
     ) -> Self {
         Self {
             queue,
@@ -64,7 +64,7 @@ impl BackgroundService for Warmer {
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let page = loop {
-                self.metrics.warm_queue_depth(self.queue.len());
+                self.metrics.queue_depth(self.queue.len());
                 if let Some(page) = self.queue.pop() {
                     break page;
                 }

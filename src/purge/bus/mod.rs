@@ -25,7 +25,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use tokio::sync::Notify;
 
 use super::Purger;
@@ -101,7 +100,6 @@ pub struct PurgeBus {
     ready: Notify,
     connected: AtomicBool,
     purger: Arc<Purger>,
-    metrics: Arc<Metrics>,
     own: BusMetrics,
 }
 
@@ -164,7 +162,7 @@ impl PurgeBus {
         config: &RedisSection,
         client: Client,
         purger: Arc<Purger>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
     ) -> prometheus::Result<Arc<Self>> {
         let own = BusMetrics::register(metrics.registry())?;
         // The append script touches both keys: in a cluster they must share a slot.
@@ -190,7 +188,6 @@ impl PurgeBus {
             ready: Notify::new(),
             connected: AtomicBool::new(false),
             purger,
-            metrics,
             own,
         }))
     }
@@ -337,223 +334,9 @@ impl PurgeBus {
             }
         }
     }
-
-    /// Applies the other nodes' purges, in stream order, resuming after the last one.
-    async fn consumer(&self, mut shutdown: ShutdownWatch) {
-        let mut last: Option<EntryId> = None;
-        let mut last_seq: Option<u64> = None;
-        let mut connection: Option<Connection> = None;
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let Some(con) = connection.as_mut() else {
-                connection = self.connect().await;
-                if connection.is_none() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(RETRY) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                    continue;
-                }
-                continue;
-            };
-            // A Redis that came back without the sequence this node had read up to lost
-            // entries: whatever it did not read yet is gone, so nothing old can be
-            // trusted.
-            if let Some(seen) = last_seq {
-                match self.sequence_now(con).await {
-                    Ok(now) if now.unwrap_or(0) < seen => {
-                        self.lost_history(seen, now);
-                        last_seq = Some(now.unwrap_or(0));
-                    }
-                    Ok(_) => {}
-                    Err(why) => {
-                        self.disconnected(&why.to_string());
-                        connection = None;
-                        continue;
-                    }
-                }
-            }
-            let from = match last {
-                Some(id) => id,
-                // Start at the stream's end: this node's memory is empty, so older purges
-                // concern nothing it holds.
-                None => match self.newest(con).await {
-                    Ok(id) => {
-                        last = Some(id);
-                        self.started_following().await;
-                        // Where the numbers stand, so a Redis that loses them later is
-                        // noticed even if this node never read an entry.
-                        if let Ok(now) = self.sequence_now(con).await {
-                            last_seq = Some(now.unwrap_or(0));
-                        }
-                        id
-                    }
-                    Err(why) => {
-                        self.disconnected(&why.to_string());
-                        connection = None;
-                        continue;
-                    }
-                },
-            };
-            let read = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(READ_BATCH)
-                .arg("BLOCK")
-                .arg(READ_BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&self.stream)
-                .arg(from.to_string())
-                .to_owned();
-            let reply = tokio::select! {
-                reply = tokio::time::timeout(READ_BLOCK + self.timeout, read.query_async::<Option<StreamReadReply>>(con)) => reply,
-                _ = shutdown.changed() => return,
-            };
-            match reply {
-                Ok(Ok(reply)) => {
-                    self.set_connected(true);
-                    let entries: Vec<StreamId> = reply
-                        .into_iter()
-                        .flat_map(|r| r.keys)
-                        .flat_map(|k| k.ids)
-                        .collect();
-                    for entry in &entries {
-                        if let Some(id) = EntryId::parse(&entry.id) {
-                            last = Some(id);
-                        }
-                        let seq = entry
-                            .get::<String>("seq")
-                            .and_then(|s| s.parse::<u64>().ok());
-                        if let (Some(prev), Some(seq)) = (last_seq, seq) {
-                            if missed(prev, seq) {
-                                self.lost_history(prev, Some(seq));
-                            }
-                        }
-                        if seq.is_some() {
-                            last_seq = seq;
-                        }
-                        self.apply(entry).await;
-                    }
-                }
-                Ok(Err(e)) => {
-                    self.disconnected(&e.to_string());
-                    connection = None;
-                }
-                Err(_) => {
-                    self.disconnected("XREAD timed out");
-                    connection = None;
-                }
-            }
-        }
-    }
-
-    /// Entries after `seen` may never reach this node (trimmed, or lost with a Redis
-    /// that restarted empty): it cannot know what they purged, so it drops its memory.
-    fn lost_history(&self, seen: u64, now: Option<u64>) {
-        tracing::warn!(
-            after = seen,
-            next = ?now,
-            "purges this node may have missed are gone from Redis: dropping the memory tier"
-        );
-        self.purger.store().flush();
-        self.own.flushes.inc();
-    }
-
-    /// The consumer has its place in the stream: purges from now on reach this node.
-    /// Objects cached before that (Redis was slow or down at the start) may have been
-    /// purged by another node in between, unseen here, so they are dropped: a page
-    /// served after a purge's 200 is the one thing the bus must never allow.
-    async fn started_following(&self) {
-        self.set_connected(true);
-        let store = self.purger.store();
-        store.sync().await;
-        let (objects, _) = store.usage();
-        if objects > 0 {
-            tracing::warn!(
-                objects,
-                "the purge bus reached Redis after this node had cached pages: dropping \
-                 them, since purges sent meanwhile by other nodes cannot be known"
-            );
-            store.flush();
-            self.own.flushes.inc();
-        }
-        self.own.following.set(1);
-    }
-
-    /// The stream's sequence counter now (`None`: Redis has none, it restarted empty).
-    async fn sequence_now(&self, con: &mut Connection) -> Result<Option<u64>, BusError> {
-        let get = redis::cmd("GET").arg(&self.sequence).to_owned();
-        match tokio::time::timeout(self.timeout, get.query_async::<Option<u64>>(con)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(BusError::Redis {
-                command: "GET of the purge sequence",
-                source,
-            }),
-            Err(_) => Err(BusError::TimedOut("GET of the purge sequence")),
-        }
-    }
-
-    async fn apply(&self, entry: &StreamId) {
-        let field = |name: &str| entry.get::<String>(name);
-        if field("node").as_deref() == Some(self.node.as_str()) {
-            return; // applied when it was received
-        }
-        let pattern = field("pattern");
-        let pool = field("pool");
-        let soft = field("soft").as_deref() == Some("1");
-        if field("everything").as_deref() == Some("1") {
-            let report = self.purger.apply_everything().await;
-            self.own.applied.inc();
-            self.metrics.purged_remote(report.objects, 0, report.took);
-            return;
-        }
-        match self
-            .purger
-            .apply(pattern.as_deref(), pool.as_deref(), soft)
-            .await
-        {
-            Ok(report) => {
-                self.own.applied.inc();
-                self.metrics
-                    .purged_remote(report.objects, report.tags, report.took);
-            }
-            Err(reason) => {
-                tracing::warn!(id = %entry.id, %reason, "a purge from another node could not be applied");
-            }
-        }
-    }
-
-    /// The newest entry's ID, or 0-0 for an empty stream.
-    async fn newest(&self, con: &mut Connection) -> Result<EntryId, BusError> {
-        let query = redis::cmd("XREVRANGE")
-            .arg(&self.stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .to_owned();
-        match tokio::time::timeout(self.timeout, query.query_async::<StreamRangeReply>(con)).await {
-            Ok(Ok(reply)) => Ok(reply
-                .ids
-                .first()
-                .and_then(|e| EntryId::parse(&e.id))
-                .unwrap_or(EntryId(0, 0))),
-            Ok(Err(source)) => Err(BusError::Redis {
-                command: "XREVRANGE",
-                source,
-            }),
-            Err(_) => Err(BusError::TimedOut("XREVRANGE")),
-        }
-    }
 }
 
-/// Whether entry `next` following entry `prev` (sequence numbers) means entries may
-/// have been lost: a jump forward (trimmed), or a start again (a Redis that restarted
-/// empty, which may have taken entries this node had not read yet).
-fn missed(prev: u64, next: u64) -> bool {
-    next != prev + 1
-}
+mod consumer;
 
 /// Runs the publisher and the consumer for the life of the process; connects the shared
 /// tier first, so the first requests after a start find it ready.
@@ -574,6 +357,7 @@ impl BackgroundService for PurgeBusService {
 
 #[cfg(test)]
 mod tests {
+    use super::consumer::missed;
     use super::*;
 
     #[test]

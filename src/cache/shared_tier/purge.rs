@@ -1,0 +1,104 @@
+//! Purging the shared tier: the copies a purge selects are found through the tag and
+//! pool sets kept beside them in Redis and deleted, with the sets, one key per command
+//! (the keys may live in different cluster slots).
+
+use regex::Regex;
+
+use super::{SharedError, SharedSelector, SharedTier};
+use crate::cluster::{self};
+
+impl SharedTier {
+    /// Removes the shared copies a purge selects, by index; how many objects went.
+    /// `Err` when Redis could not be asked: the caller keeps the purge to retry.
+    /// With `wait`, waits for a connection (background work); without, a missing
+    /// connection is an error at once (a PURGE request is being answered).
+    pub async fn purge(
+        &self,
+        selector: Option<&SharedSelector>,
+        pool: Option<&Regex>,
+        wait: bool,
+    ) -> Result<usize, SharedError> {
+        let p = &self.prefix;
+        let mut sets: Vec<String> = Vec::new();
+        let mut names: Vec<(String, String)> = Vec::new(); // (list, member) to forget
+        let listed = |list: &str| redis::cmd("SMEMBERS").arg(format!("{p}{list}")).to_owned();
+        match selector {
+            Some(SharedSelector::Tags(tags)) => {
+                for tag in tags {
+                    sets.push(format!("{p}tag:{tag}"));
+                    names.push(("tags".into(), tag.clone()));
+                }
+            }
+            Some(SharedSelector::AllTagged) | Some(SharedSelector::Pattern(_)) => {
+                let all: Vec<String> = self
+                    .run(&listed("tags"))
+                    .await
+                    .ok_or(SharedError::NotDone("list the shared tags"))?;
+                for tag in all {
+                    let selected = match selector {
+                        Some(SharedSelector::Pattern(re)) => re.is_match(&tag),
+                        _ => true,
+                    };
+                    if selected {
+                        sets.push(format!("{p}tag:{tag}"));
+                        names.push(("tags".into(), tag));
+                    }
+                }
+            }
+            None => {}
+        }
+        if let Some(re) = pool {
+            let all: Vec<String> = self
+                .run(&listed("pools"))
+                .await
+                .ok_or(SharedError::NotDone("list the shared pools"))?;
+            for value in all.into_iter().filter(|v| re.is_match(v)) {
+                sets.push(format!("{p}pool:{value}"));
+                names.push(("pools".into(), value));
+            }
+        }
+        if sets.is_empty() {
+            return Ok(0);
+        }
+        let con = if wait {
+            self.connection_waiting().await
+        } else {
+            self.connection()
+        }
+        .ok_or(SharedError::Unreachable)?;
+        // On a request's path Redis gets its timeout; the publisher retries what is left.
+        let limit = if wait { self.timeout * 4 } else { self.timeout };
+        let listed = cluster::each(
+            &con,
+            sets.iter()
+                .map(|set| redis::cmd("SMEMBERS").arg(set).to_owned())
+                .collect(),
+            limit,
+        )
+        .await
+        .inspect_err(|_| self.broken())
+        .map_err(SharedError::Batch)?;
+        let mut members = std::collections::BTreeSet::new();
+        for reply in listed {
+            let names: Vec<String> = redis::from_redis_value(&reply)?;
+            members.extend(names);
+        }
+        // One key per command: the keys may live in different cluster slots.
+        let mut commands: Vec<redis::Cmd> = members
+            .iter()
+            .map(|m| redis::cmd("DEL").arg(format!("{p}obj:{m}")).to_owned())
+            .collect();
+        commands.extend(sets.iter().map(|set| redis::cmd("DEL").arg(set).to_owned()));
+        commands.extend(names.iter().map(|(list, member)| {
+            redis::cmd("SREM")
+                .arg(format!("{p}{list}"))
+                .arg(member)
+                .to_owned()
+        }));
+        cluster::each(&con, commands, limit)
+            .await
+            .inspect_err(|_| self.broken())
+            .map_err(SharedError::Batch)?;
+        Ok(members.len())
+    }
+}
