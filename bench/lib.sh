@@ -33,7 +33,7 @@ start_origin() {
   wait_port "$ORIGIN_PORT"
 }
 
-# start_floodgate [extra TOML] [port, default FG_PORT]; sets FG_PID.
+# start_floodgate [extra TOML] [port, default FG_PORT]; sets FG_PID. FG_BIN: another binary.
 start_floodgate() {
   local port=${2:-$FG_PORT}
   cat > "$work/floodgate-$port.toml" <<CONF
@@ -46,7 +46,7 @@ runtime_dir = "$work"
 [origin]
 addresses = ["127.0.0.1:$ORIGIN_PORT"]
 CONF
-  RUST_LOG=warn taskset -c "$SERVER_CPUS" target/release/floodgate run -c "$work/floodgate-$port.toml" 2>>"$work/floodgate.log" & pids+=($!)
+  RUST_LOG=warn taskset -c "$SERVER_CPUS" "${FG_BIN:-target/release/floodgate}" run -c "$work/floodgate-$port.toml" 2>>"$work/floodgate.log" & pids+=($!)
   FG_PID=$!
   wait_port "$port"
 }
