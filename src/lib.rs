@@ -16,6 +16,7 @@
 //! | `upstream` | origins, health probes, the limiter and its priority queue, shedding |
 //! | `cache` | the memory store (object, store and index, hit, miss), tags, hit-for-miss, variants, the shared tier |
 //! | `cluster` | the Redis client (one node or a cluster) |
+//! | `tls` | TLS termination: certificates by SNI, swapped by a reload |
 //! | `policy` | Magento's rules: route, key, storability, Vary, what the client gets |
 //! | `config`, `metrics` | leaves: the file format and its checks; the registry |
 //!
@@ -54,5 +55,6 @@ pub mod policy;
 pub mod proxy;
 pub mod purge;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod warm;

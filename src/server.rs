@@ -28,9 +28,12 @@ use crate::proxy::{Floodgate, Runtime, Shared};
 use crate::purge::bus::PurgeBusService;
 use crate::purge::metrics::PurgeMetrics;
 use crate::purge::{PurgeBus, Purger};
+use crate::tls::metrics::TlsMetrics;
+use crate::tls::{CertResolver, HandshakeCounter};
 use crate::upstream::{ClientSlots, Origins};
 use crate::warm::metrics::WarmMetrics;
 use crate::warm::{WarmQueue, Warmer};
+use pingora::listeners::tls::TlsSettings;
 
 /// Keys remembered as hit-for-miss at most (about 100 bytes each).
 const HIT_FOR_MISS_CAPACITY: u64 = 1_000_000;
@@ -148,6 +151,20 @@ pub fn build(
         None
     };
 
+    // One resolver for every TLS listener, holding the certificates a reload re-reads.
+    let tls = match (&runtime.certificates, config.server.tls_listen.is_empty()) {
+        (Some(certificates), false) => {
+            let tls_metrics = Arc::new(TlsMetrics::register(metrics.registry())?);
+            for (i, names) in certificates.names().iter().enumerate() {
+                tracing::info!(certificate = i, ?names, "TLS certificate loaded");
+            }
+            Some((
+                Arc::new(CertResolver::new(certificates.clone(), tls_metrics.clone())),
+                tls_metrics,
+            ))
+        }
+        _ => None,
+    };
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
     let reloader = Arc::new(Reloader::new(
         path,
@@ -155,6 +172,7 @@ pub fn build(
         runtime.clone(),
         origins.clone(),
         store,
+        tls.as_ref().map(|(resolver, _)| resolver.clone()),
         &metrics,
     )?);
     server.add_service(background_service(
@@ -208,6 +226,17 @@ pub fn build(
     let mut service = http_proxy_service(&server.configuration, proxy);
     for addr in &listen {
         service.add_tcp(addr);
+    }
+    if let Some((resolver, tls_metrics)) = &tls {
+        for addr in &config.server.tls_listen {
+            let mut settings =
+                TlsSettings::with_callbacks(Box::new(HandshakeCounter(tls_metrics.clone())))?;
+            settings.set_cert_resolver(resolver.clone());
+            if config.tls.http2 {
+                settings.enable_h2();
+            }
+            service.add_tls_with_settings(addr, None, settings);
+        }
     }
     service.threads = Some(threads);
     server.add_service(service);

@@ -20,6 +20,7 @@ use crate::cache::MemoryStore;
 use crate::config::{self, Config, Overrides};
 use crate::metrics::Metrics;
 use crate::proxy::Runtime;
+use crate::tls::CertResolver;
 use crate::upstream::Origins;
 
 /// Why a reload changed nothing.
@@ -47,6 +48,8 @@ pub struct Reloader {
     runtime: Arc<ArcSwap<Runtime>>,
     origins: Arc<Origins>,
     store: &'static MemoryStore,
+    /// Hands the listeners the certificates each reload re-reads (`server.tls_listen`).
+    tls: Option<Arc<CertResolver>>,
     metrics: ConfigMetrics,
     /// The configuration the process started with: restart-only keys are compared to it.
     started_with: Config,
@@ -61,6 +64,7 @@ impl Reloader {
         runtime: Arc<ArcSwap<Runtime>>,
         origins: Arc<Origins>,
         store: &'static MemoryStore,
+        tls: Option<Arc<CertResolver>>,
         metrics: &Metrics,
     ) -> prometheus::Result<Self> {
         let started_with = runtime.load().config.clone();
@@ -72,6 +76,7 @@ impl Reloader {
             runtime,
             origins,
             store,
+            tls,
             metrics,
             started_with,
             busy: Mutex::new(()),
@@ -106,6 +111,11 @@ impl Reloader {
             .reconfigure(&config.limits, runtime.classes.clone());
         self.store
             .set_keep_purged_secs(config.purge.keep_purged_secs);
+        // Handshakes from now on get the certificates just read; open connections keep
+        // the ones they were made with.
+        if let (Some(resolver), Some(certificates)) = (&self.tls, &runtime.certificates) {
+            resolver.replace(certificates.clone());
+        }
         self.runtime.store(Arc::new(runtime));
         Ok(Reloaded {
             hash: config_hash(&config),

@@ -76,6 +76,28 @@ impl Config {
         if !self.server.admin_listen.is_empty() {
             check_socket_addr("server.admin_listen", &self.server.admin_listen)?;
         }
+        for addr in &self.server.tls_listen {
+            check_socket_addr("server.tls_listen", addr)?;
+        }
+        if !self.server.tls_listen.is_empty() && self.tls.certificates.is_empty() {
+            return Err(invalid(
+                "tls.certificates",
+                "server.tls_listen needs at least one [[tls.certificates]] (cert_file, key_file)",
+            ));
+        }
+        if self.server.redirect_http_to_https && self.server.tls_listen.is_empty() {
+            return Err(invalid(
+                "server.redirect_http_to_https",
+                "redirects to HTTPS need a server.tls_listen to redirect to",
+            ));
+        }
+        // Two years is the longest max-age browsers' preload lists ask for.
+        if self.server.hsts_max_age_secs > 63_072_000 {
+            return Err(invalid(
+                "server.hsts_max_age_secs",
+                "must be at most 63072000 (two years)",
+            ));
+        }
         if self.origin.addresses.is_empty() {
             return Err(invalid("origin.addresses", "at least one origin is needed"));
         }

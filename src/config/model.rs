@@ -21,6 +21,7 @@ pub struct Config {
     pub log: LogSection,
     pub redis: RedisSection,
     pub esi: EsiSection,
+    pub tls: TlsSection,
 }
 
 impl Config {
@@ -32,15 +33,21 @@ impl Config {
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let old = self;
         let mut changed = Vec::new();
-        // trusted_proxies, admin_token_file and admin_hosts are read per request.
+        // trusted_proxies, admin_token_file, admin_hosts, redirect_http_to_https and
+        // hsts_max_age_secs are read per request.
         let (o, n) = (&old.server, &new.server);
         if o.listen != n.listen
             || o.admin_listen != n.admin_listen
             || o.threads != n.threads
             || o.runtime_dir != n.runtime_dir
             || o.proxy_protocol_listen != n.proxy_protocol_listen
+            || o.tls_listen != n.tls_listen
         {
             changed.push("server");
+        }
+        // The certificates themselves are re-read by every reload.
+        if old.tls.http2 != new.tls.http2 {
+            changed.push("tls.http2");
         }
         if old.origin != new.origin {
             changed.push("origin");
@@ -248,6 +255,16 @@ pub struct ServerSection {
     /// `Host` values the admin API answers besides its own address and `localhost`
     /// (a browser led there by DNS rebinding sends a foreign one).
     pub admin_hosts: Vec<String>,
+    /// Client listeners that terminate TLS (HTTP/2 and HTTP/1.1 by ALPN), with the
+    /// certificates of `[[tls.certificates]]`. Once set, Floodgate is the front door: on
+    /// the plain listeners a client-sent SSL-offload header is removed unless the peer is
+    /// a trusted proxy.
+    pub tls_listen: Vec<String>,
+    /// Answers plain-HTTP page requests with a 301 to the same URL over HTTPS (PURGE
+    /// and requests a trusted proxy marked as HTTPS are not redirected).
+    pub redirect_http_to_https: bool,
+    /// `Strict-Transport-Security: max-age=N` on every HTTPS response; 0 sends none.
+    pub hsts_max_age_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -263,8 +280,40 @@ impl Default for ServerSection {
             proxy_protocol_listen: Vec::new(),
             admin_token_file: String::new(),
             admin_hosts: Vec::new(),
+            tls_listen: Vec::new(),
+            redirect_http_to_https: false,
+            hsts_max_age_secs: 0,
         }
     }
+}
+
+/// The certificates of `server.tls_listen`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// Each a certificate chain and its key (PEM), chosen by SNI among the names the
+    /// certificate holds; the first is the default, for clients that send no SNI or a
+    /// name no certificate holds. Re-read on every reload.
+    pub certificates: Vec<CertificateFiles>,
+    /// Offer HTTP/2 by ALPN (else HTTP/1.1 only).
+    pub http2: bool,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            certificates: Vec::new(),
+            http2: true,
+        }
+    }
+}
+
+/// One certificate: its chain (leaf first) and its private key, PEM files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

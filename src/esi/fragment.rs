@@ -14,6 +14,17 @@ use pingora::proxy::PreparedSubrequest;
 
 use super::{ViewBudget, CACHED_HEADER};
 
+/// Gives an HTTP/2 request the `Host` its `:authority` stands for: a subrequest is an
+/// HTTP/1.1 request, and Magento keys and routes on `Host`.
+pub fn with_host(req: &mut RequestHeader) {
+    if req.headers.contains_key(header::HOST) {
+        return;
+    }
+    if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
+        let _ = req.insert_header(header::HOST, authority);
+    }
+}
+
 /// A session that reads as `req` sent for `path_and_query`, for a subrequest: Pingora's
 /// subrequests copy the raw request of the session they are made from. `client` is the
 /// visitor's address, which that session does not have: it is added to
@@ -30,6 +41,7 @@ pub async fn replay(
         };
         req.insert_header("x-forwarded-for", forwarded).ok()?;
     }
+    with_host(&mut req);
     let mut raw = Vec::with_capacity(512);
     raw.extend_from_slice(req.method.as_str().as_bytes());
     raw.push(b' ');
@@ -63,6 +75,8 @@ pub enum Role {
         /// The first try failed after its header (a broken origin answer): serve the
         /// stale copy if one is kept, else the busy page; never ask the origin again.
         stale_only: bool,
+        /// The client's connection is TLS (its response gets what HTTPS ones get).
+        client_tls: bool,
     },
     /// An included fragment; `budget` is the page view's, shared by every depth.
     Fragment { depth: u8, budget: Arc<ViewBudget> },

@@ -56,18 +56,35 @@ async fn fetch(
     stale_only: bool,
 ) -> Result<()> {
     let max_bytes = esi.max_bytes;
-    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+    if session.subrequest_spawner.is_none() {
         return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
-    };
+    }
+    let client_tls = session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some());
     let ctx = SubrequestCtx::builder()
         .user_ctx(Box::new(Role::Page {
             depth: esi.depth,
             arrived,
             budget: esi.budget.clone(),
             stale_only,
+            client_tls,
         }))
         .build();
+    // Pingora makes the subrequest from the session's request written as HTTP/1.1 text,
+    // which an HTTP/2 request is not: it goes as HTTP/1.1 with its authority as `Host`
+    // for the copy, and keeps its own version.
+    let version = session.req_header().version;
+    if version == http::Version::HTTP_2 {
+        let req = session.req_header_mut();
+        super::fragment::with_host(req);
+        req.set_version(http::Version::HTTP_11);
+    }
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
+    };
     let (prepared, mut handle) = spawner.create_subrequest(session.as_downstream(), ctx);
+    session.req_header_mut().set_version(version);
     tokio::spawn(prepared.run());
 
     let mut out: Option<Out> = None;

@@ -66,6 +66,12 @@ impl Floodgate {
             .map_or(0, |resp| resp.status.as_u16());
         // A background refresh is Floodgate's own request, not a client's; a fragment is
         // counted by the page that includes it; a wrapped request by its page subrequest.
+        // The HTTP version is the client's connection's: counted by the request the client
+        // sent, not by the HTTP/1.1 subrequest that stands in for it.
+        let client_facing = !ctx.background && !ctx.head_fill && ctx.esi_role.is_none();
+        if client_facing {
+            self.requests.http_version(session.req_header().version);
+        }
         if ctx.background {
             self.requests.background_refresh();
         } else if ctx.wrapped || matches!(ctx.esi_role, Some(Role::Fragment { .. })) {

@@ -63,6 +63,8 @@ pub struct RequestCtx {
     /// The client's address (behind trusted proxies, the one they name); `None` for
     /// Floodgate's own requests (ESI, background refreshes).
     pub client: Option<std::net::IpAddr>,
+    /// The client's connection is TLS that Floodgate terminated.
+    pub tls: bool,
     /// The page's key before `Vary` splits it, and the `Vary` known when it was keyed.
     pub page_key: Option<HashBinary>,
     pub vary: Option<Arc<VarySpec>>,
@@ -99,6 +101,7 @@ impl RequestCtx {
             esi_hit: false,
             wrapped: false,
             client: None,
+            tls: false,
             page_key: None,
             vary: None,
             client_permit: None,

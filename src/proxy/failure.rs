@@ -52,17 +52,16 @@ impl Floodgate {
                 .shed
                 .map_or(Unavailable::OriginFailed, Unavailable::from);
             self.requests.unavailable(reason);
-            let _ = respond::page(
-                session,
-                503,
-                "text/html; charset=utf-8",
-                body,
-                &[
-                    ("retry-after", ctx.rt.pages.retry_after.as_str()),
-                    ("x-floodgate-shed", reason.label()),
-                ],
-            )
-            .await;
+            let hsts = ctx.rt.config.server.hsts_max_age_secs;
+            let hsts = (ctx.tls && hsts > 0).then(|| format!("max-age={hsts}"));
+            let mut headers = vec![
+                ("retry-after", ctx.rt.pages.retry_after.as_str()),
+                ("x-floodgate-shed", reason.label()),
+            ];
+            if let Some(hsts) = &hsts {
+                headers.push(("strict-transport-security", hsts.as_str()));
+            }
+            let _ = respond::page(session, 503, "text/html; charset=utf-8", body, &headers).await;
         } else if code > 0 {
             let _ = session.respond_error(code).await;
         }

@@ -24,11 +24,18 @@ use crate::esi::fragment::replay;
 pub struct HeadFill {
     /// When the HEAD arrived.
     pub arrived: Instant,
+    /// The HEAD came over TLS.
+    pub tls: bool,
 }
 
 /// Answers the HEAD of `session` from a GET subrequest, and returns once that GET's body
 /// has been read (and stored, if it is cacheable).
-pub async fn serve(session: &mut Session, arrived: Instant, client: Option<IpAddr>) -> Result<()> {
+pub async fn serve(
+    session: &mut Session,
+    arrived: Instant,
+    client: Option<IpAddr>,
+    tls: bool,
+) -> Result<()> {
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for a HEAD");
     };
@@ -42,7 +49,7 @@ pub async fn serve(session: &mut Session, arrived: Instant, client: Option<IpAdd
         );
     };
     let ctx = SubrequestCtx::builder()
-        .user_ctx(Box::new(HeadFill { arrived }))
+        .user_ctx(Box::new(HeadFill { arrived, tls }))
         .build();
     let (prepared, mut handle) = spawner.create_subrequest(&get, ctx);
     tokio::spawn(prepared.run());

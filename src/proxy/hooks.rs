@@ -54,11 +54,18 @@ impl ProxyHttp for Floodgate {
             if let Some(fill) = head_fill {
                 ctx.head_fill = true;
                 ctx.arrived = fill.arrived;
+                ctx.tls = fill.tls;
             }
             ctx.background = ctx.esi_role.is_none() && head_fill.is_none();
         }
-        if let Some(Role::Page { arrived, .. }) = &ctx.esi_role {
+        if let Some(Role::Page {
+            arrived,
+            client_tls,
+            ..
+        }) = &ctx.esi_role
+        {
             ctx.arrived = *arrived;
+            ctx.tls = *client_tls;
         }
         // Bodies are stored gzipped; clients that do not accept gzip get them inflated.
         if let Some(compression) = session
@@ -89,6 +96,10 @@ impl ProxyHttp for Floodgate {
         if ctx.route == Route::Purge {
             let rt = ctx.rt.clone();
             self.purge(session, &rt, ctx.client).await?;
+            return Ok(true);
+        }
+        if peer.is_some() && self.redirects_to_https(session, ctx) {
+            self.redirect_to_https(session, ctx).await?;
             return Ok(true);
         }
         if peer.is_some() && !session.as_mut().is_body_empty() {
@@ -227,7 +238,7 @@ impl ProxyHttp for Floodgate {
         {
             // Answered from a GET read to its end, so the page is stored behind it.
             ctx.wrapped = true;
-            head_fill::serve(session, ctx.arrived, ctx.client).await?;
+            head_fill::serve(session, ctx.arrived, ctx.client, ctx.tls).await?;
             return Ok(false);
         }
         let wraps = ctx.assembles_esi()
@@ -412,6 +423,11 @@ impl ProxyHttp for Floodgate {
         }
         let (verdict, grace) = self.verdict(session, ctx);
         prepare_for_client(resp, &ctx.url, verdict, grace);
+        let hsts = ctx.rt.config.server.hsts_max_age_secs;
+        // The client's own response over TLS (a page subrequest carries its client's).
+        if ctx.tls && hsts > 0 {
+            resp.insert_header("strict-transport-security", format!("max-age={hsts}"))?;
+        }
         if matches!(ctx.esi_role, Some(Role::Fragment { .. })) && verdict == CacheDebug::Hit {
             resp.insert_header(esi::CACHED_HEADER, "1")?;
         }

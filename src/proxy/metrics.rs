@@ -120,6 +120,8 @@ pub struct RequestMetrics {
     background_refreshes: IntCounter,
     purged_copies_served: IntCounter,
     unavailable: IntCounterVec,
+    /// `floodgate_http_requests_total` by HTTP version: 1.0, 1.1, 2.
+    versions: [IntCounter; 3],
 }
 
 impl RequestMetrics {
@@ -141,6 +143,12 @@ impl RequestMetrics {
             "floodgate_unavailable_total",
             "503s Floodgate answered itself, by reason: origin_failed, queue_full, timeout, would_time_out, unhealthy, maintenance, client_cap (and 408 body_timeout)",
             &["reason"],
+        )?;
+        let versions = counter_vec(
+            r,
+            "floodgate_http_requests_total",
+            "Client requests by HTTP version (1.0, 1.1, 2)",
+            &["version"],
         )?;
         // Fixed label sets appear from the start, at 0, so rates work before the first event.
         for reason in Unavailable::DECLARED {
@@ -172,7 +180,18 @@ impl RequestMetrics {
                 "Responses served from a purged page's copy kept as a last resort (purge.keep_purged_secs) instead of a 503",
             )?,
             unavailable,
+            versions: ["1.0", "1.1", "2"].map(|v| versions.with_label_values(&[v])),
         })
+    }
+
+    /// The HTTP version a client request came in.
+    pub fn http_version(&self, version: http::Version) {
+        let index = match version {
+            http::Version::HTTP_2 => 2,
+            http::Version::HTTP_11 => 1,
+            _ => 0,
+        };
+        self.versions[index].inc();
     }
 
     /// One client request: how it was served and the status it got (0 if none was sent).

@@ -23,10 +23,77 @@ use crate::upstream::ClassId;
 use crate::warm::worker::WARM_HEADER;
 
 impl Floodgate {
+    /// Whether a plain-HTTP request is to be sent to HTTPS instead
+    /// (`server.redirect_http_to_https`): not a PURGE (answered before this), not one a
+    /// trusted proxy marked as HTTPS already (a visitor's mark was removed).
+    pub(super) fn redirects_to_https(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        if ctx.tls || !ctx.rt.config.server.redirect_http_to_https {
+            return false;
+        }
+        let offload = &ctx.rt.rules.ssl_offload_header;
+        !session
+            .req_header()
+            .headers
+            .get(offload)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+    }
+
+    /// The same URL over HTTPS: 301 for GET and HEAD, 308 (method and body kept) for
+    /// the rest. The Host must be a valid authority: a redirect never leads anywhere a
+    /// malformed Host could make up.
+    pub(super) async fn redirect_to_https(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok());
+        let Some(host) = host else {
+            return respond::plain(
+                session,
+                400,
+                "a valid Host header is needed to redirect to HTTPS\n",
+                &[],
+            )
+            .await;
+        };
+        // The TLS listener's port, left out when it is HTTPS's own.
+        let port = ctx
+            .rt
+            .config
+            .server
+            .tls_listen
+            .first()
+            .and_then(|addr| addr.rsplit_once(':'))
+            .map(|(_, port)| port)
+            .filter(|port| *port != "443");
+        let location = match port {
+            Some(port) => format!("https://{}:{port}{}", host.host(), ctx_path(req)),
+            None => format!("https://{}{}", host.host(), ctx_path(req)),
+        };
+        let status = match req.method {
+            http::Method::GET | http::Method::HEAD => 301,
+            _ => 308,
+        };
+        respond::plain(
+            session,
+            status,
+            &format!("moved to {location}\n"),
+            &[("location", location.as_str())],
+        )
+        .await
+    }
+
     /// Request hygiene, before anything looks at the request: works out the real client,
     /// removes the headers that would change the origin's answer behind the key's back,
-    /// leaves the SSL-offload header with the one value the key uses, and keeps only a
-    /// trusted proxy's `X-Forwarded-For`.
+    /// sets the SSL-offload header to the truth where Floodgate knows it (`https` on its
+    /// own TLS; absent from a visitor on a plain listener when it terminates TLS itself),
+    /// else leaves it with the one value the key uses, and keeps only a trusted proxy's
+    /// `X-Forwarded-For`.
     pub(super) fn clean_request(
         &self,
         session: &mut Session,
@@ -35,6 +102,9 @@ impl Floodgate {
     ) -> Result<()> {
         let rt = ctx.rt.clone();
         let trusted = |ip| rt.trusted_proxies.allows(ip);
+        ctx.tls = session
+            .digest()
+            .is_some_and(|digest| digest.ssl_digest.is_some());
         let req = session.req_header_mut();
         // This runs for every request, hits included: nothing is allocated or rewritten
         // unless the request carries what it cleans.
@@ -55,7 +125,17 @@ impl Floodgate {
             }
         }
         let offload = &rt.rules.ssl_offload_header;
-        if req.headers.get_all(offload).iter().nth(1).is_some() {
+        if ctx.tls {
+            // Whatever the client claims, this connection is HTTPS: the key and Magento
+            // see the truth.
+            req.insert_header(offload.clone(), "https")?;
+        } else if rt.terminates_tls && !trusted(peer) {
+            // A visitor on a plain listener of a Floodgate that terminates TLS itself:
+            // its claim to be HTTPS is not believed.
+            if req.headers.contains_key(offload) {
+                req.remove_header(offload);
+            }
+        } else if req.headers.get_all(offload).iter().nth(1).is_some() {
             if let Some(first) = req.headers.get(offload).cloned() {
                 req.insert_header(offload.clone(), first)?;
             }
@@ -178,4 +258,9 @@ impl Floodgate {
             headers: replay,
         }))
     }
+}
+
+/// The request's path and query as the client sent them.
+fn ctx_path(req: &pingora::http::RequestHeader) -> String {
+    String::from_utf8_lossy(req.raw_path()).into_owned()
 }

@@ -9,6 +9,7 @@ use crate::cluster;
 use crate::config::{invalid, Config, ConfigError};
 use crate::policy::Rules;
 use crate::purge::PurgeAcl;
+use crate::tls::Certificates;
 use crate::upstream::{Classes, ShedPages};
 
 pub struct Runtime {
@@ -22,6 +23,12 @@ pub struct Runtime {
     pub classes: Arc<Classes>,
     /// The client for `redis.url`; `None` without Redis.
     pub redis: Option<cluster::Client>,
+    /// The certificates of `[[tls.certificates]]`, read from their files by this
+    /// compile (a reload re-reads them); `None` without any.
+    pub certificates: Option<Arc<Certificates>>,
+    /// Floodgate terminates TLS itself (`server.tls_listen`): the plain listeners' peers
+    /// are visitors, whose SSL-offload header is not believed.
+    pub terminates_tls: bool,
 }
 
 impl Runtime {
@@ -41,6 +48,11 @@ impl Runtime {
                 true => None,
                 false => Some(cluster::client(&config.redis)?),
             },
+            certificates: match config.tls.certificates.is_empty() {
+                true => None,
+                false => Some(Arc::new(Certificates::load(&config.tls)?)),
+            },
+            terminates_tls: !config.server.tls_listen.is_empty(),
             config,
         })
     }
@@ -71,6 +83,10 @@ mod tests {
                 "limits.class[0].user_agents",
             ),
             ("[redis]\nurl = \"nope\"\n", "redis.url"),
+            (
+                "[[tls.certificates]]\ncert_file = \"/nonexistent.pem\"\nkey_file = \"/nonexistent.key\"\n",
+                "tls.certificates[0]",
+            ),
         ] {
             match compile(text) {
                 Err(ConfigError::Invalid { key: named, .. }) => assert_eq!(named, key, "{text}"),

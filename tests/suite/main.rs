@@ -23,4 +23,5 @@ mod reload;
 mod requests;
 mod responses;
 mod stale;
+mod tls;
 mod upgrade;

@@ -18,6 +18,7 @@ pub struct Settings {
     pub log: Vec<String>,
     pub redis: Vec<String>,
     pub esi: Vec<String>,
+    pub tls: Vec<String>,
 }
 
 impl Settings {
@@ -56,6 +57,11 @@ impl Settings {
         self.esi.push(line.into());
         self
     }
+    /// `[tls]` lines (`[[tls.certificates]]` tables may follow its keys).
+    pub fn tls(mut self, line: &str) -> Self {
+        self.tls.push(line.into());
+        self
+    }
     /// `[log]` lines; with any, the config's log level applies instead of RUST_LOG=warn.
     pub fn log(mut self, line: &str) -> Self {
         self.log.push(line.into());
@@ -86,7 +92,7 @@ fn config_text(
     format!(
         "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n{}\n\n\
          [origin]\naddresses = [{origins}]\n{}\n\n\
-         [log]\n{}\n\n[redis]\n{}\n\n[esi]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[limits]\n{}\n",
+         [log]\n{}\n\n[redis]\n{}\n\n[esi]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[tls]\n{}\n\n[limits]\n{}\n",
         settings.server.join("\n"),
         {
             // Fast probes unless a test sets its own interval.
@@ -103,6 +109,7 @@ fn config_text(
         settings.magento.join("\n"),
         settings.purge.join("\n"),
         settings.warm.join("\n"),
+        settings.tls.join("\n"),
         settings.limits.join("\n"),
         dir = dir.display(),
     )

@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod broken;
+pub mod certs;
 pub mod floodgate;
 pub mod origin;
 pub mod redis;
