@@ -33,7 +33,8 @@ start_origin() {
   wait_port "$ORIGIN_PORT"
 }
 
-# start_floodgate [extra TOML] [port, default FG_PORT]; sets FG_PID. FG_BIN: another binary.
+# start_floodgate [extra TOML] [port, default FG_PORT]; sets FG_PID. FG_BIN: another binary;
+# FG_SERVER_EXTRA: more [server] lines (tls_listen).
 start_floodgate() {
   local port=${2:-$FG_PORT}
   cat > "$work/floodgate-$port.toml" <<CONF
@@ -43,6 +44,7 @@ listen = ["127.0.0.1:$port"]
 admin_listen = "127.0.0.1:$((port + 100))"
 threads = $half
 runtime_dir = "$work"
+${FG_SERVER_EXTRA:-}
 [origin]
 addresses = ["127.0.0.1:$ORIGIN_PORT"]
 CONF

@@ -15,6 +15,10 @@ tags, Cache-Control, Set-Cookie), counts requests per URL, and can be slow on pu
   GET /health_check.php      200
   GET /__count?url=/path     requests seen for that URL (not counted itself)
 
+With --gzip, a client that accepts gzip gets the page gzipped (Content-Encoding: gzip,
+Vary: Accept-Encoding), as Magento's nginx with `gzip on` sends it (for bench/tls.sh,
+where every proxy then stores and serves the same gzip bytes).
+
 PHP-FPM mode (for bench/overload.sh): `origin.py PORT --pool 8 --backlog 64` renders
 at most 8 pages at once, like pm.max_children; up to 64 more wait, like FPM's listen
 backlog; beyond that the page gets 502 at once, as nginx answers when it cannot hand a
@@ -23,6 +27,7 @@ request to PHP-FPM.
   GET /__stats               {"max_concurrency", "bad_gateway", "rendered"} as JSON
   GET /__reset               zeroes those
 """
+import gzip
 import http.server
 import json
 import socketserver
@@ -36,6 +41,8 @@ LOCK = threading.Lock()
 POOL = None          # threading.Semaphore in PHP-FPM mode
 BACKLOG = 0
 DELAY = [0.0]
+GZIP = [False]
+GZIPPED = {}
 STATS = {"concurrency": 0, "max_concurrency": 0, "bad_gateway": 0, "rendered": 0}
 FILLER = ("<div class=\"product-info\"><span class=\"price\">$19.99</span>"
           "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</p></div>\n")
@@ -177,6 +184,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         })
 
     def reply(self, status, body, headers):
+        if GZIP[0] and status == 200 and "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            key = (self.path, len(body))
+            with LOCK:
+                packed = GZIPPED.get(key)
+            if packed is None:
+                packed = gzip.compress(body, 6)
+                with LOCK:
+                    GZIPPED[key] = packed
+            body = packed
+            headers = dict(headers, **{"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -196,7 +213,9 @@ if __name__ == "__main__":
     args.add_argument("port", type=int, nargs="?", default=6092)
     args.add_argument("--pool", type=int, default=0, help="PHP-FPM mode: pm.max_children")
     args.add_argument("--backlog", type=int, default=64, help="PHP-FPM mode: listen backlog")
+    args.add_argument("--gzip", action="store_true", help="gzip pages for clients that accept it")
     opts = args.parse_args()
+    GZIP[0] = opts.gzip
     if opts.pool:
         POOL = threading.Semaphore(opts.pool)
         POOL_SIZE = opts.pool
