@@ -117,6 +117,15 @@ async fn https_is_served_by_sni_with_a_default_certificate_and_the_offload_heade
     assert_eq!(origin.hits("/p.html"), 2);
 
     assert!(fg.metric_sum("floodgate_tls_handshakes_total").await >= 1.0);
+    // Clients that dropped their handshakes (openssl s_client above) are theirs to
+    // worry about: no ERROR line for an operator to chase.
+    let errors: Vec<String> = fg
+        .log()
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .map(str::to_owned)
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
     // Counted once each request is logged, just after its answer.
     for version in ["1.1", "2"] {
         let sample = format!("floodgate_http_requests_total{{version=\"{version}\"}}");
