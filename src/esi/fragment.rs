@@ -14,17 +14,6 @@ use pingora::proxy::PreparedSubrequest;
 
 use super::{ViewBudget, CACHED_HEADER};
 
-/// Gives an HTTP/2 request the `Host` its `:authority` stands for: a subrequest is an
-/// HTTP/1.1 request, and Magento keys and routes on `Host`.
-pub fn with_host(req: &mut RequestHeader) {
-    if req.headers.contains_key(header::HOST) {
-        return;
-    }
-    if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
-        let _ = req.insert_header(header::HOST, authority);
-    }
-}
-
 /// A session that reads as `req` sent for `path_and_query`, for a subrequest: Pingora's
 /// subrequests copy the raw request of the session they are made from. `client` is the
 /// visitor's address, which that session does not have: it is added to
@@ -41,7 +30,6 @@ pub async fn replay(
         };
         req.insert_header("x-forwarded-for", forwarded).ok()?;
     }
-    with_host(&mut req);
     let mut raw = Vec::with_capacity(512);
     raw.extend_from_slice(req.method.as_str().as_bytes());
     raw.push(b' ');

@@ -71,15 +71,11 @@ async fn fetch(
             client_tls,
         }))
         .build();
-    // Pingora makes the subrequest from the session's request written as HTTP/1.1 text,
-    // which an HTTP/2 request is not: it goes as HTTP/1.1 with its authority as `Host`
-    // for the copy, and keeps its own version.
+    // Pingora makes the subrequest from the session's request written as HTTP/1 text,
+    // which "HTTP/2" is not: the copy goes as HTTP/1.1 (its `Host` was set from
+    // `:authority` when the request came in), and the request keeps its own version.
     let version = session.req_header().version;
-    if version == http::Version::HTTP_2 {
-        let req = session.req_header_mut();
-        super::fragment::with_host(req);
-        req.set_version(http::Version::HTTP_11);
-    }
+    session.req_header_mut().set_version(http::Version::HTTP_11);
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no subrequest spawner for ESI");
     };

@@ -99,6 +99,19 @@ fn strip_scheme_and_host(target: &str) -> Cow<'_, str> {
     }
 }
 
+/// Gives an HTTP/2 request the `Host` its `:authority` stands for, before anything keys
+/// or routes on `Host`: the cache key, Magento, and the HTTP/1.1 subrequests made from
+/// the request. Without it two shops behind one Floodgate would share one key over h2,
+/// and an h2 request would miss the page an HTTP/1.1 request stored.
+pub fn host_from_authority(req: &mut pingora::http::RequestHeader) {
+    if req.headers.contains_key(http::header::HOST) {
+        return;
+    }
+    if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
+        let _ = req.insert_header(http::header::HOST, authority);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ use super::{respond, Floodgate, RequestCtx};
 use crate::cache::RequestIdentity;
 use crate::policy::client::{forwarded_chain, real_client};
 use crate::policy::key::{cache_key, with_variance};
+use crate::policy::normalize::host_from_authority;
 use crate::policy::route::has_bearer;
 use crate::upstream::ClassId;
 use crate::warm::worker::WARM_HEADER;
@@ -106,6 +107,9 @@ impl Floodgate {
             .digest()
             .is_some_and(|digest| digest.ssl_digest.is_some());
         let req = session.req_header_mut();
+        if req.version == http::Version::HTTP_2 {
+            host_from_authority(req);
+        }
         // This runs for every request, hits included: nothing is allocated or rewritten
         // unless the request carries what it cleans.
         if req.headers.contains_key("x-forwarded-for") {

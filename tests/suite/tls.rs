@@ -317,3 +317,55 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_and_open_connections_
     assert!(still.contains("serial=02"), "{still}");
     assert_eq!(client.get(&url).send().await.expect("still").status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_http1_share_a_page_but_two_hosts_never_do() {
+    let ca = TestCa::new();
+    let shop = ca.leaf("shop", &["shop.test", "other.test"]);
+    let origin = TestOrigin::start().await;
+    // Without ESI nothing wraps the request: the HTTP/2 request itself is keyed.
+    let (_fg, tls) = start_tls(
+        origin.addr,
+        &[&shop],
+        Settings::default().esi("enabled = false"),
+    )
+    .await;
+    let h2 = https_client(&ca, tls, &["shop.test", "other.test"]);
+    let h1 = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .http1_only()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca.pem()).expect("CA pem"))
+        .resolve("shop.test", tls)
+        .build()
+        .expect("h1 client");
+    let url = |host: &str| format!("https://{host}:{}/hosted.html", tls.port());
+    let debug = |got: &reqwest::Response| {
+        got.headers()
+            .get("x-magento-cache-debug")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+
+    let first = h2.get(url("shop.test")).send().await.expect("h2");
+    assert_eq!(first.version(), reqwest::Version::HTTP_2);
+    assert_eq!(debug(&first).as_deref(), Some("MISS"));
+    // Another shop on the same Floodgate (a Magento multi-store): its own page.
+    let other = h2.get(url("other.test")).send().await.expect("h2 other");
+    assert_eq!(
+        debug(&other).as_deref(),
+        Some("MISS"),
+        "never the other host's page"
+    );
+    assert_eq!(origin.hits("/hosted.html"), 2);
+    let seen = origin.last("/hosted.html").expect("asked");
+    assert_eq!(
+        seen.headers.get("host").map(|v| v.as_bytes()),
+        Some(format!("other.test:{}", tls.port()).as_bytes())
+    );
+    // The same page over HTTP/1.1 is the same key: a hit.
+    let again = h1.get(url("shop.test")).send().await.expect("h1");
+    assert_eq!(again.version(), reqwest::Version::HTTP_11);
+    assert_eq!(debug(&again).as_deref(), Some("HIT"));
+    assert_eq!(origin.hits("/hosted.html"), 2);
+}
