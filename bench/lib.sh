@@ -73,9 +73,10 @@ fill() {
 }
 
 # hits PORT [FIRST]: wrk over 1,000 product pages -> "rps p50_ms p99_ms non2xx"
+# (HITS_SCHEME=https for a TLS listener; HITS_SCRIPT: another wrk script).
 hits() {
   FIRST=${2:-1} on_load_cpus wrk -t"$LOAD_THREADS" -c"${CONNECTIONS:-64}" -d"${DURATION}s" --latency \
-    -s bench/urls.lua "http://127.0.0.1:$1" > "$work/wrk-$1.txt"
+    -s "${HITS_SCRIPT:-bench/urls.lua}" "${HITS_SCHEME:-http}://127.0.0.1:$1" > "$work/wrk-$1.txt"
   python3 - "$work/wrk-$1.txt" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()

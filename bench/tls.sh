@@ -80,19 +80,7 @@ for port in "$FG_TLS" "$NGINX_TLS" "$HITCH_TLS"; do fill_tls "$port"; fill_tls "
 tls_hits() { # port [close] -> "rps p50 p99 non2xx"
   local script=bench/urls.lua
   [ -n "${2:-}" ] && script=bench/urls-close.lua
-  FIRST=1 on_load_cpus wrk -t"$LOAD_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-    -s "$script" "https://127.0.0.1:$1" > "$work/wrk-$1.txt"
-  python3 - "$work/wrk-$1.txt" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def ms(label):
-    m = re.search(r"^\s*" + label + r"%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f} {errors.group(1) if errors else 0}")
-PY
+  HITS_SCHEME=https HITS_SCRIPT=$script hits "$1"
 }
 for name in fg nginx hitch; do : > "$work/$name.keep"; : > "$work/$name.close"; done
 for _ in $(seq 1 "$ROUNDS"); do

@@ -52,14 +52,13 @@ impl Floodgate {
                 .shed
                 .map_or(Unavailable::OriginFailed, Unavailable::from);
             self.requests.unavailable(reason);
-            let hsts = ctx.rt.config.server.hsts_max_age_secs;
-            let hsts = (ctx.tls && hsts > 0).then(|| format!("max-age={hsts}"));
+            let hsts = ctx.rt.hsts.as_ref().filter(|_| ctx.tls);
             let mut headers = vec![
                 ("retry-after", ctx.rt.pages.retry_after.as_str()),
                 ("x-floodgate-shed", reason.label()),
             ];
-            if let Some(hsts) = &hsts {
-                headers.push(("strict-transport-security", hsts.as_str()));
+            if let Some(hsts) = hsts.and_then(|v| v.to_str().ok()) {
+                headers.push(("strict-transport-security", hsts));
             }
             let _ = respond::page(session, 503, "text/html; charset=utf-8", body, &headers).await;
         } else if code > 0 {

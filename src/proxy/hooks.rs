@@ -423,10 +423,9 @@ impl ProxyHttp for Floodgate {
         }
         let (verdict, grace) = self.verdict(session, ctx);
         prepare_for_client(resp, &ctx.url, verdict, grace);
-        let hsts = ctx.rt.config.server.hsts_max_age_secs;
         // The client's own response over TLS (a page subrequest carries its client's).
-        if ctx.tls && hsts > 0 {
-            resp.insert_header("strict-transport-security", format!("max-age={hsts}"))?;
+        if let Some(hsts) = ctx.rt.hsts.as_ref().filter(|_| ctx.tls) {
+            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
         if matches!(ctx.esi_role, Some(Role::Fragment { .. })) && verdict == CacheDebug::Hit {
             resp.insert_header(esi::CACHED_HEADER, "1")?;

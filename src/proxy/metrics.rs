@@ -54,43 +54,23 @@ impl Outcome {
     }
 }
 
-/// Why Floodgate answered a request itself: the label of `floodgate_unavailable_total`
-/// (every one but `OriginFailed` and `BodyTimeout` is also a reason the limiter sheds, the
-/// `reason` of `floodgate_shed_total`).
+/// Why Floodgate answered a request itself: the label of `floodgate_unavailable_total`.
+/// A shed request keeps the limiter's reason, the `reason` of `floodgate_shed_total` too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
     /// The origin failed or broke its answer, and nothing was stored.
     OriginFailed,
-    QueueFull,
-    Timeout,
-    WouldTimeOut,
-    Unhealthy,
-    Maintenance,
-    ClientCap,
+    /// The origin could not take the request (`Shed` says why).
+    Shed(Shed),
     /// 408: the request body did not arrive in time.
     BodyTimeout,
 }
 
 impl Unavailable {
-    /// Declared at start, so the common series show up at zero.
-    pub(crate) const DECLARED: [Unavailable; 6] = [
-        Self::OriginFailed,
-        Self::QueueFull,
-        Self::Timeout,
-        Self::WouldTimeOut,
-        Self::Unhealthy,
-        Self::Maintenance,
-    ];
-
     pub fn label(self) -> &'static str {
         match self {
             Self::OriginFailed => "origin_failed",
-            Self::QueueFull => "queue_full",
-            Self::Timeout => "timeout",
-            Self::WouldTimeOut => "would_time_out",
-            Self::Unhealthy => "unhealthy",
-            Self::Maintenance => "maintenance",
-            Self::ClientCap => "client_cap",
+            Self::Shed(shed) => shed.label(),
             Self::BodyTimeout => "body_timeout",
         }
     }
@@ -98,14 +78,7 @@ impl Unavailable {
 
 impl From<Shed> for Unavailable {
     fn from(shed: Shed) -> Self {
-        match shed {
-            Shed::QueueFull => Unavailable::QueueFull,
-            Shed::Timeout => Unavailable::Timeout,
-            Shed::WouldTimeOut => Unavailable::WouldTimeOut,
-            Shed::Unhealthy => Unavailable::Unhealthy,
-            Shed::Maintenance => Unavailable::Maintenance,
-            Shed::ClientCap => Unavailable::ClientCap,
-        }
+        Unavailable::Shed(shed)
     }
 }
 
@@ -151,8 +124,10 @@ impl RequestMetrics {
             &["version"],
         )?;
         // Fixed label sets appear from the start, at 0, so rates work before the first event.
-        for reason in Unavailable::DECLARED {
-            unavailable.with_label_values(&[reason.label()]);
+        // The common reasons are declared at start, so their series show up at zero.
+        unavailable.with_label_values(&[Unavailable::OriginFailed.label()]);
+        for shed in Shed::DECLARED {
+            unavailable.with_label_values(&[shed.label()]);
         }
         Ok(Self {
             requests: Outcome::ALL.map(|outcome| requests.with_label_values(&[outcome.label()])),

@@ -72,9 +72,10 @@ impl Floodgate {
             .and_then(|addr| addr.rsplit_once(':'))
             .map(|(_, port)| port)
             .filter(|port| *port != "443");
+        let path = String::from_utf8_lossy(req.raw_path());
         let location = match port {
-            Some(port) => format!("https://{}:{port}{}", host.host(), ctx_path(req)),
-            None => format!("https://{}{}", host.host(), ctx_path(req)),
+            Some(port) => format!("https://{}:{port}{path}", host.host()),
+            None => format!("https://{}{path}", host.host()),
         };
         let status = match req.method {
             http::Method::GET | http::Method::HEAD => 301,
@@ -132,7 +133,7 @@ impl Floodgate {
         if ctx.tls {
             // Whatever the client claims, this connection is HTTPS: the key and Magento
             // see the truth.
-            req.insert_header(offload.clone(), "https")?;
+            req.insert_header(offload.clone(), http::HeaderValue::from_static("https"))?;
         } else if rt.terminates_tls && !trusted(peer) {
             // A visitor on a plain listener of a Floodgate that terminates TLS itself:
             // its claim to be HTTPS is not believed.
@@ -262,9 +263,4 @@ impl Floodgate {
             headers: replay,
         }))
     }
-}
-
-/// The request's path and query as the client sent them.
-fn ctx_path(req: &pingora::http::RequestHeader) -> String {
-    String::from_utf8_lossy(req.raw_path()).into_owned()
 }

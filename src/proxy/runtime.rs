@@ -29,6 +29,9 @@ pub struct Runtime {
     /// Floodgate terminates TLS itself (`server.tls_listen`): the plain listeners' peers
     /// are visitors, whose SSL-offload header is not believed.
     pub terminates_tls: bool,
+    /// `Strict-Transport-Security` for HTTPS responses (`server.hsts_max_age_secs`),
+    /// made once rather than per response.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl Runtime {
@@ -53,6 +56,10 @@ impl Runtime {
                 false => Some(Arc::new(Certificates::load(&config.tls)?)),
             },
             terminates_tls: !config.server.tls_listen.is_empty(),
+            hsts: match config.server.hsts_max_age_secs {
+                0 => None,
+                secs => http::HeaderValue::try_from(format!("max-age={secs}")).ok(),
+            },
             config,
         })
     }

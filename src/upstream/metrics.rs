@@ -24,15 +24,6 @@ pub struct OriginMetrics {
     maintenance: IntGauge,
 }
 
-/// The reasons every class's shed series is declared with, at zero.
-const DECLARED_SHEDS: [Shed; 5] = [
-    Shed::QueueFull,
-    Shed::Timeout,
-    Shed::WouldTimeOut,
-    Shed::Unhealthy,
-    Shed::Maintenance,
-];
-
 impl OriginMetrics {
     pub fn register(r: &Registry) -> prometheus::Result<Self> {
         let wait = HistogramVec::new(
@@ -106,7 +97,7 @@ impl OriginMetrics {
     /// The gauges of one priority class, `(queued, in flight)`; its shed series are
     /// declared too, so every class shows up at zero before anything happens.
     pub fn class_gauges(&self, class: &str) -> (IntGauge, IntGauge) {
-        for reason in DECLARED_SHEDS {
+        for reason in Shed::DECLARED {
             self.shed.with_label_values(&[class, reason.label()]);
         }
         (

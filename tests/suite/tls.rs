@@ -40,6 +40,12 @@ async fn start_tls(
 
 /// An HTTPS client that trusts the test CA and reaches `names` at `addr`.
 fn https_client(ca: &TestCa, addr: SocketAddr, names: &[&str]) -> reqwest::Client {
+    https_builder(ca, addr, names)
+        .build()
+        .expect("https client")
+}
+
+fn https_builder(ca: &TestCa, addr: SocketAddr, names: &[&str]) -> reqwest::ClientBuilder {
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .use_rustls_tls()
@@ -48,7 +54,7 @@ fn https_client(ca: &TestCa, addr: SocketAddr, names: &[&str]) -> reqwest::Clien
     for name in names {
         builder = builder.resolve(name, addr);
     }
-    builder.build().expect("https client")
+    builder
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +110,7 @@ async fn https_is_served_by_sni_with_a_default_certificate_and_the_offload_heade
     // On the plain listener a visitor's claim to be HTTPS is dropped: it gets the plain
     // variant (a miss of its own), and Magento sees no offload header.
     let plain = send(
-        client_plain()
+        common::client()
             .get(fg.url("/p.html"))
             .header("host", "shop.test")
             .header("x-forwarded-proto", "https"),
@@ -136,10 +142,6 @@ async fn https_is_served_by_sni_with_a_default_certificate_and_the_offload_heade
             "{sample}"
         );
     }
-}
-
-fn client_plain() -> reqwest::Client {
-    client()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +280,7 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_and_open_connections_
     std::fs::copy(&renewed.key, &shop.key).expect("replace the key");
     let reload = |fg: &Floodgate| {
         send(
-            client_plain()
+            common::client()
                 .post(fg.admin_url("/reload"))
                 .header("content-type", "application/json"),
         )
@@ -331,12 +333,8 @@ async fn http2_and_http1_share_a_page_but_two_hosts_never_do() {
     )
     .await;
     let h2 = https_client(&ca, tls, &["shop.test", "other.test"]);
-    let h1 = reqwest::Client::builder()
-        .no_proxy()
-        .use_rustls_tls()
+    let h1 = https_builder(&ca, tls, &["shop.test"])
         .http1_only()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca.pem()).expect("CA pem"))
-        .resolve("shop.test", tls)
         .build()
         .expect("h1 client");
     let url = |host: &str| format!("https://{host}:{}/hosted.html", tls.port());

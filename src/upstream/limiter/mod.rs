@@ -44,6 +44,16 @@ pub enum Shed {
 }
 
 impl Shed {
+    /// The reasons whose series are declared at start (at zero); a client's cap shows up
+    /// only where `limits.max_inflight_per_client` is used.
+    pub const DECLARED: [Shed; 5] = [
+        Shed::QueueFull,
+        Shed::Timeout,
+        Shed::WouldTimeOut,
+        Shed::Unhealthy,
+        Shed::Maintenance,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Shed::QueueFull => "queue_full",

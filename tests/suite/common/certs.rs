@@ -62,13 +62,17 @@ impl TestCa {
         std::fs::read(self.dir.join("ca.pem")).expect("ca.pem")
     }
 
-    /// A leaf for `names` (the first is its CN), saved as `<file>.pem` and `<file>.key`.
+    /// A leaf for `names` (DNS names or IP addresses; the first is its CN), saved as
+    /// `<file>.pem` and `<file>.key`.
     pub fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
         let serial = self.serial.get();
         self.serial.set(serial + 1);
         let san = names
             .iter()
-            .map(|n| format!("DNS:{n}"))
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(_) => format!("IP:{n}"),
+                Err(_) => format!("DNS:{n}"),
+            })
             .collect::<Vec<_>>()
             .join(",");
         std::fs::write(

@@ -33,64 +33,11 @@ impl RedisServer {
     /// A TLS-only server with a private CA and an ACL user (`TLS_USER`), the default
     /// user disabled.
     pub async fn start_tls() -> Self {
-        let dir = super::floodgate::temp_dir("redis-tls");
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl must be installed");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=floodgate-test-ca",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        // The test CA signs the server's certificate, saved as server.pem/server.key
+        // beside ca.pem in the CA's directory.
+        let ca = super::certs::TestCa::new();
+        ca.leaf("server", &["127.0.0.1"]);
+        let dir = ca.dir.clone();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut server = RedisServer {
             addr,
@@ -103,7 +50,7 @@ impl RedisServer {
 
     /// The CA certificate of a TLS server.
     pub fn ca_file(&self) -> Option<PathBuf> {
-        self.tls.as_ref().map(|d| d.join("ca.crt"))
+        self.tls.as_ref().map(|d| d.join("ca.pem"))
     }
 
     /// `rediss://user:password@…` for a TLS server.
@@ -144,9 +91,9 @@ impl RedisServer {
                 let file = |name: &str| dir.join(name).display().to_string();
                 command
                     .args(["--port", "0", "--tls-port", &port])
-                    .args(["--tls-cert-file", &file("server.crt")])
+                    .args(["--tls-cert-file", &file("server.pem")])
                     .args(["--tls-key-file", &file("server.key")])
-                    .args(["--tls-ca-cert-file", &file("ca.crt")])
+                    .args(["--tls-ca-cert-file", &file("ca.pem")])
                     .args(["--tls-auth-clients", "no"])
                     .args(["--user", "default", "off"])
                     .args(["--user", TLS_USER, "on"])
