@@ -7,6 +7,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use std::time::Duration;
 
+use crate::cache::disk::{DiskMetrics, DiskTier};
+use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::proxy::{http_proxy, http_proxy_service};
 use pingora::server::configuration::ServerConf;
@@ -131,6 +133,17 @@ pub fn build(
         Duration::from_secs(config.warm.hot_window_secs),
         PurgeMetrics::register(metrics.registry())?,
     ));
+    if !config.cache.disk_dir.is_empty() {
+        let disk = DiskTier::new(
+            &config.cache.disk_dir,
+            config.cache.disk_bytes,
+            // With a purge bus, purges sent while this node was down cannot be known.
+            runtime.redis.is_some(),
+            DiskMetrics::register(metrics.registry())?,
+        );
+        store.attach_disk(disk.clone());
+        server.add_service(background_service("disk tier", DiskService { disk, store }));
+    }
     let bus = if let Some(client) = runtime.redis.clone() {
         let shared = if config.redis.shared_cache {
             let shared = SharedTier::new(&config.redis, client.clone(), &metrics)?;
@@ -241,6 +254,27 @@ pub fn build(
     service.threads = Some(threads);
     server.add_service(service);
     Ok(server)
+}
+
+/// Opens the disk tier and runs its writer until shutdown.
+struct DiskService {
+    disk: Arc<DiskTier>,
+    store: &'static MemoryStore,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for DiskService {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        let store = self.store;
+        self.disk
+            .clone()
+            .run(
+                store.recent_purges(),
+                Arc::new(move |key: &HashBinary| store.holds(key)),
+                shutdown,
+            )
+            .await;
+    }
 }
 
 /// Where Floodgate can reach its own listener: a wildcard address becomes loopback.

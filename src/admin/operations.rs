@@ -46,7 +46,15 @@ impl Admin {
             }
         };
         if request.everything {
-            let report = self.purger.everything().await;
+            let report = match self.purger.everything().await {
+                Ok(report) => report,
+                Err(reason) => {
+                    return json_reply(
+                        503,
+                        json!({ "error": format!("memory was flushed, but not everything: {reason}") }),
+                    )
+                }
+            };
             self.purger.metrics().purged(report.objects, 0, report.took);
             return json_reply(
                 200,

@@ -84,6 +84,9 @@ impl HandleMiss for Miss {
         if let Some(shared) = self.store.shared.get() {
             shared.put(self.key, &object, self.started, &self.store.recent_purges);
         }
+        if let Some(disk) = self.store.disk.get() {
+            disk.write(self.key, &object, self.started);
+        }
         self.store.put(self.key, object).await;
         Ok(MissFinishType::Created(size))
     }

@@ -7,6 +7,7 @@
 
 pub mod compact_header;
 pub mod derived;
+pub mod disk;
 pub mod hit;
 pub mod hit_for_miss;
 pub mod identity;
@@ -14,6 +15,7 @@ pub mod metrics;
 mod miss;
 pub mod object;
 pub mod recent_purges;
+pub mod selector;
 pub mod shared_tier;
 pub mod store;
 pub mod tag_index;
@@ -27,6 +29,7 @@ pub use hit::StoredHit;
 pub use hit_for_miss::HitForMissMarks;
 pub use identity::RequestIdentity;
 pub use object::{FetchStarted, Servable, StoredObject, VisitorFetch, PURGED_COPY_HEADER};
+pub use selector::TagSelector;
 pub use store::MemoryStore;
 pub use tags::Tags;
 pub use variants::{VariantVerdict, Variants};

@@ -34,6 +34,7 @@ use pingora::Result;
 use regex::Regex;
 
 use super::derived::{Derive, Derived, Deriver};
+use super::disk::DiskTier;
 use super::hit::StoredHit;
 use super::miss::Miss;
 use super::object::{FetchStarted, StoredObject, VisitorFetch};
@@ -91,6 +92,8 @@ pub struct MemoryStore {
     evictions: Arc<AtomicU64>,
     /// The second tier shared by the nodes in Redis, when configured.
     pub(super) shared: std::sync::OnceLock<Arc<SharedTier>>,
+    /// The local disk tier, when configured: looked up before the shared tier.
+    pub(super) disk: std::sync::OnceLock<Arc<DiskTier>>,
     /// How long a hard purge keeps the old copy as a last resort (0: removed at once).
     keep_purged_secs: AtomicU32,
     /// Works out what the layer above needs of a body (ESI's template), when set.
@@ -127,6 +130,7 @@ impl MemoryStore {
             pools,
             evictions,
             shared: std::sync::OnceLock::new(),
+            disk: std::sync::OnceLock::new(),
             recent_purges: RecentPurges::new(longest_fetch),
             generation: AtomicU64::new(1),
             keep_purged_secs: AtomicU32::new(0),
@@ -163,6 +167,21 @@ impl MemoryStore {
     /// Memory misses are then looked up in the shared tier, and fills written to it.
     pub fn attach_shared(&self, shared: Arc<SharedTier>) {
         let _ = self.shared.set(shared);
+    }
+
+    /// Memory misses are then looked up on disk, and fills written to it.
+    pub fn attach_disk(&self, disk: Arc<DiskTier>) {
+        let _ = self.disk.set(disk);
+    }
+
+    /// The disk tier, when configured.
+    pub fn disk(&self) -> Option<&Arc<DiskTier>> {
+        self.disk.get()
+    }
+
+    /// Whether memory holds `key` now (no bookkeeping: not a hit).
+    pub fn holds(&self, key: &HashBinary) -> bool {
+        self.objects.contains_key(key)
     }
 
     /// Objects evicted to make room since start (not expired, not purged).
@@ -249,13 +268,19 @@ impl MemoryStore {
         invalidated
     }
 
-    /// Objects and bytes held now (moka's counters lag slightly behind inserts).
-    /// Drops every object (a node that may have missed purges cannot tell which of its
-    /// objects are stale). The tag index follows through the removal listener.
-    pub fn flush(&self) {
+    /// Drops every object, in memory and on disk (a node that may have missed purges
+    /// cannot tell which of its objects are stale). The tag index follows through the
+    /// removal listener. `Err` when the disk could not be cleared (its objects are then
+    /// still there, for the next start: the caller says so).
+    pub async fn flush(&self) -> Result<(), super::disk::DiskError> {
         self.objects.invalidate_all();
+        match self.disk.get() {
+            Some(disk) => disk.clear().await.map(drop),
+            None => Ok(()),
+        }
     }
 
+    /// Objects and bytes held now (moka's counters lag slightly behind inserts).
     pub fn usage(&self) -> (u64, u64) {
         (self.objects.entry_count(), self.objects.weighted_size())
     }
@@ -281,11 +306,17 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
-    /// A memory miss asks the shared tier; a copy found there is kept in memory too.
-    async fn lookup_shared(
+    /// A memory miss asks the disk, then the shared tier; a copy found there is kept in
+    /// memory too.
+    async fn lookup_tiers(
         &'static self,
         hash: HashBinary,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        if let Some(disk) = self.disk.get() {
+            if let Some(object) = disk.get(hash).await {
+                return self.promote(hash, object, false).await;
+            }
+        }
         let Some(shared) = self.shared.get() else {
             return Ok(None);
         };
@@ -293,26 +324,54 @@ impl MemoryStore {
             Some(object) => Some(object),
             None => shared.fetched_elsewhere(&hash).await,
         };
-        let Some(object) = found else {
-            return Ok(None);
-        };
+        match found {
+            Some(object) => self.promote(hash, object, true).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps a copy found in a lower tier in memory, and serves it, unless it may show
+    /// what a purge removed. `to_disk`: the copy came from elsewhere (the shared tier)
+    /// and is written to disk as well.
+    async fn promote(
+        &'static self,
+        hash: HashBinary,
+        mut object: StoredObject,
+        to_disk: bool,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
         if object.usable_until() <= SystemTime::now() {
             return Ok(None);
         }
         // The same rule as for fills: a copy stored before a purge of its tags that this
-        // node has seen is stale, even if its removal from Redis has not landed yet.
-        if self
-            .recent_purges
-            .purged_since(&object.tags, object.pool.as_deref(), object.updated)
-        {
+        // node has seen is stale, even if its removal there has not landed yet.
+        let purged = |object: &StoredObject| {
+            self.recent_purges
+                .purged_since(&object.tags, object.pool.as_deref(), object.updated)
+        };
+        if purged(&object) {
             return Ok(None);
         }
         let meta = object.meta()?;
-        let mut object = object;
-        // The shared tier keeps bodies only; what is derived from one is this node's work.
+        // Lower tiers keep bodies only; what is derived from one is this node's work.
         object.derived = self.derive(meta.response_header(), &object.body, PROMOTED_MAX_INFLATED);
         let hit = StoredHit::new(object.body.clone(), object.derived.clone());
+        if to_disk {
+            if let Some(disk) = self.disk.get() {
+                disk.write(hash, &object, object.updated);
+            }
+        }
+        let (tags, pool, updated) = (object.tags.clone(), object.pool.clone(), object.updated);
         self.put(hash, object).await;
+        // A purge that chose its objects while this copy was on its way in did not see
+        // it; it recorded itself before choosing, so asking again after the insert
+        // catches exactly that case.
+        if self
+            .recent_purges
+            .purged_since(&tags, pool.as_deref(), updated)
+        {
+            self.objects.remove(&hash).await;
+            return Ok(None);
+        }
         Ok(Some((meta, Box::new(hit))))
     }
 }
@@ -326,7 +385,7 @@ impl Storage for MemoryStore {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = key.combined_bin();
         let Some(object) = self.objects.get(&hash).await else {
-            return self.lookup_shared(hash).await;
+            return self.lookup_tiers(hash).await;
         };
         object.heat.hit();
         let meta = object.meta()?;
@@ -402,6 +461,9 @@ impl Storage for MemoryStore {
             old.identity.clone(),
         )?;
         object.derived = old.derived.clone();
+        if let Some(disk) = self.disk.get() {
+            disk.write(hash, &object, meta.updated());
+        }
         self.put(hash, object).await;
         Ok(true)
     }

@@ -156,6 +156,12 @@ impl Config {
                 "must be at least 1048576 (1 MiB)",
             ));
         }
+        if !self.cache.disk_dir.is_empty() && self.cache.disk_bytes < 16 << 20 {
+            return Err(invalid(
+                "cache.disk_bytes",
+                "must be at least 16777216 (16 MiB) when cache.disk_dir is set",
+            ));
+        }
         if self.cache.max_object_bytes == 0
             || self.cache.max_object_bytes as u64 > self.cache.memory_bytes
             || self.cache.max_object_bytes > u32::MAX as usize / 2

@@ -64,6 +64,10 @@ impl Config {
         if old.cache.memory_bytes != new.cache.memory_bytes {
             changed.push("cache.memory_bytes");
         }
+        if old.cache.disk_dir != new.cache.disk_dir || old.cache.disk_bytes != new.cache.disk_bytes
+        {
+            changed.push("cache.disk_dir/cache.disk_bytes");
+        }
         if old.cache.uncacheable_ttl_secs != new.cache.uncacheable_ttl_secs
             || old.cache.private_uncacheable_ttl_secs != new.cache.private_uncacheable_ttl_secs
         {
@@ -362,6 +366,11 @@ impl Default for OriginSection {
 pub struct CacheSection {
     /// Memory budget for cached objects (bodies + headers), bytes.
     pub memory_bytes: u64,
+    /// Directory of the disk tier, which keeps pages across restarts and holds more than
+    /// memory; `""` (the default) keeps pages in memory only.
+    pub disk_dir: String,
+    /// Budget of the disk tier: bytes of stored objects (the file can be larger).
+    pub disk_bytes: u64,
     /// Largest body that is stored, bytes; larger responses are passed through uncached.
     pub max_object_bytes: usize,
     /// TTL when the origin sends neither s-maxage, max-age nor Expires, seconds.
@@ -388,6 +397,8 @@ impl Default for CacheSection {
     fn default() -> Self {
         Self {
             memory_bytes: 1 << 30,
+            disk_dir: String::new(),
+            disk_bytes: 10 << 30,
             max_object_bytes: 16 << 20,
             default_ttl_secs: 120,
             grace_secs: 300,

@@ -10,7 +10,8 @@ use metrics::PurgeMetrics;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cache::shared_tier::{SharedError, SharedSelector, SharedTier};
+use crate::cache::disk::DiskError;
+use crate::cache::shared_tier::{SharedError, SharedTier};
 use crate::cache::MemoryStore;
 use crate::warm::WarmQueue;
 
@@ -28,6 +29,9 @@ pub enum PurgeError {
     /// Redis did not take the removal of the shared copies.
     #[error("the shared tier: {0}")]
     Shared(#[from] SharedError),
+    /// The disk tier could not make the purge durable; memory was purged.
+    #[error("{0}")]
+    Disk(#[from] DiskError),
 }
 
 /// What one purge did.
@@ -92,14 +96,7 @@ impl Purger {
         let Some(shared) = self.shared.get() else {
             return Ok(0);
         };
-        let selector = tags_pattern
-            .map(pattern::parse)
-            .transpose()?
-            .map(|s| match s {
-                Selector::Tags(tags) => SharedSelector::Tags(tags),
-                Selector::AllTagged => SharedSelector::AllTagged,
-                Selector::Pattern(re) => SharedSelector::Pattern(re),
-            });
+        let selector = tags_pattern.map(pattern::parse).transpose()?;
         let pool = pool.map(pattern::pool).transpose()?;
         shared
             .purge(selector.as_ref(), pool.as_ref(), wait)
@@ -151,8 +148,8 @@ impl Purger {
     /// Drops every object here, tagged or not, and on every other node: the true
     /// equivalent of Varnish's `ban req.url ~ .`, for an emergency (Magento's `.*`
     /// keeps untagged objects).
-    pub async fn everything(&self) -> PurgeReport {
-        let report = self.apply_everything().await;
+    pub async fn everything(&self) -> Result<PurgeReport, PurgeError> {
+        let report = self.apply_everything().await?;
         if let Some(bus) = self.bus.get() {
             bus.publish(PurgeMessage {
                 pattern: None,
@@ -161,30 +158,31 @@ impl Purger {
                 everything: true,
             });
         }
-        report
+        Ok(report)
     }
 
-    /// Drops every object here and every shared copy stored before now.
-    pub async fn apply_everything(&self) -> PurgeReport {
+    /// Drops every object here (memory and disk) and every shared copy stored before
+    /// now. `Err` when the disk could not be cleared.
+    pub async fn apply_everything(&self) -> Result<PurgeReport, PurgeError> {
         let started = Instant::now();
         let now = SystemTime::now();
         // Fetches already on their way are not stored either.
         self.store.recent_purges().everything(now);
         self.store.sync().await;
         let (objects, _) = self.store.usage();
-        self.store.flush();
+        self.store.flush().await?;
         if let Some(shared) = self.shared.get() {
             if let Err(reason) = shared.flushed(now).await {
                 tracing::warn!(%reason, "the flush could not be recorded in Redis; other nodes apply it from the purge bus");
             }
         }
         tracing::warn!(objects, "every cached object was flushed");
-        PurgeReport {
+        Ok(PurgeReport {
             objects: objects as usize,
             tags: 0,
             queued_for_warming: 0,
             took: started.elapsed(),
-        }
+        })
     }
 
     /// Invalidates here what `tags_pattern` and `pool` select: removed, or with `soft`
@@ -206,7 +204,7 @@ impl Purger {
         // then refused by the store instead of slipping past both.
         let mut keys = Vec::new();
         let mut tag_count = 0;
-        match selector {
+        match &selector {
             Some(Selector::Tags(tags)) => {
                 tag_count = tags.len();
                 recent.tags(tags.iter().map(String::as_str), now);
@@ -219,20 +217,25 @@ impl Purger {
             }
             Some(Selector::Pattern(re)) => {
                 recent.pattern(re.clone(), now);
-                let tags = self.store.tags_matching(&re);
+                let tags = self.store.tags_matching(re);
                 tag_count = tags.len();
                 let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
                 keys.extend(self.store.tagged(&tags));
             }
             None => {}
         }
-        if let Some(pool) = pool {
+        if let Some(pool) = &pool {
             recent.pool(pool.clone(), now);
-            keys.extend(self.store.pooled(&pool));
+            keys.extend(self.store.pooled(pool));
         }
         keys.sort_unstable();
         keys.dedup();
         let invalidated = self.store.invalidate(&keys, soft).await;
+        // On disk before the answer: a crash after it cannot bring a purged page back.
+        let on_disk = match self.store.disk() {
+            Some(disk) => disk.purge(selector.as_ref(), pool.as_ref(), soft).await?,
+            None => 0,
+        };
         let mut queued = 0;
         if let Some(warm) = &self.warm {
             for object in &invalidated {
@@ -247,7 +250,8 @@ impl Purger {
             }
         }
         let report = PurgeReport {
-            objects: invalidated.len(),
+            // An object on disk only (not in memory) counts too.
+            objects: invalidated.len().max(on_disk),
             tags: tag_count,
             queued_for_warming: queued,
             took: started.elapsed(),

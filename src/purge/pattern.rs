@@ -12,15 +12,8 @@ use super::PurgeError;
 /// Purges of unusual patterns compile at most this much regex program.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-#[derive(Debug)]
-pub enum Selector {
-    /// Magento's own shape: these exact tags.
-    Tags(Vec<String>),
-    /// `.*`: every object that carries a tag.
-    AllTagged,
-    /// Any other pattern.
-    Pattern(Regex),
-}
+/// What a pattern selects: the cache's own selector, so each tier answers it from its index.
+pub use crate::cache::TagSelector as Selector;
 
 /// Reads a pattern; `Err` says why it is not a valid regular expression.
 pub fn parse(pattern: &str) -> Result<Selector, PurgeError> {

@@ -12,6 +12,7 @@ mod cluster;
 mod coalescing;
 mod compression;
 mod delivery;
+mod disk;
 mod esi;
 mod faults;
 mod hostile;

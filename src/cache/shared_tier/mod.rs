@@ -16,7 +16,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
-use regex::Regex;
 
 use super::recent_purges::RecentPurges;
 use super::{wire, StoredObject};
@@ -31,14 +30,6 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Fills being written to Redis at once at most; more stay local.
 const MAX_WRITES: usize = 256;
-
-/// What a purge selects in the shared tier; mirrors the purge pattern.
-#[derive(Debug, Clone)]
-pub enum SharedSelector {
-    Tags(Vec<String>),
-    AllTagged,
-    Pattern(Regex),
-}
 
 pub struct SharedTier {
     client: Client,

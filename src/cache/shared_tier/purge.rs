@@ -4,7 +4,8 @@
 
 use regex::Regex;
 
-use super::{SharedError, SharedSelector, SharedTier};
+use super::{SharedError, SharedTier};
+use crate::cache::TagSelector;
 use crate::cluster::{self};
 
 impl SharedTier {
@@ -14,7 +15,7 @@ impl SharedTier {
     /// connection is an error at once (a PURGE request is being answered).
     pub async fn purge(
         &self,
-        selector: Option<&SharedSelector>,
+        selector: Option<&TagSelector>,
         pool: Option<&Regex>,
         wait: bool,
     ) -> Result<usize, SharedError> {
@@ -23,20 +24,20 @@ impl SharedTier {
         let mut names: Vec<(String, String)> = Vec::new(); // (list, member) to forget
         let listed = |list: &str| redis::cmd("SMEMBERS").arg(format!("{p}{list}")).to_owned();
         match selector {
-            Some(SharedSelector::Tags(tags)) => {
+            Some(TagSelector::Tags(tags)) => {
                 for tag in tags {
                     sets.push(format!("{p}tag:{tag}"));
                     names.push(("tags".into(), tag.clone()));
                 }
             }
-            Some(SharedSelector::AllTagged) | Some(SharedSelector::Pattern(_)) => {
+            Some(TagSelector::AllTagged) | Some(TagSelector::Pattern(_)) => {
                 let all: Vec<String> = self
                     .run(&listed("tags"))
                     .await
                     .ok_or(SharedError::NotDone("list the shared tags"))?;
                 for tag in all {
                     let selected = match selector {
-                        Some(SharedSelector::Pattern(re)) => re.is_match(&tag),
+                        Some(TagSelector::Pattern(re)) => re.is_match(&tag),
                         _ => true,
                     };
                     if selected {

@@ -33,7 +33,7 @@ impl PurgeBus {
             if let Some(seen) = last_seq {
                 match self.sequence_now(con).await {
                     Ok(now) if now.unwrap_or(0) < seen => {
-                        self.lost_history(seen, now);
+                        self.lost_history(seen, now).await;
                         last_seq = Some(now.unwrap_or(0));
                     }
                     Ok(_) => {}
@@ -96,7 +96,7 @@ impl PurgeBus {
                             .and_then(|s| s.parse::<u64>().ok());
                         if let (Some(prev), Some(seq)) = (last_seq, seq) {
                             if missed(prev, seq) {
-                                self.lost_history(prev, Some(seq));
+                                self.lost_history(prev, Some(seq)).await;
                             }
                         }
                         if seq.is_some() {
@@ -119,13 +119,20 @@ impl PurgeBus {
 
     /// Entries after `seen` may never reach this node (trimmed, or lost with a Redis
     /// that restarted empty): it cannot know what they purged, so it drops its memory.
-    fn lost_history(&self, seen: u64, now: Option<u64>) {
+    async fn lost_history(&self, seen: u64, now: Option<u64>) {
         tracing::warn!(
             after = seen,
             next = ?now,
             "purges this node may have missed are gone from Redis: dropping the memory tier"
         );
-        self.purger.store().flush();
+        self.flush().await;
+    }
+
+    /// Drops everything this node holds, memory and disk.
+    async fn flush(&self) {
+        if let Err(reason) = self.purger.store().flush().await {
+            tracing::error!(%reason, "the disk tier could not be cleared; it is off");
+        }
         self.own.flushes.inc();
     }
 
@@ -137,15 +144,17 @@ impl PurgeBus {
         self.set_connected(true);
         let store = self.purger.store();
         store.sync().await;
-        let (objects, _) = store.usage();
+        let (mut objects, _) = store.usage();
+        if let Some(disk) = store.disk() {
+            objects += disk.usage().0 as u64;
+        }
         if objects > 0 {
             tracing::warn!(
                 objects,
                 "the purge bus reached Redis after this node had cached pages: dropping \
                  them, since purges sent meanwhile by other nodes cannot be known"
             );
-            store.flush();
-            self.own.flushes.inc();
+            self.flush().await;
         }
         self.own.following.set(1);
     }
@@ -172,11 +181,17 @@ impl PurgeBus {
         let pool = field("pool");
         let soft = field("soft").as_deref() == Some("1");
         if field("everything").as_deref() == Some("1") {
-            let report = self.purger.apply_everything().await;
-            self.own.applied.inc();
-            self.purger
-                .metrics()
-                .purged_remote(report.objects, 0, report.took);
+            match self.purger.apply_everything().await {
+                Ok(report) => {
+                    self.own.applied.inc();
+                    self.purger
+                        .metrics()
+                        .purged_remote(report.objects, 0, report.took);
+                }
+                Err(reason) => {
+                    tracing::warn!(id = %entry.id, %reason, "a flush from another node could not be applied to disk");
+                }
+            }
             return;
         }
         match self

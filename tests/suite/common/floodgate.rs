@@ -190,6 +190,46 @@ impl Floodgate {
         floodgate.wait_listening().await.then_some(floodgate)
     }
 
+    /// Stops the process and starts it again on the same configuration and ports.
+    /// `kill`: SIGKILL, a crash with no chance to write anything; otherwise SIGTERM and
+    /// Pingora's graceful exit, as `systemctl restart` does.
+    pub async fn restart(&mut self, kill: bool) {
+        if kill {
+            let _ = self.child.kill();
+        } else {
+            self.signal("TERM");
+        }
+        let child = &mut self.child;
+        let exited = crate::common::until(Duration::from_secs(30), || {
+            std::future::ready(matches!(child.try_wait(), Ok(Some(_))))
+        })
+        .await;
+        assert!(
+            exited,
+            "floodgate did not exit within 30 s:\n{}",
+            self.log()
+        );
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+        command.env("RUST_LOG", "warn");
+        self.child = command
+            .arg("run")
+            .arg("-c")
+            .arg(self.dir.join("floodgate.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn floodgate again");
+        assert!(
+            self.wait_listening().await,
+            "floodgate did not start again:\n{}",
+            self.log()
+        );
+    }
+
     /// Waits until both listeners accept; false if the process exited first.
     async fn wait_listening(&mut self) -> bool {
         let (addr, admin) = (self.addr, self.admin);

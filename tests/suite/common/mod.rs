@@ -10,7 +10,7 @@ pub mod redis;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use floodgate::{Floodgate, Settings};
+pub use floodgate::{temp_dir, Floodgate, Settings};
 pub use origin::{Page, TestOrigin};
 pub use redis::{RedisCluster, RedisServer};
 

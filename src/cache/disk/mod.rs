@@ -1,0 +1,838 @@
+//! The disk tier: pages kept on local disk across restarts, upgrades and crashes, and a
+//! catalogue larger than memory.
+//!
+//! One redb file (`<cache.disk_dir>/cache.redb`) with two tables keyed by the cache key's
+//! hash: the objects (sealed with a checksum, see `record`) and their summaries (what the
+//! index needs, read at start-up without reading a body). Fills reach it through a
+//! bounded queue, written in batches by one background writer, off the request path; a
+//! memory miss reads it before the shared tier and the origin, and a disk hit is promoted
+//! to memory. Memory hits never touch it.
+//!
+//! Invariants:
+//! - **A purge answered is on disk.** Purges select disk objects from the index and
+//!   commit their removal with `Durability::Immediate` (an fsync) before they return;
+//!   fills commit without an fsync, at most a second before the next durable commit
+//!   (a crash loses at most that second of fills, which are fetched again).
+//! - **No fill outlives a purge.** Writers (fills, purges, evictions) hold `writing` from
+//!   the start of their transaction until the index reflects its commit, and a fill is
+//!   dropped if a purge of its tags has been recorded since its fetch began. A purge that
+//!   records first makes the fill drop itself; a fill that commits first is in the index
+//!   the purge then reads.
+//! - **Nothing partial is served.** redb commits atomically; a record is served only if
+//!   its checksum holds.
+//! - **No request waits on the disk's health.** Lookups read in the blocking pool; a tier
+//!   that is opening, failed or closed is a miss.
+
+pub mod index;
+pub mod metrics;
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::server::ShutdownWatch;
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use regex::Regex;
+use tokio::sync::{mpsc, Notify};
+
+use super::recent_purges::RecentPurges;
+use super::{StoredObject, TagSelector};
+use index::DiskIndex;
+pub use metrics::DiskMetrics;
+use record::Summary;
+
+const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
+const SUMMARIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("summaries");
+const FILE: &str = "cache.redb";
+
+/// Fills waiting to be written at most; more are dropped (counted), never waited for.
+const QUEUE: usize = 2048;
+/// Fills written in one transaction at most.
+const BATCH: usize = 512;
+/// How often fills written without an fsync are made durable.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How often objects past their last usable moment are swept from disk.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long a purge waits for a tier that is still opening before it fails.
+const PURGE_WAITS_FOR_OPEN: Duration = Duration::from_secs(10);
+/// How long start-up waits for the previous process to let go of the file (an upgrade).
+const WAIT_FOR_PREVIOUS: Duration = Duration::from_secs(30);
+/// redb's own page cache; the operating system's page cache does the rest.
+const REDB_CACHE_BYTES: usize = 32 << 20;
+
+/// Why the disk tier could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("the disk tier is still opening; retry in a moment")]
+    Opening,
+    #[error("the disk tier is off ({0}); fix it or set cache.disk_dir = \"\" and restart")]
+    Off(String),
+    #[error("the disk tier could not {what}: {source}")]
+    Store {
+        what: &'static str,
+        source: redb::Error,
+    },
+    #[error("the disk tier could not {what} in {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the disk tier's worker stopped: {0}")]
+    Worker(String),
+}
+
+fn store_error<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> DiskError {
+    move |e| DiskError::Store {
+        what,
+        source: e.into(),
+    }
+}
+
+enum State {
+    Opening,
+    Open(Arc<Database>),
+    /// Not serving. `file_holds_objects`: a file is left that a later start may serve
+    /// from, so purges cannot be promised now; without one, there is nothing to purge.
+    Off {
+        why: String,
+        file_holds_objects: bool,
+    },
+}
+
+enum Read {
+    Absent,
+    Found(Box<StoredObject>),
+    Corrupt,
+}
+
+enum Pending {
+    Put {
+        key: HashBinary,
+        record: Bytes,
+        summary: Summary,
+        /// When its fetch began: a purge of its tags since then drops it.
+        started: SystemTime,
+    },
+    Remove(HashBinary),
+}
+
+pub struct DiskTier {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Drop what the file holds at start-up (a node on a purge bus cannot know which
+    /// purges it missed while it was down).
+    distrust_previous: bool,
+    state: ArcSwap<State>,
+    changed: Notify,
+    index: Mutex<DiskIndex>,
+    /// Held by a writer from the start of its transaction until the index shows its
+    /// commit (see the invariants).
+    writing: Mutex<()>,
+    queue: mpsc::Sender<Pending>,
+    receiver: Mutex<Option<mpsc::Receiver<Pending>>>,
+    metrics: DiskMetrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl DiskTier {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        max_bytes: u64,
+        distrust_previous: bool,
+        metrics: DiskMetrics,
+    ) -> Arc<Self> {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        Arc::new(Self {
+            dir: dir.into(),
+            max_bytes,
+            distrust_previous,
+            state: ArcSwap::from_pointee(State::Opening),
+            changed: Notify::new(),
+            index: Mutex::new(DiskIndex::default()),
+            writing: Mutex::new(()),
+            queue,
+            receiver: Mutex::new(Some(receiver)),
+            metrics,
+        })
+    }
+
+    fn index(&self) -> MutexGuard<'_, DiskIndex> {
+        lock(&self.index)
+    }
+
+    fn set_state(&self, state: State) {
+        self.metrics
+            .open
+            .set(i64::from(matches!(state, State::Open(_))));
+        self.state.store(Arc::new(state));
+        self.changed.notify_waiters();
+    }
+
+    fn database(&self) -> Option<Arc<Database>> {
+        match &**self.state.load() {
+            State::Open(db) => Some(db.clone()),
+            _ => None,
+        }
+    }
+
+    /// The database for a purge: waits for a tier that is still opening. `Ok(None)`:
+    /// the tier is off and left no file, so there is nothing to purge.
+    async fn database_for_purge(&self) -> Result<Option<Arc<Database>>, DiskError> {
+        let deadline = tokio::time::Instant::now() + PURGE_WAITS_FOR_OPEN;
+        loop {
+            let changed = self.changed.notified();
+            match &**self.state.load() {
+                State::Open(db) => return Ok(Some(db.clone())),
+                State::Off {
+                    file_holds_objects: false,
+                    ..
+                } => return Ok(None),
+                State::Off { why, .. } => return Err(DiskError::Off(why.clone())),
+                State::Opening => {}
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(DiskError::Opening);
+            }
+        }
+    }
+
+    fn publish_usage(&self, index: &DiskIndex) {
+        self.metrics.objects.set(index.len() as i64);
+        self.metrics.bytes.set(index.bytes() as i64);
+    }
+
+    /// `(objects, bytes)` on disk now.
+    pub fn usage(&self) -> (usize, u64) {
+        let index = self.index();
+        (index.len(), index.bytes())
+    }
+
+    /// Whether the tier is open and serving.
+    pub fn is_open(&self) -> bool {
+        matches!(&**self.state.load(), State::Open(_))
+    }
+
+    /// Queues a fill to be written; never waits (a full queue drops it, counted).
+    pub fn write(&self, key: HashBinary, object: &StoredObject, started: SystemTime) {
+        if !self.is_open() {
+            return;
+        }
+        let record = record::seal(object);
+        let summary = Summary::of(object, record.len() as u64);
+        if summary.size > self.max_bytes / 4 {
+            return;
+        }
+        let pending = Pending::Put {
+            key,
+            record,
+            summary,
+            started,
+        };
+        if self.queue.try_send(pending).is_err() {
+            self.metrics.dropped.inc();
+        }
+    }
+
+    /// The object stored on disk under `key`, if any and whole.
+    pub async fn get(&self, key: HashBinary) -> Option<StoredObject> {
+        let db = self.database()?;
+        {
+            let mut index = self.index();
+            if !index.contains(&key) {
+                self.metrics.misses.inc();
+                return None;
+            }
+            index.touch(&key);
+        }
+        let read = tokio::task::spawn_blocking(move || -> Result<Read, DiskError> {
+            let txn = db.begin_read().map_err(store_error("begin a read"))?;
+            let table = txn
+                .open_table(OBJECTS)
+                .map_err(store_error("open the objects"))?;
+            let value = table.get(&key[..]).map_err(store_error("read an object"))?;
+            Ok(match value {
+                None => Read::Absent,
+                Some(v) => {
+                    record::unseal(v.value()).map_or(Read::Corrupt, |o| Read::Found(Box::new(o)))
+                }
+            })
+        })
+        .await
+        .map_err(|e| DiskError::Worker(e.to_string()))
+        .and_then(|read| read);
+        match read {
+            Ok(Read::Found(object)) if object.usable_until() > SystemTime::now() => {
+                self.metrics.hits.inc();
+                Some(*object)
+            }
+            Ok(read) => {
+                if matches!(read, Read::Corrupt) {
+                    self.metrics.corrupt.inc();
+                    tracing::warn!("disk tier: a record failed its checksum; removed, not served");
+                }
+                self.metrics.misses.inc();
+                let _ = self.queue.try_send(Pending::Remove(key));
+                None
+            }
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["read"]).inc();
+                tracing::warn!(error = %e, "disk tier: a read failed (served from elsewhere)");
+                None
+            }
+        }
+    }
+
+    /// Removes (or with `soft`, expires) the disk objects a purge selects, durably:
+    /// when this returns `Ok`, a crash cannot bring them back. `Err` when the tier
+    /// cannot promise that (opening for too long, failed, closed, the disk refused).
+    pub async fn purge(
+        self: &Arc<Self>,
+        tags: Option<&TagSelector>,
+        pool: Option<&Regex>,
+        soft: bool,
+    ) -> Result<usize, DiskError> {
+        let Some(db) = self.database_for_purge().await? else {
+            return Ok(0);
+        };
+        let (tier, tags, pool) = (self.clone(), tags.cloned(), pool.cloned());
+        let purged = tokio::task::spawn_blocking(move || {
+            tier.purge_blocking(&db, tags.as_ref(), pool.as_ref(), soft)
+        })
+        .await
+        .map_err(|e| DiskError::Worker(e.to_string()))
+        .and_then(|purged| purged);
+        if let Err(e) = &purged {
+            self.metrics.errors.with_label_values(&["purge"]).inc();
+            self.give_up(e);
+        }
+        purged
+    }
+
+    /// A purge that could not be written leaves objects on disk that must never be
+    /// served: the tier stops serving now, and the file is removed so that the next
+    /// start does not serve them either.
+    fn give_up(&self, why: &DiskError) {
+        let path = self.dir.join(FILE);
+        let removed = std::fs::remove_file(&path);
+        tracing::error!(
+            error = %why,
+            file = %path.display(),
+            file_removed = removed.is_ok(),
+            "disk tier: a purge could not be written; the tier is off until restart and its file is dropped"
+        );
+        self.set_state(State::Off {
+            why: format!("a purge could not be written: {why}"),
+            file_holds_objects: removed.is_err(),
+        });
+        let mut index = self.index();
+        index.clear();
+        self.publish_usage(&index);
+    }
+
+    /// Drops every object on disk, durably (a flush of everything, or purges missed).
+    pub async fn clear(self: &Arc<Self>) -> Result<usize, DiskError> {
+        let Some(db) = self.database_for_purge().await? else {
+            return Ok(0);
+        };
+        let tier = self.clone();
+        let cleared = tokio::task::spawn_blocking(move || tier.clear_blocking(&db))
+            .await
+            .map_err(|e| DiskError::Worker(e.to_string()))
+            .and_then(|cleared| cleared);
+        if let Err(e) = &cleared {
+            self.metrics.errors.with_label_values(&["purge"]).inc();
+            self.give_up(e);
+        }
+        cleared
+    }
+
+    fn purge_blocking(
+        &self,
+        db: &Database,
+        tags: Option<&TagSelector>,
+        pool: Option<&Regex>,
+        soft: bool,
+    ) -> Result<usize, DiskError> {
+        let _writing = lock(&self.writing);
+        let keys = self.index().select(tags, pool);
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut txn = db.begin_write().map_err(store_error("begin a purge"))?;
+        txn.set_quick_repair(true);
+        let mut changed: Vec<(HashBinary, Option<Summary>)> = Vec::with_capacity(keys.len());
+        {
+            let mut objects = txn
+                .open_table(OBJECTS)
+                .map_err(store_error("open the objects"))?;
+            let mut summaries = txn
+                .open_table(SUMMARIES)
+                .map_err(store_error("open the summaries"))?;
+            for key in &keys {
+                let expired = if soft {
+                    let old = objects
+                        .get(&key[..])
+                        .map_err(store_error("read an object to expire"))?
+                        .and_then(|v| record::unseal(v.value()));
+                    match old {
+                        // Already stale: left as it is, as in memory.
+                        Some(object) if !object.is_fresh() => continue,
+                        Some(object) => Some(object.expired()),
+                        None => None,
+                    }
+                } else {
+                    None
+                };
+                match expired {
+                    Some(object) => {
+                        let record = record::seal(&object);
+                        let summary = Summary::of(&object, record.len() as u64);
+                        objects
+                            .insert(&key[..], &record[..])
+                            .map_err(store_error("write an expired object"))?;
+                        summaries
+                            .insert(&key[..], &summary.encode()[..])
+                            .map_err(store_error("write a summary"))?;
+                        changed.push((*key, Some(summary)));
+                    }
+                    None => {
+                        objects
+                            .remove(&key[..])
+                            .map_err(store_error("remove an object"))?;
+                        summaries
+                            .remove(&key[..])
+                            .map_err(store_error("remove a summary"))?;
+                        changed.push((*key, None));
+                    }
+                }
+            }
+        }
+        // Immediate (the default): on disk before the purge is answered.
+        txn.commit().map_err(store_error("commit a purge"))?;
+        let mut index = self.index();
+        for (key, summary) in changed.iter().cloned() {
+            match summary {
+                Some(summary) => index.insert(key, summary),
+                None => {
+                    index.remove(&key);
+                }
+            }
+        }
+        self.publish_usage(&index);
+        Ok(changed.len())
+    }
+
+    fn clear_blocking(&self, db: &Database) -> Result<usize, DiskError> {
+        let _writing = lock(&self.writing);
+        let mut txn = db.begin_write().map_err(store_error("begin a flush"))?;
+        txn.set_quick_repair(true);
+        txn.delete_table(OBJECTS)
+            .map_err(store_error("drop the objects"))?;
+        txn.delete_table(SUMMARIES)
+            .map_err(store_error("drop the summaries"))?;
+        txn.open_table(OBJECTS)
+            .map_err(store_error("create the objects"))?;
+        txn.open_table(SUMMARIES)
+            .map_err(store_error("create the summaries"))?;
+        txn.commit().map_err(store_error("commit a flush"))?;
+        let mut index = self.index();
+        let objects = index.len();
+        index.clear();
+        self.publish_usage(&index);
+        Ok(objects)
+    }
+
+    /// Writes a batch of fills and removals in one transaction, then evicts down to the
+    /// budget. Without `durable`, no fsync: the next durable commit carries it.
+    fn write_blocking(
+        &self,
+        db: &Database,
+        batch: Vec<Pending>,
+        recent: &RecentPurges,
+        in_memory: &(dyn Fn(&HashBinary) -> bool + Send + Sync),
+    ) -> Result<(), DiskError> {
+        let _writing = lock(&self.writing);
+        let mut txn = db.begin_write().map_err(store_error("begin a write"))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| DiskError::Worker(e.to_string()))?;
+        let mut changed: Vec<(HashBinary, Option<Summary>)> = Vec::with_capacity(batch.len());
+        {
+            let mut objects = txn
+                .open_table(OBJECTS)
+                .map_err(store_error("open the objects"))?;
+            let mut summaries = txn
+                .open_table(SUMMARIES)
+                .map_err(store_error("open the summaries"))?;
+            for pending in batch {
+                match pending {
+                    Pending::Put {
+                        key,
+                        record,
+                        summary,
+                        started,
+                    } => {
+                        // Checked under `writing`: see the invariants.
+                        if recent.purged_since(&summary.tags, summary.pool.as_deref(), started) {
+                            continue;
+                        }
+                        objects
+                            .insert(&key[..], &record[..])
+                            .map_err(store_error("write an object"))?;
+                        summaries
+                            .insert(&key[..], &summary.encode()[..])
+                            .map_err(store_error("write a summary"))?;
+                        changed.push((key, Some(summary)));
+                    }
+                    Pending::Remove(key) => {
+                        objects
+                            .remove(&key[..])
+                            .map_err(store_error("remove an object"))?;
+                        summaries
+                            .remove(&key[..])
+                            .map_err(store_error("remove a summary"))?;
+                        changed.push((key, None));
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(store_error("commit a write"))?;
+        let victims = {
+            let mut index = self.index();
+            for (key, summary) in changed {
+                match summary {
+                    Some(summary) => {
+                        self.metrics.writes.inc();
+                        index.insert(key, summary)
+                    }
+                    None => {
+                        index.remove(&key);
+                    }
+                }
+            }
+            self.publish_usage(&index);
+            index.victims(self.max_bytes, in_memory)
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        let mut txn = db.begin_write().map_err(store_error("begin an eviction"))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| DiskError::Worker(e.to_string()))?;
+        {
+            let mut objects = txn
+                .open_table(OBJECTS)
+                .map_err(store_error("open the objects"))?;
+            let mut summaries = txn
+                .open_table(SUMMARIES)
+                .map_err(store_error("open the summaries"))?;
+            for key in &victims {
+                objects
+                    .remove(&key[..])
+                    .map_err(store_error("evict an object"))?;
+                summaries
+                    .remove(&key[..])
+                    .map_err(store_error("evict a summary"))?;
+            }
+        }
+        txn.commit().map_err(store_error("commit an eviction"))?;
+        let mut index = self.index();
+        for key in &victims {
+            index.remove(key);
+        }
+        self.metrics.evictions.inc_by(victims.len() as u64);
+        self.publish_usage(&index);
+        Ok(())
+    }
+
+    /// Makes every commit so far durable (an empty transaction, committed with an fsync).
+    fn sync_blocking(&self, db: &Database) -> Result<(), DiskError> {
+        let _writing = lock(&self.writing);
+        let mut txn = db.begin_write().map_err(store_error("begin a sync"))?;
+        txn.set_quick_repair(true);
+        txn.commit().map_err(store_error("commit a sync"))?;
+        self.metrics.syncs.inc();
+        Ok(())
+    }
+
+    /// Removes the objects that may no longer be served at all.
+    fn sweep(&self, now: SystemTime) -> Vec<Pending> {
+        self.index()
+            .unusable(now)
+            .into_iter()
+            .map(Pending::Remove)
+            .collect()
+    }
+
+    /// Opens the file (waiting for a previous process to let go of it), repairs it after
+    /// a crash, and rebuilds the index. A file redb cannot open is set aside and a new
+    /// one started: a damaged cache is a cold cache, never a stopped proxy.
+    fn open_blocking(&self) -> Result<(Database, usize), DiskError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| DiskError::Io {
+            what: "create the directory",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let path = self.dir.join(FILE);
+        match open_file(&path) {
+            Ok(db) => match self.load(&db) {
+                Ok(found) => return Ok((db, found)),
+                Err(e) => {
+                    tracing::error!(error = %e, "disk tier: the file could not be read; starting a new one");
+                    drop(db);
+                }
+            },
+            Err(e @ DiskError::Store { .. }) => {
+                tracing::error!(error = %e, "disk tier: the file could not be opened; starting a new one");
+            }
+            Err(e) => return Err(e),
+        }
+        self.metrics.errors.with_label_values(&["open"]).inc();
+        set_aside(&path)?;
+        let db = open_file(&path)?;
+        let found = self.load(&db)?;
+        Ok((db, found))
+    }
+
+    /// Reads every summary into the index; drops what may not be served any more.
+    fn load(&self, db: &Database) -> Result<usize, DiskError> {
+        let _writing = lock(&self.writing);
+        let now = SystemTime::now();
+        let mut drop_keys: Vec<Vec<u8>> = Vec::new();
+        let mut index = DiskIndex::default();
+        {
+            let txn = db.begin_write().map_err(store_error("begin the load"))?;
+            {
+                txn.open_table(OBJECTS)
+                    .map_err(store_error("open the objects"))?;
+                let summaries = txn
+                    .open_table(SUMMARIES)
+                    .map_err(store_error("open the summaries"))?;
+                for entry in summaries
+                    .iter()
+                    .map_err(store_error("list the summaries"))?
+                {
+                    let (key, value) = entry.map_err(store_error("read a summary"))?;
+                    let key_bytes = key.value();
+                    let summary = Summary::decode(value.value());
+                    match (HashBinary::try_from(key_bytes), summary) {
+                        (Ok(key), Some(summary))
+                            if summary.usable_until > now && !self.distrust_previous =>
+                        {
+                            index.insert(key, summary)
+                        }
+                        _ => drop_keys.push(key_bytes.to_vec()),
+                    }
+                }
+            }
+            txn.commit().map_err(store_error("commit the load"))?;
+        }
+        if !drop_keys.is_empty() {
+            let txn = db
+                .begin_write()
+                .map_err(store_error("begin the clean-up"))?;
+            {
+                let mut objects = txn
+                    .open_table(OBJECTS)
+                    .map_err(store_error("open the objects"))?;
+                let mut summaries = txn
+                    .open_table(SUMMARIES)
+                    .map_err(store_error("open the summaries"))?;
+                for key in &drop_keys {
+                    objects
+                        .remove(&key[..])
+                        .map_err(store_error("drop an object"))?;
+                    summaries
+                        .remove(&key[..])
+                        .map_err(store_error("drop a summary"))?;
+                }
+            }
+            txn.commit().map_err(store_error("commit the clean-up"))?;
+        }
+        let found = index.len();
+        self.publish_usage(&index);
+        *self.index() = index;
+        Ok(found)
+    }
+
+    /// Opens the tier, then writes what fills queue until shutdown; at shutdown writes
+    /// what is queued, makes it durable and lets go of the file for the next process.
+    /// `in_memory` tells which objects memory still serves (spared by eviction).
+    pub async fn run(
+        self: Arc<Self>,
+        recent: &'static RecentPurges,
+        in_memory: Arc<dyn Fn(&HashBinary) -> bool + Send + Sync>,
+        mut shutdown: ShutdownWatch,
+    ) {
+        let Some(mut receiver) = lock(&self.receiver).take() else {
+            return;
+        };
+        let started = Instant::now();
+        let tier = self.clone();
+        let opened = tokio::task::spawn_blocking(move || tier.open_blocking()).await;
+        let db = match opened {
+            Ok(Ok((db, found))) => {
+                let took = started.elapsed();
+                self.metrics.recovery_seconds.set(took.as_secs_f64());
+                self.metrics.recovered_objects.set(found as i64);
+                tracing::info!(
+                    objects = found,
+                    ms = took.as_millis() as u64,
+                    dir = %self.dir.display(),
+                    "disk tier open"
+                );
+                let db = Arc::new(db);
+                self.set_state(State::Open(db.clone()));
+                db
+            }
+            Ok(Err(e)) => {
+                self.metrics.errors.with_label_values(&["open"]).inc();
+                tracing::error!(error = %e, "disk tier: not opened; serving from memory only");
+                self.set_state(State::Off {
+                    why: e.to_string(),
+                    file_holds_objects: self.dir.join(FILE).exists(),
+                });
+                return;
+            }
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["open"]).inc();
+                tracing::error!(error = %e, "disk tier: opening it crashed; serving from memory only");
+                self.set_state(State::Off {
+                    why: format!("opening crashed: {e}"),
+                    file_holds_objects: self.dir.join(FILE).exists(),
+                });
+                return;
+            }
+        };
+        let mut sync = tokio::time::interval(SYNC_EVERY);
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut unsynced = false;
+        loop {
+            let batch = tokio::select! {
+                first = receiver.recv() => {
+                    let Some(first) = first else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match receiver.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    batch
+                }
+                _ = sync.tick() => {
+                    if unsynced {
+                        self.blocking(&db, |tier, db| tier.sync_blocking(db), "write").await;
+                        unsynced = false;
+                    }
+                    continue;
+                }
+                _ = sweep.tick() => self.sweep(SystemTime::now()),
+                _ = shutdown.changed() => break,
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let in_memory = in_memory.clone();
+            self.blocking(
+                &db,
+                move |tier, db| tier.write_blocking(db, batch, recent, &*in_memory),
+                "write",
+            )
+            .await;
+            unsynced = true;
+        }
+        // Shutting down: what is queued is written, made durable, and the file let go.
+        let mut rest = Vec::new();
+        while let Ok(next) = receiver.try_recv() {
+            rest.push(next);
+        }
+        let in_memory = in_memory.clone();
+        self.blocking(
+            &db,
+            move |tier, db| {
+                tier.write_blocking(db, rest, recent, &*in_memory)?;
+                tier.sync_blocking(db)
+            },
+            "write",
+        )
+        .await;
+        // The next process serves from the file: purges here can no longer reach it.
+        self.set_state(State::Off {
+            why: "closed: this process is shutting down".into(),
+            file_holds_objects: true,
+        });
+        drop(db);
+        tracing::info!("disk tier closed");
+    }
+
+    async fn blocking(
+        self: &Arc<Self>,
+        db: &Arc<Database>,
+        work: impl FnOnce(&DiskTier, &Database) -> Result<(), DiskError> + Send + 'static,
+        operation: &'static str,
+    ) {
+        let (tier, db) = (self.clone(), db.clone());
+        let done = tokio::task::spawn_blocking(move || work(&tier, &db)).await;
+        let failed = match done {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.metrics.errors.with_label_values(&[operation]).inc();
+        tracing::warn!(error = %failed, "disk tier: a write failed (those fills stay in memory only)");
+    }
+}
+
+fn open_file(path: &Path) -> Result<Database, DiskError> {
+    let deadline = Instant::now() + WAIT_FOR_PREVIOUS;
+    loop {
+        // redb may panic on a file altered behind its back: that is a damaged file too.
+        let attempt = std::panic::catch_unwind(|| {
+            Database::builder()
+                .set_cache_size(REDB_CACHE_BYTES)
+                .create(path)
+        });
+        match attempt {
+            Ok(Ok(db)) => return Ok(db),
+            // The previous process (an upgrade, a restart) has not let go of it yet.
+            Ok(Err(DatabaseError::DatabaseAlreadyOpen)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(Err(e)) => return Err(store_error("open the file")(e)),
+            Err(_) => {
+                return Err(DiskError::Store {
+                    what: "open the file",
+                    source: redb::Error::Corrupted("redb panicked reading it".into()),
+                })
+            }
+        }
+    }
+}
+
+/// Renames a file that cannot be used, for a post-mortem, instead of deleting it.
+fn set_aside(path: &Path) -> Result<(), DiskError> {
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = path.with_extension(format!("redb.broken-{stamp}"));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {
+            tracing::error!(file = %aside.display(), "disk tier: the damaged file was set aside");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DiskError::Io {
+            what: "set the damaged file aside",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}

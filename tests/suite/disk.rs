@@ -1,0 +1,328 @@
+//! The disk tier against the real binary and real files: a restart (graceful, crash,
+//! upgrade) comes back warm; a purge answered is never undone by a crash; a crash in the
+//! middle of fills or a damaged file never serves a partial or foreign page; a disk that
+//! cannot be used leaves a proxy that serves and purges from memory.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+
+struct DiskDir(std::path::PathBuf);
+
+impl DiskDir {
+    fn new() -> Self {
+        Self(temp_dir("disk"))
+    }
+    fn file(&self) -> std::path::PathBuf {
+        self.0.join("cache.redb")
+    }
+}
+
+impl Drop for DiskDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn with_disk(dir: &DiskDir) -> Settings {
+    Settings::default()
+        .cache(&format!("disk_dir = \"{}\"", dir.0.display()))
+        .cache("disk_bytes = 67108864")
+        .warm("enabled = false")
+}
+
+async fn until_on_disk(fg: &Floodgate, objects: f64) {
+    assert!(
+        until_metric(
+            fg,
+            "floodgate_disk_objects",
+            objects,
+            Duration::from_secs(20)
+        )
+        .await
+        .is_some(),
+        "{objects} objects never reached the disk: {}",
+        fg.metric_or_zero("floodgate_disk_objects").await
+    );
+}
+
+/// Waits for the objects on disk now to be durable (the next sync after this call).
+async fn until_durable(fg: &Floodgate) {
+    let before = fg.metric_or_zero("floodgate_disk_syncs_total").await;
+    assert!(
+        until_metric(
+            fg,
+            "floodgate_disk_syncs_total",
+            before + 1.0,
+            Duration::from_secs(20)
+        )
+        .await
+        .is_some(),
+        "no durable commit came"
+    );
+}
+
+async fn until_open(fg: &Floodgate) {
+    assert!(
+        until_metric(fg, "floodgate_disk_open", 1.0, Duration::from_secs(40))
+            .await
+            .is_some(),
+        "the disk tier did not open:\n{}",
+        fg.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_comes_back_warm_without_asking_the_origin() {
+    let origin = TestOrigin::start().await;
+    let dir = DiskDir::new();
+    let mut fg = Floodgate::start_with(origin.addr, with_disk(&dir)).await;
+    until_open(&fg).await;
+    let pages: Vec<String> = (0..20).map(|i| format!("/p-{i}.html")).collect();
+    for page in &pages {
+        assert_eq!(get(&fg.url(page)).await.cache_debug(), "MISS");
+    }
+    until_on_disk(&fg, 20.0).await;
+
+    // As `systemctl restart` does it: SIGTERM, a graceful exit, a new process.
+    fg.restart(false).await;
+    until_open(&fg).await;
+    assert_eq!(fg.metric("floodgate_disk_recovered_objects").await, 20.0);
+    for page in &pages {
+        let got = get(&fg.url(page)).await;
+        assert_eq!((page.as_str(), got.cache_debug()), (page.as_str(), "HIT"));
+        assert!(got.text().contains(page.as_str()), "{page}: {}", got.text());
+    }
+    assert_eq!(origin.total_hits(), 20, "no page was fetched twice");
+    assert_eq!(
+        fg.metric("floodgate_disk_lookups_total{result=\"hit\"}")
+            .await,
+        20.0
+    );
+    // Promoted: the second visit is a memory hit, not another disk read.
+    get(&fg.url("/p-0.html")).await;
+    assert_eq!(
+        fg.metric("floodgate_disk_lookups_total{result=\"hit\"}")
+            .await,
+        20.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_answered_is_never_undone_by_a_crash() {
+    let origin = TestOrigin::start().await;
+    let dir = DiskDir::new();
+    let mut fg = Floodgate::start_with(origin.addr, with_disk(&dir)).await;
+    until_open(&fg).await;
+    for i in 0..30 {
+        get(&fg.url(&format!("/p-{i}.html"))).await;
+    }
+    until_on_disk(&fg, 30.0).await;
+    until_durable(&fg).await;
+
+    // Magento's shape, a regular expression, and a soft purge; each answered 200, then
+    // the process is killed with no chance to write anything more.
+    let named = send(purge_request(&fg, &tags_pattern(&["cat_p_1", "cat_p_2"]))).await;
+    assert_eq!(named.status, 200, "{}", named.text());
+    let pattern = send(purge_request(&fg, "^cat_p_1[0-9]$")).await;
+    assert_eq!(pattern.status, 200, "{}", pattern.text());
+    let soft =
+        send(purge_request(&fg, &tags_pattern(&["cat_p_3"])).header("x-floodgate-purge", "soft"))
+            .await;
+    assert_eq!(soft.status, 200, "{}", soft.text());
+    fg.restart(true).await;
+    until_open(&fg).await;
+
+    for i in 0..30 {
+        let page = format!("/p-{i}.html");
+        let got = get(&fg.url(&page)).await;
+        let purged = i == 1 || i == 2 || (10..20).contains(&i);
+        if purged {
+            assert_eq!(
+                got.cache_debug(),
+                "MISS",
+                "{page} was purged before the crash"
+            );
+            assert_eq!(origin.hits(&page), 2, "{page}");
+        } else if i == 3 {
+            // Soft: still there to serve, but expired, so the origin is asked again.
+            assert!(
+                eventually(Duration::from_secs(5), || origin.hits(&page) == 2).await,
+                "the soft-purged page was not refreshed"
+            );
+        } else {
+            assert_eq!(got.cache_debug(), "HIT", "{page} was not purged");
+            assert_eq!(origin.hits(&page), 1, "{page}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_fills_serves_nothing_partial() {
+    let origin = TestOrigin::start().await;
+    // Large, distinct bodies: a record cut anywhere would show.
+    let body = |i: usize| format!("<html>{}</html>", format!("{i:04}-").repeat(50_000));
+    for i in 0..40 {
+        origin.set(
+            &format!("/big-{i}.html"),
+            Page::cacheable(body(i)).header("x-magento-tags", &format!("big_{i}")),
+        );
+    }
+    let dir = DiskDir::new();
+    let mut fg = Floodgate::start_with(origin.addr, with_disk(&dir)).await;
+    until_open(&fg).await;
+    // Half on disk and durable before the crash...
+    for i in 0..20 {
+        get(&fg.url(&format!("/big-{i}.html"))).await;
+    }
+    until_on_disk(&fg, 20.0).await;
+    until_durable(&fg).await;
+    // ...half being written when it comes.
+    let mut fills = Vec::new();
+    for i in 20..40 {
+        let url = fg.url(&format!("/big-{i}.html"));
+        // Cut off by the crash: errors are expected here, and not the point.
+        fills.push(tokio::spawn(async move {
+            client().get(&url).send().await.is_ok()
+        }));
+    }
+    assert!(until_metric(
+        &fg,
+        "floodgate_disk_writes_total",
+        23.0,
+        Duration::from_secs(20)
+    )
+    .await
+    .is_some());
+    fg.restart(true).await;
+    for fill in fills {
+        let _ = fill.await;
+    }
+    until_open(&fg).await;
+    let mut hits = 0;
+    for i in 0..40 {
+        let got = get(&fg.url(&format!("/big-{i}.html"))).await;
+        assert_eq!(got.status, 200);
+        assert!(got.text() == body(i), "/big-{i}.html came back different");
+        if i < 20 {
+            assert_eq!(got.cache_debug(), "HIT", "/big-{i}.html was durable");
+        }
+        hits += usize::from(got.cache_debug() == "HIT");
+    }
+    assert_eq!(fg.metric_or_zero("floodgate_disk_corrupt_total").await, 0.0);
+    eprintln!("{hits} of 40 pages came back from disk after the crash (20 were durable)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_file_is_never_served_and_the_proxy_serves_on() {
+    let origin = TestOrigin::start().await;
+    let dir = DiskDir::new();
+    let mut fg = Floodgate::start_with(origin.addr, with_disk(&dir)).await;
+    until_open(&fg).await;
+    for i in 0..10 {
+        get(&fg.url(&format!("/p-{i}.html"))).await;
+    }
+    until_on_disk(&fg, 10.0).await;
+    until_durable(&fg).await;
+
+    // Every 4 KiB page of the file gets garbage in its middle while nothing has it open.
+    fg.signal("KILL");
+    assert!(eventually(Duration::from_secs(10), || fg.has_exited()).await);
+    let mut bytes = std::fs::read(dir.file()).expect("the file");
+    let mut at = 2048;
+    while at + 16 < bytes.len() {
+        bytes[at..at + 16].copy_from_slice(b"garbage-garbage!");
+        at += 4096;
+    }
+    std::fs::write(dir.file(), bytes).expect("damage the file");
+    fg.restart(true).await;
+    until_open(&fg).await;
+    for i in 0..10 {
+        let page = format!("/p-{i}.html");
+        let got = get(&fg.url(&page)).await;
+        assert_eq!(got.status, 200, "{page}");
+        assert!(got.text().contains(page.as_str()), "{page}: {}", got.text());
+    }
+    assert!(!fg.has_exited(), "the proxy is still up");
+    eprintln!(
+        "damaged file: {} errors on open, {} corrupt records, {} disk hits",
+        fg.metric_or_zero("floodgate_disk_errors_total{operation=\"open\"}")
+            .await,
+        fg.metric_or_zero("floodgate_disk_corrupt_total").await,
+        fg.metric_or_zero("floodgate_disk_lookups_total{result=\"hit\"}")
+            .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_hands_the_disk_over_warm() {
+    let origin = TestOrigin::start().await;
+    let dir = DiskDir::new();
+    let fg = Floodgate::start_with(origin.addr, with_disk(&dir)).await;
+    until_open(&fg).await;
+    for i in 0..10 {
+        get(&fg.url(&format!("/p-{i}.html"))).await;
+    }
+    until_on_disk(&fg, 10.0).await;
+
+    let _new = fg.spawn_upgrade();
+    let socket = fg.upgrade_socket();
+    assert!(eventually(Duration::from_secs(10), || socket.exists()).await);
+    fg.signal("QUIT");
+    // The old process lets go of the file at once; the new one (which now holds the
+    // admin listener) opens it and finds the ten pages.
+    assert!(
+        until_metric(
+            &fg,
+            "floodgate_disk_recovered_objects",
+            10.0,
+            Duration::from_secs(40)
+        )
+        .await
+        .is_some(),
+        "the new process did not open the disk:\n{}",
+        fg.log()
+    );
+    for i in 0..10 {
+        let page = format!("/p-{i}.html");
+        assert_eq!(get(&fg.url(&page)).await.cache_debug(), "HIT", "{page}");
+    }
+    assert_eq!(origin.total_hits(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_cannot_be_used_leaves_memory_serving_and_purging() {
+    let origin = TestOrigin::start().await;
+    let dir = DiskDir::new();
+    // A directory under a regular file cannot be created, even by root.
+    let blocker = dir.0.join("a-file");
+    std::fs::write(&blocker, "not a directory").expect("file");
+    let settings = Settings::default()
+        .cache(&format!(
+            "disk_dir = \"{}\"",
+            blocker.join("disk").display()
+        ))
+        .warm("enabled = false");
+    let fg = Floodgate::start_with(origin.addr, settings).await;
+    assert!(
+        until(Duration::from_secs(20), || async {
+            fg.metric_or_zero("floodgate_disk_errors_total{operation=\"open\"}")
+                .await
+                >= 1.0
+        })
+        .await
+    );
+    assert_eq!(fg.metric("floodgate_disk_open").await, 0.0);
+    assert_eq!(get(&fg.url("/p-1.html")).await.cache_debug(), "MISS");
+    assert_eq!(get(&fg.url("/p-1.html")).await.cache_debug(), "HIT");
+    let purged = send(purge_request(&fg, &tags_pattern(&["cat_p_1"]))).await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_eq!(get(&fg.url("/p-1.html")).await.cache_debug(), "MISS");
+    assert!(
+        fg.log().contains("disk tier"),
+        "the log says why:\n{}",
+        fg.log()
+    );
+}
