@@ -94,3 +94,39 @@ PY
 tags_pattern() {
   python3 -c "import sys; print('|'.join(f'((^|,)cat_p_{n}(,|\$))' for n in range(int(sys.argv[1]), int(sys.argv[2]) + 1)))" "$1" "$2"
 }
+
+# metric PORT SAMPLE: a sample from the Floodgate on PORT (its admin is PORT+100), 0 if absent.
+metric() {
+  curl -s "http://127.0.0.1:$(($1 + 100))/metrics" |
+    awk -v s="$2" '$1 == s { v = $2 } END { printf "%d\n", v + 0 }'
+}
+# until_metric PORT SAMPLE VALUE [SECONDS]: waits until the sample reaches VALUE.
+until_metric() {
+  for _ in $(seq 1 $(( ${4:-600} * 10 ))); do
+    [ "$(metric "$1" "$2")" -ge "$3" ] && return 0
+    sleep 0.1
+  done
+  echo "bench: $2 on port $1 never reached $3 (it is $(metric "$1" "$2"))" >&2; exit 1
+}
+origin_requests() { curl -s "http://127.0.0.1:$ORIGIN_PORT/__stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])'; }
+
+# zipf PORT SECONDS: shop-like visitors (bench/zipf.lua, PAGES, ZIPF_S) for SECONDS ->
+# "requests rps p99_ms origin_requests hit_ratio_percent", where a hit is any request the
+# origin did not see.
+zipf() {
+  local before after
+  before=$(origin_requests)
+  on_load_cpus wrk -t"$LOAD_THREADS" -c"${CONNECTIONS:-64}" -d"$2s" --latency -s bench/zipf.lua \
+    "http://127.0.0.1:$1" > "$work/zipf-$1.txt"
+  after=$(origin_requests)
+  python3 - "$work/zipf-$1.txt" "$before" "$after" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+origin = int(sys.argv[3]) - int(sys.argv[2])
+print(f"{requests} {rps:.0f} {p99:.2f} {origin} {100 * (1 - origin / max(requests, 1)):.2f}")
+PY
+}

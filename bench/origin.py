@@ -24,7 +24,8 @@ at most 8 pages at once, like pm.max_children; up to 64 more wait, like FPM's li
 backlog; beyond that the page gets 502 at once, as nginx answers when it cannot hand a
 request to PHP-FPM.
   GET /__delay?ms=200        render time of every page from now on
-  GET /__stats               {"max_concurrency", "bad_gateway", "rendered"} as JSON
+  GET /__stats               {"max_concurrency", "bad_gateway", "rendered", "requests"}
+                             as JSON ("requests": every page asked for, in any mode)
   GET /__reset               zeroes those
 """
 import gzip
@@ -42,8 +43,9 @@ POOL = None          # threading.Semaphore in PHP-FPM mode
 BACKLOG = 0
 DELAY = [0.0]
 GZIP = [False]
+GZIP_LEVEL = [6]
 GZIPPED = {}
-STATS = {"concurrency": 0, "max_concurrency": 0, "bad_gateway": 0, "rendered": 0}
+STATS = {"concurrency": 0, "max_concurrency": 0, "bad_gateway": 0, "rendered": 0, "requests": 0}
 FILLER = ("<div class=\"product-info\"><span class=\"price\">$19.99</span>"
           "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</p></div>\n")
 
@@ -113,7 +115,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if parsed.path in ("/__stats", "/__reset"):
             with LOCK:
                 if parsed.path == "/__reset":
-                    for k in ("max_concurrency", "bad_gateway", "rendered"):
+                    for k in ("max_concurrency", "bad_gateway", "rendered", "requests"):
                         STATS[k] = 0
                 body = json.dumps(STATS).encode()
             return self.reply(200, body, {"Cache-Control": "no-store"})
@@ -121,6 +123,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             COUNTS[self.path] = COUNTS.get(self.path, 0) + 1
         if parsed.path in ("/health_check.php", "/pub/health_check.php"):
             return self.reply(200, b"OK", {"Cache-Control": "no-store"})
+        with LOCK:
+            STATS["requests"] += 1
         if POOL is not None:
             return self.fpm(parsed)
         return self.render(parsed)
@@ -189,7 +193,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with LOCK:
                 packed = GZIPPED.get(key)
             if packed is None:
-                packed = gzip.compress(body, 6)
+                packed = gzip.compress(body, GZIP_LEVEL[0])
                 with LOCK:
                     GZIPPED[key] = packed
             body = packed
@@ -214,8 +218,11 @@ if __name__ == "__main__":
     args.add_argument("--pool", type=int, default=0, help="PHP-FPM mode: pm.max_children")
     args.add_argument("--backlog", type=int, default=64, help="PHP-FPM mode: listen backlog")
     args.add_argument("--gzip", action="store_true", help="gzip pages for clients that accept it")
+    args.add_argument("--gzip-level", type=int, default=6,
+                      help="with --gzip: 1 to fill hundreds of thousands of pages quickly")
     opts = args.parse_args()
     GZIP[0] = opts.gzip
+    GZIP_LEVEL[0] = opts.gzip_level
     if opts.pool:
         POOL = threading.Semaphore(opts.pool)
         POOL_SIZE = opts.pool

@@ -133,13 +133,15 @@ pub fn build(
         Duration::from_secs(config.warm.hot_window_secs),
         PurgeMetrics::register(metrics.registry())?,
     ));
+    // Registered either way, so dashboards show the tier off rather than nothing.
+    let disk_metrics = DiskMetrics::register(metrics.registry())?;
     if !config.cache.disk_dir.is_empty() {
         let disk = DiskTier::new(
             &config.cache.disk_dir,
             config.cache.disk_bytes,
             // With a purge bus, purges sent while this node was down cannot be known.
             runtime.redis.is_some(),
-            DiskMetrics::register(metrics.registry())?,
+            disk_metrics,
         );
         store.attach_disk(disk.clone());
         server.add_service(background_service("disk tier", DiskService { disk, store }));

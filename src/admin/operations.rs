@@ -7,7 +7,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{json_reply, Admin};
-use crate::purge::metrics::PurgeRefusal;
 use crate::purge::pattern::magento_pattern;
 use crate::warm::sitemap;
 
@@ -101,11 +100,8 @@ impl Admin {
                 )
             }
             Err(reason) => {
-                self.purger.metrics().refused(PurgeRefusal::Invalid);
-                json_reply(
-                    400,
-                    json!({ "error": format!("{reason}; nothing was purged") }),
-                )
+                self.purger.metrics().refused(reason.refusal());
+                json_reply(reason.status(), json!({ "error": reason.answer() }))
             }
         }
     }

@@ -73,11 +73,11 @@ impl Floodgate {
                 respond::plain(session, 200, &body, &[]).await
             }
             Err(reason) => {
-                self.purger.metrics().refused(PurgeRefusal::Invalid);
+                self.purger.metrics().refused(reason.refusal());
                 respond::plain(
                     session,
-                    400,
-                    &format!("{reason}; nothing was purged\n"),
+                    reason.status(),
+                    &format!("{}\n", reason.answer()),
                     &[],
                 )
                 .await

@@ -16,6 +16,8 @@ pub enum PurgeRefusal {
     Refused,
     /// Bad input: no header, a bad regex.
     Invalid,
+    /// Applied in memory but not made durable on disk (the disk tier refused it).
+    Failed,
 }
 
 impl PurgeRefusal {
@@ -23,6 +25,7 @@ impl PurgeRefusal {
         match self {
             Self::Refused => "refused",
             Self::Invalid => "invalid",
+            Self::Failed => "failed",
         }
     }
 }
@@ -40,10 +43,10 @@ impl PurgeMetrics {
         let requests = counter_vec(
             r,
             "floodgate_purge_requests_total",
-            "Purge requests (PURGE or the admin API) by result: ok, refused (ACL), invalid",
+            "Purge requests (PURGE or the admin API) by result: ok, refused (ACL), invalid, failed (the disk tier could not make it durable)",
             &["result"],
         )?;
-        for result in ["ok", "refused", "invalid"] {
+        for result in ["ok", "refused", "invalid", "failed"] {
             requests.with_label_values(&[result]);
         }
         Ok(Self {

@@ -34,6 +34,33 @@ pub enum PurgeError {
     Disk(#[from] DiskError),
 }
 
+impl PurgeError {
+    /// How a purge request is answered when this went wrong: bad input is the client's
+    /// to fix (400); a disk that refused is ours, and the purge is worth retrying (503).
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Pattern(_) | Self::Pool(_) => 400,
+            Self::Shared(_) | Self::Disk(_) => 503,
+        }
+    }
+
+    /// What the client is told, with what happened to the purge.
+    pub fn answer(&self) -> String {
+        match self.status() {
+            400 => format!("{self}; nothing was purged"),
+            _ => format!("{self}; memory was purged, retry the purge to be sure it is on disk"),
+        }
+    }
+
+    /// The label the purge counts under.
+    pub fn refusal(&self) -> metrics::PurgeRefusal {
+        match self.status() {
+            400 => metrics::PurgeRefusal::Invalid,
+            _ => metrics::PurgeRefusal::Failed,
+        }
+    }
+}
+
 /// What one purge did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeReport {

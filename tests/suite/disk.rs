@@ -326,3 +326,123 @@ async fn a_disk_that_cannot_be_used_leaves_memory_serving_and_purging() {
         fg.log()
     );
 }
+
+/// A small filesystem of its own for the disk tier, unmounted when dropped.
+struct SmallDisk(DiskDir);
+
+impl SmallDisk {
+    /// `None` where mounting is not allowed (not root): said, then the test stops.
+    fn mount(mib: u32) -> Option<Self> {
+        let dir = DiskDir::new();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&dir.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+            return None;
+        }
+        Some(Self(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.0 .0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_not_visitors_and_loses_no_purge() {
+    let Some(disk) = SmallDisk::mount(24) else {
+        return;
+    };
+    let origin = TestOrigin::start().await;
+    // Incompressible bodies, so 24 MiB fills up after a few dozen pages.
+    // Version 1 before the purge, version 2 after: a purged copy is a version 1 body.
+    let body = |i: usize, version: u64| {
+        let mut x = i as u64 + 1 + (version << 32);
+        let bytes: String = (0..600_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x % 90) as u8)
+            })
+            .collect();
+        format!("<html>{bytes}</html>")
+    };
+    for i in 0..60 {
+        origin.set(
+            &format!("/big-{i}.html"),
+            Page::cacheable(body(i, 1)).header("x-magento-tags", &format!("big,big_{i}")),
+        );
+    }
+    // A budget larger than the filesystem: the disk fills before eviction starts.
+    let settings = Settings::default()
+        .cache(&format!("disk_dir = \"{}\"", disk.0 .0.display()))
+        .cache("disk_bytes = 1073741824")
+        .cache("store_gzip = false")
+        .warm("enabled = false");
+    let mut fg = Floodgate::start_with(origin.addr, settings).await;
+    until_open(&fg).await;
+    for i in 0..60 {
+        let got = get(&fg.url(&format!("/big-{i}.html"))).await;
+        assert_eq!(got.status, 200, "visitors are served while the disk fills");
+    }
+    assert!(
+        until(Duration::from_secs(20), || async {
+            fg.metric_or_zero("floodgate_disk_errors_total{operation=\"write\"}")
+                .await
+                >= 1.0
+        })
+        .await,
+        "the disk filled up: {} objects written",
+        fg.metric_or_zero("floodgate_disk_objects").await
+    );
+    // A purge on a full disk: answered 200 only if it is on disk; either way, no
+    // purged page comes back, now or after a crash.
+    let purge = send(purge_request(&fg, &tags_pattern(&["big"]))).await;
+    assert!(
+        purge.status == 200 || purge.status >= 500,
+        "{}: {}",
+        purge.status,
+        purge.text()
+    );
+    // The shop changed what the purge was for; visitors fetch the new pages (and the
+    // tier, with the space the purge freed, may store some of them).
+    for i in 0..60 {
+        origin.set(
+            &format!("/big-{i}.html"),
+            Page::cacheable(body(i, 2)).header("x-magento-tags", &format!("big,big_{i}")),
+        );
+    }
+    for i in 0..60 {
+        let got = get(&fg.url(&format!("/big-{i}.html"))).await;
+        assert!(
+            got.text() == body(i, 2),
+            "/big-{i}.html: a purged copy was served"
+        );
+    }
+    fg.restart(true).await;
+    until(Duration::from_secs(20), || async {
+        fg.metric_or_zero("floodgate_disk_open").await == 1.0
+            || fg
+                .metric_or_zero("floodgate_disk_errors_total{operation=\"open\"}")
+                .await
+                >= 1.0
+    })
+    .await;
+    for i in 0..60 {
+        let got = get(&fg.url(&format!("/big-{i}.html"))).await;
+        assert_eq!(got.status, 200);
+        assert!(
+            got.text() == body(i, 2),
+            "/big-{i}.html: a copy purged before the crash came back ({})",
+            got.cache_debug()
+        );
+    }
+}

@@ -57,6 +57,8 @@ const BATCH: usize = 512;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How often objects past their last usable moment are swept from disk.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long fills are dropped after the disk refused a write.
+const WRITE_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a purge waits for a tier that is still opening before it fails.
 const PURGE_WAITS_FOR_OPEN: Duration = Duration::from_secs(10);
 /// How long start-up waits for the previous process to let go of the file (an upgrade).
@@ -128,6 +130,9 @@ pub struct DiskTier {
     /// purges it missed while it was down).
     distrust_previous: bool,
     state: ArcSwap<State>,
+    /// Counts the times the file was opened: a failure is recovered from once, not
+    /// once per caller that saw it.
+    epoch: std::sync::atomic::AtomicU64,
     changed: Notify,
     index: Mutex<DiskIndex>,
     /// Held by a writer from the start of its transaction until the index shows its
@@ -155,6 +160,7 @@ impl DiskTier {
             max_bytes,
             distrust_previous,
             state: ArcSwap::from_pointee(State::Opening),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             changed: Notify::new(),
             index: Mutex::new(DiskIndex::default()),
             writing: Mutex::new(()),
@@ -174,6 +180,10 @@ impl DiskTier {
             .set(i64::from(matches!(state, State::Open(_))));
         self.state.store(Arc::new(state));
         self.changed.notify_waiters();
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn database(&self) -> Option<Arc<Database>> {
@@ -299,26 +309,74 @@ impl DiskTier {
         pool: Option<&Regex>,
         soft: bool,
     ) -> Result<usize, DiskError> {
-        let Some(db) = self.database_for_purge().await? else {
-            return Ok(0);
-        };
-        let (tier, tags, pool) = (self.clone(), tags.cloned(), pool.cloned());
-        let purged = tokio::task::spawn_blocking(move || {
-            tier.purge_blocking(&db, tags.as_ref(), pool.as_ref(), soft)
-        })
-        .await
-        .map_err(|e| DiskError::Worker(e.to_string()))
-        .and_then(|purged| purged);
-        if let Err(e) = &purged {
-            self.metrics.errors.with_label_values(&["purge"]).inc();
-            self.give_up(e);
+        let mut recovered = false;
+        loop {
+            let epoch = self.epoch();
+            let Some(db) = self.database_for_purge().await? else {
+                return Ok(0);
+            };
+            let (tier, tags, pool) = (self.clone(), tags.cloned(), pool.cloned());
+            // The handle goes with the closure: a reopen must not find it still held.
+            let purged = tokio::task::spawn_blocking(move || {
+                tier.purge_blocking(&db, tags.as_ref(), pool.as_ref(), soft)
+            })
+            .await
+            .map_err(|e| DiskError::Worker(e.to_string()))
+            .and_then(|purged| purged);
+            match purged {
+                Ok(purged) => return Ok(purged),
+                // redb refuses everything after an I/O error until the file is opened
+                // again: once, and the purge tried again on the reopened file.
+                Err(DiskError::Store { .. }) if !recovered => {
+                    recovered = true;
+                    self.metrics.errors.with_label_values(&["purge"]).inc();
+                    self.reopen(epoch).await;
+                }
+                Err(e) => {
+                    self.metrics.errors.with_label_values(&["purge"]).inc();
+                    self.give_up(&e);
+                    return Err(e);
+                }
+            }
         }
-        purged
     }
 
-    /// A purge that could not be written leaves objects on disk that must never be
-    /// served: the tier stops serving now, and the file is removed so that the next
-    /// start does not serve them either.
+    /// Opens the file again after the disk refused an operation (redb refuses every
+    /// later one until then) and rebuilds the index from it, since reopening goes back
+    /// to the last durable commit. `epoch`: the opening the failure happened on; a
+    /// reopen already done since is not repeated. A file that cannot be reopened is
+    /// given up (removed, the tier off).
+    async fn reopen(self: &Arc<Self>, epoch: u64) {
+        let tier = self.clone();
+        let reopened = tokio::task::spawn_blocking(move || tier.reopen_blocking(epoch))
+            .await
+            .map_err(|e| DiskError::Worker(e.to_string()))
+            .and_then(|reopened| reopened);
+        if let Err(e) = reopened {
+            self.metrics.errors.with_label_values(&["open"]).inc();
+            self.give_up(&e);
+        }
+    }
+
+    fn reopen_blocking(&self, epoch: u64) -> Result<(), DiskError> {
+        let _writing = lock(&self.writing);
+        if self.epoch() != epoch || !self.is_open() {
+            return Ok(());
+        }
+        tracing::warn!("disk tier: reopening the file after the disk refused an operation");
+        // New lookups miss and purges wait while the handles in use are let go of.
+        self.set_state(State::Opening);
+        let db = open_file(&self.dir.join(FILE))?;
+        let found = self.load_unlocked(&db)?;
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.set_state(State::Open(Arc::new(db)));
+        tracing::warn!(objects = found, "disk tier: reopened");
+        Ok(())
+    }
+
+    /// A file the disk refused (a purge that could not be written, or a reopen that
+    /// failed) may hold objects that must never be served: the tier stops serving now,
+    /// and the file is removed so that the next start does not serve them either.
     fn give_up(&self, why: &DiskError) {
         let path = self.dir.join(FILE);
         let removed = std::fs::remove_file(&path);
@@ -326,10 +384,10 @@ impl DiskTier {
             error = %why,
             file = %path.display(),
             file_removed = removed.is_ok(),
-            "disk tier: a purge could not be written; the tier is off until restart and its file is dropped"
+            "disk tier: giving the file up (the disk refused it); the tier is off until restart and its file is removed, so nothing it held is served later"
         );
         self.set_state(State::Off {
-            why: format!("a purge could not be written: {why}"),
+            why: format!("the disk refused an operation: {why}"),
             file_holds_objects: removed.is_err(),
         });
         let mut index = self.index();
@@ -604,6 +662,10 @@ impl DiskTier {
     /// Reads every summary into the index; drops what may not be served any more.
     fn load(&self, db: &Database) -> Result<usize, DiskError> {
         let _writing = lock(&self.writing);
+        self.load_unlocked(db)
+    }
+
+    fn load_unlocked(&self, db: &Database) -> Result<usize, DiskError> {
         let now = SystemTime::now();
         let mut drop_keys: Vec<Vec<u8>> = Vec::new();
         let mut index = DiskIndex::default();
@@ -711,9 +773,13 @@ impl DiskTier {
                 return;
             }
         };
+        drop(db);
         let mut sync = tokio::time::interval(SYNC_EVERY);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut unsynced = false;
+        // After the disk refused a write, fills are dropped for a while: a full disk is
+        // not asked again for every batch.
+        let mut paused_until: Option<tokio::time::Instant> = None;
         loop {
             let batch = tokio::select! {
                 first = receiver.recv() => {
@@ -729,8 +795,10 @@ impl DiskTier {
                 }
                 _ = sync.tick() => {
                     if unsynced {
-                        self.blocking(&db, |tier, db| tier.sync_blocking(db), "write").await;
                         unsynced = false;
+                        if !self.work(|tier, db| tier.sync_blocking(db)).await {
+                            paused_until = Some(tokio::time::Instant::now() + WRITE_BACKOFF);
+                        }
                     }
                     continue;
                 }
@@ -740,14 +808,19 @@ impl DiskTier {
             if batch.is_empty() {
                 continue;
             }
+            if paused_until.is_some_and(|until| tokio::time::Instant::now() < until) {
+                self.metrics.dropped.inc_by(batch.len() as u64);
+                continue;
+            }
             let in_memory = in_memory.clone();
-            self.blocking(
-                &db,
-                move |tier, db| tier.write_blocking(db, batch, recent, &*in_memory),
-                "write",
-            )
-            .await;
-            unsynced = true;
+            if self
+                .work(move |tier, db| tier.write_blocking(db, batch, recent, &*in_memory))
+                .await
+            {
+                unsynced = true;
+            } else {
+                paused_until = Some(tokio::time::Instant::now() + WRITE_BACKOFF);
+            }
         }
         // Shutting down: what is queued is written, made durable, and the file let go.
         let mut rest = Vec::new();
@@ -755,39 +828,41 @@ impl DiskTier {
             rest.push(next);
         }
         let in_memory = in_memory.clone();
-        self.blocking(
-            &db,
-            move |tier, db| {
-                tier.write_blocking(db, rest, recent, &*in_memory)?;
-                tier.sync_blocking(db)
-            },
-            "write",
-        )
+        self.work(move |tier, db| {
+            tier.write_blocking(db, rest, recent, &*in_memory)?;
+            tier.sync_blocking(db)
+        })
         .await;
         // The next process serves from the file: purges here can no longer reach it.
         self.set_state(State::Off {
             why: "closed: this process is shutting down".into(),
             file_holds_objects: true,
         });
-        drop(db);
         tracing::info!("disk tier closed");
     }
 
-    async fn blocking(
+    /// Runs a write in the blocking pool on the open file; `false` when it failed (the
+    /// file is then reopened, or given up). Nothing to do while the tier is not open.
+    async fn work(
         self: &Arc<Self>,
-        db: &Arc<Database>,
         work: impl FnOnce(&DiskTier, &Database) -> Result<(), DiskError> + Send + 'static,
-        operation: &'static str,
-    ) {
-        let (tier, db) = (self.clone(), db.clone());
+    ) -> bool {
+        let epoch = self.epoch();
+        let Some(db) = self.database() else {
+            return true;
+        };
+        let tier = self.clone();
+        // The handle goes with the closure: a reopen must not find it still held.
         let done = tokio::task::spawn_blocking(move || work(&tier, &db)).await;
         let failed = match done {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return true,
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
-        self.metrics.errors.with_label_values(&[operation]).inc();
-        tracing::warn!(error = %failed, "disk tier: a write failed (those fills stay in memory only)");
+        self.metrics.errors.with_label_values(&["write"]).inc();
+        tracing::warn!(error = %failed, "disk tier: a write failed (those fills stay in memory only; writes pause for 10 s)");
+        self.reopen(epoch).await;
+        false
     }
 }
 
