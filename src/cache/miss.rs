@@ -68,6 +68,7 @@ impl HandleMiss for Miss {
             object.derived = self
                 .store
                 .derive(meta.response_header(), &object.body, max_bytes);
+            object.nothing_derived = object.derived.is_none();
         }
         if self
             .store

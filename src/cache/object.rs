@@ -101,6 +101,9 @@ pub struct StoredObject {
     /// What the layer above worked out from the body when it was stored (its ESI
     /// template); `None` for most bodies.
     pub derived: Option<Arc<dyn Derived>>,
+    /// The body was looked at and nothing was derived from it (no ESI): a copy read back
+    /// from disk need not be inflated and scanned again to learn that.
+    pub nothing_derived: bool,
     /// One value the layer above computes from the object on first use and keeps with it
     /// (ESI: the body as a piece of other pages). Not weighed (moka weighs at insert);
     /// it is about the gzipped body, and few objects have one.
@@ -176,6 +179,7 @@ impl StoredObject {
             pool,
             identity,
             derived: None,
+            nothing_derived: false,
             memo: std::sync::OnceLock::new(),
             heat: Heat::default(),
             generation: 0,
@@ -203,6 +207,7 @@ impl StoredObject {
             self.identity.clone(),
         );
         expired.derived = self.derived.clone();
+        expired.nothing_derived = self.nothing_derived;
         expired
     }
 
@@ -230,6 +235,7 @@ impl StoredObject {
             self.identity.clone(),
         );
         purged.derived = self.derived.clone();
+        purged.nothing_derived = self.nothing_derived;
         purged.purged_copy = true;
         purged
     }

@@ -313,7 +313,10 @@ impl MemoryStore {
         hash: HashBinary,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         if let Some(disk) = self.disk.get() {
-            if let Some(object) = disk.get(hash).await {
+            if let Some((object, promote)) = disk.get(hash).await {
+                if !promote {
+                    return self.serve_lower(object);
+                }
                 return self.promote(hash, object, false).await;
             }
         }
@@ -328,6 +331,30 @@ impl MemoryStore {
             Some(object) => self.promote(hash, object, true).await,
             None => Ok(None),
         }
+    }
+
+    /// Serves a copy found on disk without keeping it in memory (read once so far),
+    /// unless it may show what a purge removed.
+    fn serve_lower(
+        &'static self,
+        mut object: StoredObject,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        if object.usable_until() <= SystemTime::now()
+            || self
+                .recent_purges
+                .purged_since(&object.tags, object.pool.as_deref(), object.updated)
+        {
+            return Ok(None);
+        }
+        let meta = object.meta()?;
+        if !object.nothing_derived {
+            object.derived =
+                self.derive(meta.response_header(), &object.body, PROMOTED_MAX_INFLATED);
+        }
+        Ok(Some((
+            meta,
+            Box::new(StoredHit::new(object.body, object.derived)),
+        )))
     }
 
     /// Keeps a copy found in a lower tier in memory, and serves it, unless it may show
@@ -352,8 +379,13 @@ impl MemoryStore {
             return Ok(None);
         }
         let meta = object.meta()?;
-        // Lower tiers keep bodies only; what is derived from one is this node's work.
-        object.derived = self.derive(meta.response_header(), &object.body, PROMOTED_MAX_INFLATED);
+        // Lower tiers keep bodies only; what is derived from one is this node's work,
+        // unless the disk says there was nothing to derive (most pages: no ESI).
+        if !object.nothing_derived {
+            object.derived =
+                self.derive(meta.response_header(), &object.body, PROMOTED_MAX_INFLATED);
+            object.nothing_derived = object.derived.is_none();
+        }
         let hit = StoredHit::new(object.body.clone(), object.derived.clone());
         if to_disk {
             if let Some(disk) = self.disk.get() {
@@ -461,6 +493,7 @@ impl Storage for MemoryStore {
             old.identity.clone(),
         )?;
         object.derived = old.derived.clone();
+        object.nothing_derived = old.nothing_derived;
         if let Some(disk) = self.disk.get() {
             disk.write(hash, &object, meta.updated());
         }

@@ -41,6 +41,10 @@ fn check_config_names_the_bad_key_and_fails() {
             "magento.design_exceptions[0].user_agent",
         ),
         ("[cache]\nmemory_bytes = 10\n", "cache.memory_bytes"),
+        (
+            "[cache]\ndisk_dir = \"/var/lib/floodgate/cache\"\ndisk_bytes = 1000\n",
+            "cache.disk_bytes",
+        ),
         // Found when what the file describes is built (Runtime::compile).
         ("[purge]\nallow = [\"not-an-ip\"]\n", "purge.allow"),
         (

@@ -101,13 +101,12 @@ async fn a_restart_comes_back_warm_without_asking_the_origin() {
             .await,
         20.0
     );
-    // Promoted: the second visit is a memory hit, not another disk read.
+    // Read twice from disk, a page goes back to memory: the third visit reads nothing.
     get(&fg.url("/p-0.html")).await;
-    assert_eq!(
-        fg.metric("floodgate_disk_lookups_total{result=\"hit\"}")
-            .await,
-        20.0
-    );
+    let disk_hits = "floodgate_disk_lookups_total{result=\"hit\"}";
+    assert_eq!(fg.metric(disk_hits).await, 21.0);
+    get(&fg.url("/p-0.html")).await;
+    assert_eq!(fg.metric(disk_hits).await, 21.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,4 +444,64 @@ async fn a_full_disk_fails_writes_not_visitors_and_loses_no_purge() {
             got.cache_debug()
         );
     }
+}
+
+/// PURGE as Magento sends it, with the headers given.
+fn purge_with(fg: &Floodgate, headers: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let mut request = client().request(
+        reqwest::Method::from_bytes(b"PURGE").expect("method"),
+        fg.url("/"),
+    );
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_all_tagged_and_everything_purges_reach_pages_only_on_disk() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/pooled.html",
+        Page::cacheable("pooled")
+            .header("x-magento-tags", "cat_p_1")
+            .header("x-pool", "pool-a"),
+    );
+    let untagged = "/echo/untagged.html?bare";
+    let dir = DiskDir::new();
+    let mut fg = Floodgate::start_with(origin.addr, with_disk(&dir)).await;
+    until_open(&fg).await;
+    for page in ["/pooled.html", "/p-2.html", untagged] {
+        assert_eq!(get(&fg.url(page)).await.cache_debug(), "MISS", "{page}");
+    }
+    until_on_disk(&fg, 3.0).await;
+    until_durable(&fg).await;
+    // Memory is empty after a crash: the purges below can only find the pages on disk.
+    fg.restart(true).await;
+    until_open(&fg).await;
+    let pool = send(purge_with(&fg, &[("x-pool", "^pool-a$")])).await;
+    assert_eq!(pool.status, 200, "{}", pool.text());
+    let all = send(purge_with(&fg, &[("x-magento-tags-pattern", ".*")])).await;
+    assert_eq!(all.status, 200, "{}", all.text());
+    fg.restart(true).await;
+    until_open(&fg).await;
+    assert_eq!(get(&fg.url("/pooled.html")).await.cache_debug(), "MISS");
+    assert_eq!(get(&fg.url("/p-2.html")).await.cache_debug(), "MISS");
+    // Magento's `.*` keeps untagged objects, on disk as in memory.
+    assert_eq!(get(&fg.url(untagged)).await.cache_debug(), "HIT");
+
+    // The emergency flush takes them too, on disk before it is answered.
+    let everything = send(
+        client()
+            .post(fg.admin_url("/purge"))
+            .header("content-type", "application/json")
+            .body(r#"{"everything": true}"#),
+    )
+    .await;
+    assert_eq!(everything.status, 200, "{}", everything.text());
+    assert_eq!(fg.metric("floodgate_disk_objects").await, 0.0);
+    fg.restart(true).await;
+    until_open(&fg).await;
+    assert_eq!(get(&fg.url(untagged)).await.cache_debug(), "MISS");
+    assert_eq!(origin.hits(untagged), 2);
 }

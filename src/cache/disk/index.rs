@@ -22,6 +22,9 @@ struct Entry {
     summary: Summary,
     /// When it was last written or read from disk (a counter, not a clock).
     used: u64,
+    /// Whether it was read from disk since it last went back to memory: the second
+    /// read of a page sends it back (see `touch`).
+    read_once: bool,
 }
 
 #[derive(Default)]
@@ -70,7 +73,14 @@ impl DiskIndex {
         }
         self.bytes += summary.size;
         self.order.insert((used, key));
-        self.entries.insert(key, Entry { summary, used });
+        self.entries.insert(
+            key,
+            Entry {
+                summary,
+                used,
+                read_once: false,
+            },
+        );
     }
 
     pub fn remove(&mut self, key: &HashBinary) -> Option<Summary> {
@@ -84,14 +94,21 @@ impl DiskIndex {
         Some(entry.summary)
     }
 
-    /// Marks `key` as just used: the last to be evicted.
-    pub fn touch(&mut self, key: &HashBinary) {
+    /// Marks `key` as just read: the last to be evicted. Whether it should go back to
+    /// memory: on its second read since it last did. A page read once from disk is
+    /// served from disk; only one that comes back earns a place in memory, so a scan
+    /// over the long tail (a crawler, every page alike) does not churn memory's hot set.
+    pub fn touch(&mut self, key: &HashBinary) -> bool {
         let now = self.tick();
-        if let Some(entry) = self.entries.get_mut(key) {
-            self.order.remove(&(entry.used, *key));
-            entry.used = now;
-            self.order.insert((now, *key));
-        }
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
+        };
+        self.order.remove(&(entry.used, *key));
+        entry.used = now;
+        self.order.insert((now, *key));
+        let promote = entry.read_once;
+        entry.read_once = !promote;
+        promote
     }
 
     pub fn clear(&mut self) {
@@ -199,7 +216,7 @@ mod tests {
         for i in 0..4u8 {
             index.insert([i; 16], summary(100, "cat_p_1"));
         }
-        index.touch(&[0; 16]);
+        assert!(!index.touch(&[0; 16]), "a first read stays on disk");
         // Order of use now: 1, 2, 3, 0. Object 1 is in memory: spared once.
         let victims = index.victims(200, |k| *k == [1; 16]);
         assert_eq!(victims, vec![[2; 16], [3; 16]]);
@@ -207,6 +224,8 @@ mod tests {
             index.remove(v);
         }
         assert_eq!(index.bytes(), 200);
+        assert!(index.touch(&[0; 16]), "a second read goes back to memory");
+        assert!(!index.touch(&[0; 16]), "and the count starts again");
         assert_eq!(
             index
                 .select(Some(&TagSelector::Tags(vec!["cat_p_1".into()])), None)

@@ -4,7 +4,8 @@
 //! One redb file (`<cache.disk_dir>/cache.redb`) with two tables keyed by the cache key's
 //! hash: the objects (sealed with a checksum, see `record`) and their summaries (what the
 //! index needs, read at start-up without reading a body). Fills reach it through a
-//! bounded queue, written in batches by one background writer, off the request path; a
+//! queue bounded in entries and bytes, written in batches by one background writer, off
+//! the request path; a
 //! memory miss reads it before the shared tier and the origin, and a disk hit is promoted
 //! to memory. Memory hits never touch it.
 //!
@@ -20,8 +21,11 @@
 //!   the purge then reads.
 //! - **Nothing partial is served.** redb commits atomically; a record is served only if
 //!   its checksum holds.
-//! - **No request waits on the disk's health.** Lookups read in the blocking pool; a tier
-//!   that is opening, failed or closed is a miss.
+//! - **A slow disk does not hold the threads that serve hits.** Reads run on the
+//!   request's thread while they take page-cache time (a copy); after one slow read
+//!   they go to the blocking pool for a while, with a timeout that makes them misses.
+//!   Writes never run on a request's thread. A tier that is opening, failed or closed
+//!   is a miss.
 
 pub mod index;
 pub mod metrics;
@@ -49,14 +53,22 @@ const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 const SUMMARIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("summaries");
 const FILE: &str = "cache.redb";
 
-/// Fills waiting to be written at most; more are dropped (counted), never waited for.
+/// Fills waiting to be written at most, and their bytes; more are dropped (counted),
+/// never waited for, so a slow disk costs neither latency nor unbounded memory.
 const QUEUE: usize = 2048;
+const QUEUE_BYTES: u64 = 64 << 20;
 /// Fills written in one transaction at most.
 const BATCH: usize = 512;
 /// How often fills written without an fsync are made durable.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How often objects past their last usable moment are swept from disk.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// A read slower than this (the page cache did not have it, or the disk is in
+/// trouble) sends reads to the blocking pool for `SLOW_READ_PENALTY`.
+const SLOW_READ: Duration = Duration::from_millis(5);
+const SLOW_READ_PENALTY: Duration = Duration::from_secs(30);
+/// A read in the blocking pool that takes longer is a miss.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long fills are dropped after the disk refused a write.
 const WRITE_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a purge waits for a tier that is still opening before it fails.
@@ -138,7 +150,12 @@ pub struct DiskTier {
     /// Held by a writer from the start of its transaction until the index shows its
     /// commit (see the invariants).
     writing: Mutex<()>,
+    /// When the tier was built, and when (ms after that) a read was last slow: 0 never.
+    born: Instant,
+    slow_read_at: std::sync::atomic::AtomicU64,
     queue: mpsc::Sender<Pending>,
+    /// Bytes of the records in `queue`.
+    queued_bytes: std::sync::atomic::AtomicU64,
     receiver: Mutex<Option<mpsc::Receiver<Pending>>>,
     metrics: DiskMetrics,
 }
@@ -164,7 +181,10 @@ impl DiskTier {
             changed: Notify::new(),
             index: Mutex::new(DiskIndex::default()),
             writing: Mutex::new(()),
+            born: Instant::now(),
+            slow_read_at: std::sync::atomic::AtomicU64::new(0),
             queue,
+            queued_bytes: std::sync::atomic::AtomicU64::new(0),
             receiver: Mutex::new(Some(receiver)),
             metrics,
         })
@@ -236,33 +256,54 @@ impl DiskTier {
             return;
         }
         let record = record::seal(object);
-        let summary = Summary::of(object, record.len() as u64);
-        if summary.size > self.max_bytes / 4 {
+        let size = record.len() as u64;
+        if size > self.max_bytes / 4 {
+            return;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.queued_bytes.fetch_add(size, Relaxed) + size > QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(size, Relaxed);
+            self.metrics.dropped.inc();
             return;
         }
         let pending = Pending::Put {
             key,
+            summary: Summary::of(object, size),
             record,
-            summary,
             started,
         };
         if self.queue.try_send(pending).is_err() {
+            self.queued_bytes.fetch_sub(size, Relaxed);
             self.metrics.dropped.inc();
         }
     }
 
-    /// The object stored on disk under `key`, if any and whole.
-    pub async fn get(&self, key: HashBinary) -> Option<StoredObject> {
+    /// `batch` left the queue: its bytes no longer count against it.
+    fn dequeued(&self, batch: &[Pending]) {
+        let bytes: u64 = batch
+            .iter()
+            .map(|p| match p {
+                Pending::Put { record, .. } => record.len() as u64,
+                Pending::Remove(_) => 0,
+            })
+            .sum();
+        self.queued_bytes
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The object stored on disk under `key`, if any and whole, and whether it has
+    /// earned a place in memory again (its second read: see `DiskIndex::touch`).
+    pub async fn get(&self, key: HashBinary) -> Option<(StoredObject, bool)> {
         let db = self.database()?;
-        {
+        let promote = {
             let mut index = self.index();
             if !index.contains(&key) {
                 self.metrics.misses.inc();
                 return None;
             }
-            index.touch(&key);
-        }
-        let read = tokio::task::spawn_blocking(move || -> Result<Read, DiskError> {
+            index.touch(&key)
+        };
+        let read = move || -> Result<Read, DiskError> {
             let txn = db.begin_read().map_err(store_error("begin a read"))?;
             let table = txn
                 .open_table(OBJECTS)
@@ -274,14 +315,30 @@ impl DiskTier {
                     record::unseal(v.value()).map_or(Read::Corrupt, |o| Read::Found(Box::new(o)))
                 }
             })
-        })
-        .await
-        .map_err(|e| DiskError::Worker(e.to_string()))
-        .and_then(|read| read);
+        };
+        let read = if self.reads_inline() {
+            // From the page cache this is a copy: cheaper than a trip to another thread.
+            let started = Instant::now();
+            let read = read();
+            if started.elapsed() > SLOW_READ {
+                self.slow_since(started);
+            }
+            read
+        } else {
+            match tokio::time::timeout(READ_TIMEOUT, tokio::task::spawn_blocking(read)).await {
+                Ok(done) => done
+                    .map_err(|e| DiskError::Worker(e.to_string()))
+                    .and_then(|read| read),
+                Err(_) => Err(DiskError::Worker(format!(
+                    "a read took longer than {} ms",
+                    READ_TIMEOUT.as_millis()
+                ))),
+            }
+        };
         match read {
             Ok(Read::Found(object)) if object.usable_until() > SystemTime::now() => {
                 self.metrics.hits.inc();
-                Some(*object)
+                Some((*object, promote))
             }
             Ok(read) => {
                 if matches!(read, Read::Corrupt) {
@@ -298,6 +355,27 @@ impl DiskTier {
                 None
             }
         }
+    }
+
+    /// Whether reads run on the request's own thread: yes while the disk answers like
+    /// a page cache; for a while after one slow read, they go to the blocking pool,
+    /// where a stuck disk holds a pool thread and a read gives up after `READ_TIMEOUT`,
+    /// not a thread that serves hits.
+    fn reads_inline(&self) -> bool {
+        let slow = self.slow_read_at.load(std::sync::atomic::Ordering::Relaxed);
+        slow == 0
+            || self.born.elapsed().as_millis() as u64 > slow + SLOW_READ_PENALTY.as_millis() as u64
+    }
+
+    fn slow_since(&self, at: Instant) {
+        let at = at.duration_since(self.born).as_millis() as u64;
+        self.slow_read_at
+            .store(at.max(1), std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            "disk tier: a read took over {} ms; reads go to the blocking pool for {} s",
+            SLOW_READ.as_millis(),
+            SLOW_READ_PENALTY.as_secs()
+        );
     }
 
     /// Removes (or with `soft`, expires) the disk objects a purge selects, durably:
@@ -791,6 +869,7 @@ impl DiskTier {
                             Err(_) => break,
                         }
                     }
+                    self.dequeued(&batch);
                     batch
                 }
                 _ = sync.tick() => {
@@ -827,6 +906,7 @@ impl DiskTier {
         while let Ok(next) = receiver.try_recv() {
             rest.push(next);
         }
+        self.dequeued(&rest);
         let in_memory = in_memory.clone();
         self.work(move |tier, db| {
             tier.write_blocking(db, rest, recent, &*in_memory)?;

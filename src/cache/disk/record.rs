@@ -1,9 +1,10 @@
 //! What the disk tier writes for one object, and reads back.
 //!
 //! Two records per object, written in one transaction:
-//! - the object: a CRC-32 of the rest, then the object in the shared tier's encoding
-//!   (`wire`). Checked on every read: a record that does not match its checksum is a
-//!   miss (and is removed), never a garbled page;
+//! - the object: a CRC-32 of the rest, a flags byte (bit 0: nothing was derived from
+//!   the body, so a read need not inflate and scan it again), then the object in the
+//!   shared tier's encoding (`wire`). Checked on every read: a record that does not
+//!   match its checksum is a miss (and is removed), never a garbled page;
 //! - its summary: until when it may be served, its size, tags and pool. Read at start-up
 //!   to rebuild the index without reading a single body.
 //!
@@ -18,26 +19,37 @@ use super::super::{wire, StoredObject, Tags};
 
 const SUMMARY_FORMAT: u8 = 1;
 
-/// An object sealed for disk: checksum, then the encoding.
+const NOTHING_DERIVED: u8 = 1;
+
+/// An object sealed for disk: checksum, flags, then the encoding.
 pub fn seal(object: &StoredObject) -> Bytes {
     let encoded = wire::encode(object);
-    let mut out = BytesMut::with_capacity(encoded.len() + 4);
-    out.put_u32(crc32fast::hash(&encoded));
+    let mut out = BytesMut::with_capacity(encoded.len() + 5);
+    out.put_u32(0);
+    out.put_u8(if object.nothing_derived {
+        NOTHING_DERIVED
+    } else {
+        0
+    });
     out.put_slice(&encoded);
+    let sum = crc32fast::hash(&out[4..]);
+    out[..4].copy_from_slice(&sum.to_be_bytes());
     out.freeze()
 }
 
 /// The object in a sealed record; `None` when the checksum or the encoding is wrong.
 pub fn unseal(record: &[u8]) -> Option<StoredObject> {
-    if record.len() < 4 {
+    if record.len() < 5 {
         return None;
     }
-    let (sum, encoded) = record.split_at(4);
+    let (sum, rest) = record.split_at(4);
     let sum = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]);
-    if crc32fast::hash(encoded) != sum {
+    if crc32fast::hash(rest) != sum {
         return None;
     }
-    wire::decode(Bytes::copy_from_slice(encoded))
+    let mut object = wire::decode(Bytes::copy_from_slice(&rest[1..]))?;
+    object.nothing_derived = rest[0] & NOTHING_DERIVED != 0;
+    Some(object)
 }
 
 /// What the index keeps of an object on disk.
