@@ -991,3 +991,27 @@ fn set_aside(path: &Path) -> Result<(), DiskError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_slow_read_sends_reads_to_the_pool_for_a_while() {
+        let registry = prometheus::Registry::new();
+        let metrics = DiskMetrics::register(&registry).expect("metrics");
+        let mut tier = DiskTier::new("/nonexistent", 1 << 30, false, metrics);
+        // A tier that has been up for a minute.
+        Arc::get_mut(&mut tier).expect("unique").born = Instant::now() - Duration::from_secs(60);
+        assert!(tier.reads_inline(), "page-cache reads run inline");
+        tier.slow_since(Instant::now());
+        assert!(!tier.reads_inline(), "after a slow read, the pool");
+        // The slow read was 60 s ago, longer than the penalty: inline again.
+        tier.slow_read_at
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            tier.reads_inline(),
+            "the penalty lasts SLOW_READ_PENALTY only"
+        );
+    }
+}
