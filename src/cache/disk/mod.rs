@@ -506,15 +506,11 @@ impl DiskTier {
         txn.set_quick_repair(true);
         let mut changed: Vec<(HashBinary, Option<Summary>)> = Vec::with_capacity(keys.len());
         {
-            let mut objects = txn
-                .open_table(OBJECTS)
-                .map_err(store_error("open the objects"))?;
-            let mut summaries = txn
-                .open_table(SUMMARIES)
-                .map_err(store_error("open the summaries"))?;
+            let mut tables = Tables::open(&txn)?;
             for key in &keys {
                 let expired = if soft {
-                    let old = objects
+                    let old = tables
+                        .objects
                         .get(&key[..])
                         .map_err(store_error("read an object to expire"))?
                         .and_then(|v| record::unseal(v.value()));
@@ -531,21 +527,11 @@ impl DiskTier {
                     Some(object) => {
                         let record = record::seal(&object);
                         let summary = Summary::of(&object, record.len() as u64);
-                        objects
-                            .insert(&key[..], &record[..])
-                            .map_err(store_error("write an expired object"))?;
-                        summaries
-                            .insert(&key[..], &summary.encode()[..])
-                            .map_err(store_error("write a summary"))?;
+                        tables.put(&key[..], &record, &summary)?;
                         changed.push((*key, Some(summary)));
                     }
                     None => {
-                        objects
-                            .remove(&key[..])
-                            .map_err(store_error("remove an object"))?;
-                        summaries
-                            .remove(&key[..])
-                            .map_err(store_error("remove a summary"))?;
+                        tables.remove(&key[..])?;
                         changed.push((*key, None));
                     }
                 }
@@ -601,12 +587,7 @@ impl DiskTier {
             .map_err(|e| DiskError::Worker(e.to_string()))?;
         let mut changed: Vec<(HashBinary, Option<Summary>)> = Vec::with_capacity(batch.len());
         {
-            let mut objects = txn
-                .open_table(OBJECTS)
-                .map_err(store_error("open the objects"))?;
-            let mut summaries = txn
-                .open_table(SUMMARIES)
-                .map_err(store_error("open the summaries"))?;
+            let mut tables = Tables::open(&txn)?;
             for pending in batch {
                 match pending {
                     Pending::Put {
@@ -619,21 +600,11 @@ impl DiskTier {
                         if recent.purged_since(&summary.tags, summary.pool.as_deref(), started) {
                             continue;
                         }
-                        objects
-                            .insert(&key[..], &record[..])
-                            .map_err(store_error("write an object"))?;
-                        summaries
-                            .insert(&key[..], &summary.encode()[..])
-                            .map_err(store_error("write a summary"))?;
+                        tables.put(&key[..], &record, &summary)?;
                         changed.push((key, Some(summary)));
                     }
                     Pending::Remove(key) => {
-                        objects
-                            .remove(&key[..])
-                            .map_err(store_error("remove an object"))?;
-                        summaries
-                            .remove(&key[..])
-                            .map_err(store_error("remove a summary"))?;
+                        tables.remove(&key[..])?;
                         changed.push((key, None));
                     }
                 }
@@ -663,19 +634,9 @@ impl DiskTier {
         txn.set_durability(Durability::None)
             .map_err(|e| DiskError::Worker(e.to_string()))?;
         {
-            let mut objects = txn
-                .open_table(OBJECTS)
-                .map_err(store_error("open the objects"))?;
-            let mut summaries = txn
-                .open_table(SUMMARIES)
-                .map_err(store_error("open the summaries"))?;
+            let mut tables = Tables::open(&txn)?;
             for key in &victims {
-                objects
-                    .remove(&key[..])
-                    .map_err(store_error("evict an object"))?;
-                summaries
-                    .remove(&key[..])
-                    .map_err(store_error("evict a summary"))?;
+                tables.remove(&key[..])?;
             }
         }
         txn.commit().map_err(store_error("commit an eviction"))?;
@@ -779,19 +740,9 @@ impl DiskTier {
                 .begin_write()
                 .map_err(store_error("begin the clean-up"))?;
             {
-                let mut objects = txn
-                    .open_table(OBJECTS)
-                    .map_err(store_error("open the objects"))?;
-                let mut summaries = txn
-                    .open_table(SUMMARIES)
-                    .map_err(store_error("open the summaries"))?;
+                let mut tables = Tables::open(&txn)?;
                 for key in &drop_keys {
-                    objects
-                        .remove(&key[..])
-                        .map_err(store_error("drop an object"))?;
-                    summaries
-                        .remove(&key[..])
-                        .map_err(store_error("drop a summary"))?;
+                    tables.remove(&key[..])?;
                 }
             }
             txn.commit().map_err(store_error("commit the clean-up"))?;
@@ -943,6 +894,46 @@ impl DiskTier {
         tracing::warn!(error = %failed, "disk tier: a write failed (those fills stay in memory only; writes pause for 10 s)");
         self.reopen(epoch).await;
         false
+    }
+}
+
+/// The two tables of one write transaction: an object and its summary always change
+/// together.
+struct Tables<'t> {
+    objects: redb::Table<'t, &'static [u8], &'static [u8]>,
+    summaries: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, DiskError> {
+        Ok(Self {
+            objects: txn
+                .open_table(OBJECTS)
+                .map_err(store_error("open the objects"))?,
+            summaries: txn
+                .open_table(SUMMARIES)
+                .map_err(store_error("open the summaries"))?,
+        })
+    }
+
+    fn put(&mut self, key: &[u8], record: &[u8], summary: &Summary) -> Result<(), DiskError> {
+        self.objects
+            .insert(key, record)
+            .map_err(store_error("write an object"))?;
+        self.summaries
+            .insert(key, &summary.encode()[..])
+            .map_err(store_error("write a summary"))?;
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<(), DiskError> {
+        self.objects
+            .remove(key)
+            .map_err(store_error("remove an object"))?;
+        self.summaries
+            .remove(key)
+            .map_err(store_error("remove a summary"))?;
+        Ok(())
     }
 }
 
