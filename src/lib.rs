@@ -16,6 +16,7 @@
 //! | `upstream` | origins, health probes, the limiter and its priority queue, shedding |
 //! | `cache` | the memory store (object, store and index, hit, miss), tags, hit-for-miss, variants, the shared tier |
 //! | `cluster` | the Redis client (one node or a cluster) |
+//! | `insights` | why the cache misses: reasons counted, bounded top lists, the last hour per second, a diagnosis |
 //! | `tls` | TLS termination: certificates by SNI, swapped by a reload |
 //! | `policy` | Magento's rules: route, key, storability, Vary, what the client gets |
 //! | `config`, `metrics` | leaves: the file format and its checks; the registry |
@@ -50,6 +51,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod esi;
+pub mod insights;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

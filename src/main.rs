@@ -114,6 +114,20 @@ enum Command {
         #[arg(long)]
         token_file: Option<String>,
     },
+    /// A live view of a running Floodgate in the terminal, refreshed every second: hit
+    /// ratio, requests by outcome, the origin against its limit, the queue, purges, the
+    /// diagnosis and the top lists (from `GET /insights`). q to quit.
+    Top {
+        /// Floodgate's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:6085")]
+        admin: String,
+        /// The admin token (server.admin_token_file), when one is configured.
+        #[arg(long)]
+        token_file: Option<String>,
+        /// Refresh interval, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
     /// Run Floodgate in front of a built-in Magento-like origin on loopback.
     Demo {
         /// Where Floodgate listens.
@@ -333,6 +347,27 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Top {
+            admin,
+            token_file,
+            interval_ms,
+        } => {
+            let token = match cli::admin::token(token_file.as_deref()) {
+                Ok(token) => token,
+                Err(e) => {
+                    eprintln!("floodgate: --token-file: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let interval = std::time::Duration::from_millis(interval_ms.max(100));
+            match cli::top::run(&admin, token.as_deref(), interval) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("floodgate: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Maintenance {
             state,
             admin,

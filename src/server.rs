@@ -23,6 +23,7 @@ use crate::cache::shared_tier::SharedTier;
 use crate::cache::{HitForMissMarks, MemoryStore, Variants};
 use crate::config::Overrides;
 use crate::esi::metrics::EsiMetrics;
+use crate::insights::{Aggregator, Insights};
 use crate::metrics::Metrics;
 use crate::proxy::metrics::RequestMetrics;
 use crate::proxy::proxy_protocol::ProxyProtocolService;
@@ -127,11 +128,19 @@ pub fn build(
         );
         server.add_service(background_service("re-warmer", warmer));
     }
+    let (insights, aggregator) = Insights::new(metrics.registry(), &config.insights)?;
+    if let Some(aggregator) = aggregator {
+        server.add_service(background_service(
+            "insights",
+            InsightsService(std::sync::Mutex::new(Some(aggregator))),
+        ));
+    }
     let purger = Arc::new(Purger::new(
         store,
         warm_queue.clone(),
         Duration::from_secs(config.warm.hot_window_secs),
         PurgeMetrics::register(metrics.registry())?,
+        insights.clone(),
     ));
     // Registered either way, so dashboards show the tier off rather than nothing.
     let disk_metrics = DiskMetrics::register(metrics.registry())?;
@@ -208,6 +217,7 @@ pub fn build(
             runtime: runtime.clone(),
             proxy_addr: loopback_for(&config.server.listen[0]),
             bus,
+            insights: insights.clone(),
         };
         let mut admin_service = Service::new("admin".to_string(), admin);
         admin_service.add_tcp(&config.server.admin_listen);
@@ -227,6 +237,7 @@ pub fn build(
         runtime,
         variants: Arc::new(Variants::default()),
         client_slots: Arc::new(ClientSlots::default()),
+        insights,
     };
     if !config.server.proxy_protocol_listen.is_empty() {
         let app = http_proxy(&server.configuration, Floodgate::new(shared.clone()));
@@ -259,6 +270,23 @@ pub fn build(
 }
 
 /// Opens the disk tier and runs its writer until shutdown.
+/// The insights' aggregator, run once (Pingora starts a background service by `&self`).
+struct InsightsService(std::sync::Mutex<Option<Aggregator>>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for InsightsService {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        let aggregator = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(aggregator) = aggregator {
+            aggregator.run(shutdown).await;
+        }
+    }
+}
+
 struct DiskService {
     disk: Arc<DiskTier>,
     store: &'static MemoryStore,

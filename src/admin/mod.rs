@@ -12,6 +12,8 @@
 //! | `GET /maintenance`, `POST /maintenance/on`, `POST /maintenance/off` | maintenance mode |
 //! | `POST /reload` | re-read the config file |
 //! | `GET /cache?url=/path` | what is stored for that URL: each variant's state (fresh, grace, stale_if_error), age, TTL left |
+//! | `GET /insights` | why the cache misses: reasons, top lists over a window, a diagnosis in words (JSON) |
+//! | `GET /` | the status page: the last hour's charts, the diagnosis and the top lists (HTML) |
 //!
 //! Every operation (all but `/metrics` and the health checks) passes `guard` first: JSON
 //! only, no cross-site browser requests, a known `Host`, and the token when configured.
@@ -21,6 +23,7 @@ mod inspect;
 pub mod metrics;
 mod operations;
 pub mod reload;
+pub mod status_page;
 
 use std::sync::Arc;
 
@@ -36,6 +39,7 @@ use reload::Reloader;
 
 use crate::cache::metrics::CacheMetrics;
 use crate::cache::MemoryStore;
+use crate::insights::Insights;
 use crate::metrics::Metrics;
 use crate::proxy::Runtime;
 use crate::purge::{PurgeBus, Purger};
@@ -61,6 +65,8 @@ pub struct Admin {
     pub(crate) proxy_addr: String,
     /// The purge bus, when nodes share Redis.
     pub(crate) bus: Option<Arc<PurgeBus>>,
+    /// What `GET /insights`, the status page and `floodgate top` show.
+    pub(crate) insights: Arc<Insights>,
 }
 
 #[async_trait]
@@ -82,6 +88,8 @@ impl ServeHttp for Admin {
             (Method::GET, "/readyz") => self.readiness().await,
             (Method::GET, "/maintenance") => self.maintenance_state(),
             (Method::GET, "/cache") => self.inspect(session.req_header().uri.query()),
+            (Method::GET, "/insights") => self.insights(),
+            (Method::GET, "/") => self.status_page(),
             (Method::POST, "/maintenance/on") => self.set_maintenance(true),
             (Method::POST, "/maintenance/off") => self.set_maintenance(false),
             (Method::POST, "/reload") => self.reload().await,
@@ -97,14 +105,14 @@ impl ServeHttp for Admin {
                 _,
                 "/metrics" | "/healthz" | "/health" | "/readyz" | "/maintenance"
                 | "/maintenance/on" | "/maintenance/off" | "/reload" | "/purge" | "/warm"
-                | "/cache",
+                | "/cache" | "/insights" | "/",
             ) => json_reply(
                 405,
                 json!({ "error": format!("wrong method for {path}: operations are POST, reads are GET") }),
             ),
             _ => json_reply(
                 404,
-                json!({ "error": format!("no {path} here: try /metrics, /healthz, /readyz, /purge, /warm, /cache, /maintenance, /reload") }),
+                json!({ "error": format!("no {path} here: try / (the status page), /insights, /metrics, /healthz, /readyz, /purge, /warm, /cache, /maintenance, /reload") }),
             ),
         }
     }
@@ -121,6 +129,33 @@ impl Admin {
         }
         self.metrics.sync_resident_memory();
         reply(200, "text/plain; version=0.0.4", self.metrics.render())
+    }
+
+    /// The report, with the health read now (the registry's gauge is set at scrapes).
+    fn report(&self) -> crate::insights::Report {
+        let mut report = self.insights.report();
+        report.now.origin_healthy = self.origins.any_healthy();
+        report.now.maintenance = self.origins.in_maintenance();
+        report
+    }
+
+    fn insights(&self) -> Response<Vec<u8>> {
+        match serde_json::to_value(self.report()) {
+            Ok(value) => json_reply(200, value),
+            Err(e) => json_reply(
+                500,
+                json!({ "error": format!("cannot write the report: {e}") }),
+            ),
+        }
+    }
+
+    fn status_page(&self) -> Response<Vec<u8>> {
+        let report = self.report();
+        let (history, mut gauges, seconds) = self.insights.history(status_page::POINTS);
+        gauges.origin_healthy = report.now.origin_healthy;
+        gauges.maintenance = report.now.maintenance;
+        let html = status_page::render(&report, &history, &gauges, seconds);
+        reply(200, "text/html; charset=utf-8", html.into_bytes())
     }
 
     async fn readiness(&self) -> Response<Vec<u8>> {

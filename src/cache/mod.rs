@@ -30,6 +30,6 @@ pub use hit_for_miss::HitForMissMarks;
 pub use identity::RequestIdentity;
 pub use object::{FetchStarted, Servable, StoredObject, VisitorFetch, PURGED_COPY_HEADER};
 pub use selector::TagSelector;
-pub use store::MemoryStore;
+pub use store::{MemoryStore, Removal};
 pub use tags::Tags;
 pub use variants::{VariantVerdict, Variants};

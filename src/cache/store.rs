@@ -43,6 +43,22 @@ use super::shared_tier::SharedTier;
 use super::tag_index::TagIndex;
 use super::{RequestIdentity, Tags};
 
+/// Removals remembered so a miss can say why its page was gone (evicted, expired,
+/// purged by which tag): the most recent ones, for at most an hour.
+const REMEMBERED_REMOVALS: u64 = 65_536;
+const REMOVALS_KEPT: Duration = Duration::from_secs(3600);
+
+/// Why an object left memory, remembered for a while (`MemoryStore::removed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// Evicted to make room.
+    Evicted,
+    /// Dropped after its TTL and keep.
+    Expired,
+    /// Removed by a purge of this tag (or `.*`, `X-Pool`, `everything`).
+    Purged(Arc<str>),
+}
+
 /// Most bytes read to derive what a copy promoted from the shared tier needs (its ESI),
 /// whose request's configuration is not known here: the default `cache.max_object_bytes`.
 const PROMOTED_MAX_INFLATED: usize = 16 << 20;
@@ -90,6 +106,8 @@ pub struct MemoryStore {
     generation: AtomicU64,
     /// Objects evicted to make room, since start.
     evictions: Arc<AtomicU64>,
+    /// Why recently removed keys left, for the misses that follow.
+    removals: moka::sync::Cache<HashBinary, Removal>,
     /// The second tier shared by the nodes in Redis, when configured.
     pub(super) shared: std::sync::OnceLock<Arc<SharedTier>>,
     /// The local disk tier, when configured: looked up before the shared tier.
@@ -107,6 +125,11 @@ impl MemoryStore {
         let pools = Arc::new(TagIndex::default());
         let evictions = Arc::new(AtomicU64::new(0));
         let counted_evictions = evictions.clone();
+        let removals = moka::sync::Cache::builder()
+            .max_capacity(REMEMBERED_REMOVALS)
+            .time_to_live(REMOVALS_KEPT)
+            .build();
+        let noted = removals.clone();
         let (tag_index, pool_index) = (tags.clone(), pools.clone());
         let objects = Cache::builder()
             .max_capacity(memory_bytes)
@@ -114,8 +137,14 @@ impl MemoryStore {
             .expire_after(ExpireWhenUnusable)
             .eviction_listener(
                 move |key: Arc<HashBinary>, object: Arc<StoredObject>, cause: RemovalCause| {
-                    if cause == RemovalCause::Size {
-                        counted_evictions.fetch_add(1, Ordering::Relaxed);
+                    match cause {
+                        RemovalCause::Size => {
+                            counted_evictions.fetch_add(1, Ordering::Relaxed);
+                            noted.insert(*key, Removal::Evicted);
+                        }
+                        RemovalCause::Expired => noted.insert(*key, Removal::Expired),
+                        // A purge notes itself, with its tag (`note_purged`).
+                        RemovalCause::Explicit | RemovalCause::Replaced => {}
                     }
                     tag_index.remove(&key, object.generation, object.tags.iter());
                     if let Some(pool) = &object.pool {
@@ -129,6 +158,7 @@ impl MemoryStore {
             tags,
             pools,
             evictions,
+            removals,
             shared: std::sync::OnceLock::new(),
             disk: std::sync::OnceLock::new(),
             recent_purges: RecentPurges::new(longest_fetch),
@@ -191,6 +221,8 @@ impl MemoryStore {
 
     /// The one way in: indexes the object's tags and pool, then stores it.
     pub(super) async fn put(&self, key: HashBinary, mut object: StoredObject) {
+        // Stored again: an earlier removal no longer explains a miss.
+        self.removals.invalidate(&key);
         object.generation = self.generation.fetch_add(1, Ordering::Relaxed);
         self.tags.insert(key, object.generation, object.tags.iter());
         if let Some(pool) = &object.pool {
@@ -198,6 +230,18 @@ impl MemoryStore {
                 .insert(key, object.generation, std::iter::once(&**pool));
         }
         self.objects.insert(key, Arc::new(object)).await;
+    }
+
+    /// Why `key` left memory, if it did lately: a miss's reason.
+    pub fn removed(&self, key: &HashBinary) -> Option<Removal> {
+        self.removals.get(key)
+    }
+
+    /// `keys` are being purged by `by` (a tag, `.*`, a pool): their next miss says so.
+    pub fn note_purged(&self, keys: &[HashBinary], by: &Arc<str>) {
+        for key in keys {
+            self.removals.insert(*key, Removal::Purged(by.clone()));
+        }
     }
 
     /// Objects carrying any of `tags`, each once.

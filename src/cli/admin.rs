@@ -60,7 +60,10 @@ pub fn token(file: Option<&str>) -> anyhow::Result<Option<String>> {
         .map_err(anyhow::Error::from)
 }
 
-fn authorized(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+pub(crate) fn authorized(
+    request: reqwest::RequestBuilder,
+    token: Option<&str>,
+) -> reqwest::RequestBuilder {
     match token {
         Some(token) => request.bearer_auth(token),
         None => request,

@@ -1,11 +1,12 @@
 //! The operator's commands that talk to a running Floodgate: `floodgate purge` (as
 //! Magento does, with PURGE, or through the admin API: `admin`), `floodgate warm` and
-//! `floodgate maintenance`.
+//! `floodgate maintenance`, and `floodgate top`, the live view.
 //!
 //! Invariant: the top of the dependency order, beside the binary. It speaks HTTP to a
 //! running process and holds no state of its own; nothing in the library imports it.
 
 pub mod admin;
+pub mod top;
 
 use std::time::Duration;
 

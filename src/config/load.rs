@@ -98,6 +98,30 @@ impl Config {
                 "must be at most 63072000 (two years)",
             ));
         }
+        let insights = &self.insights;
+        if !(10..=86_400).contains(&insights.window_secs) {
+            return Err(invalid(
+                "insights.window_secs",
+                "must be between 10 and 86400 seconds",
+            ));
+        }
+        // A newcomer to a full list replaces its least counted key, found by a scan:
+        // beyond 10,000 keys that scan costs more than the list is worth.
+        if !(10..=10_000).contains(&insights.tracked) {
+            return Err(invalid("insights.tracked", "must be between 10 and 10000"));
+        }
+        if insights.shown == 0 || insights.shown > insights.tracked {
+            return Err(invalid(
+                "insights.shown",
+                "must be at least 1 and at most insights.tracked",
+            ));
+        }
+        if !(60..=86_400).contains(&insights.history_secs) {
+            return Err(invalid(
+                "insights.history_secs",
+                "must be between 60 and 86400 seconds",
+            ));
+        }
         if self.origin.addresses.is_empty() {
             return Err(invalid("origin.addresses", "at least one origin is needed"));
         }

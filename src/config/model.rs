@@ -22,6 +22,7 @@ pub struct Config {
     pub redis: RedisSection,
     pub esi: EsiSection,
     pub tls: TlsSection,
+    pub insights: InsightsSection,
 }
 
 impl Config {
@@ -68,12 +69,45 @@ impl Config {
         {
             changed.push("cache.disk_dir/cache.disk_bytes");
         }
+        if old.insights != new.insights {
+            changed.push("insights");
+        }
         if old.cache.uncacheable_ttl_secs != new.cache.uncacheable_ttl_secs
             || old.cache.private_uncacheable_ttl_secs != new.cache.private_uncacheable_ttl_secs
         {
             changed.push("cache.*uncacheable_ttl_secs");
         }
         changed
+    }
+}
+
+/// Why the cache misses: the reasons and top lists behind `GET /insights`, the status
+/// page and `floodgate top`. Bounded memory whatever the traffic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InsightsSection {
+    /// Keep the top lists and the per-second history (the reason counters in `/metrics`
+    /// are kept either way).
+    pub enabled: bool,
+    /// The sliding window the top lists cover, seconds.
+    pub window_secs: u64,
+    /// Entries tracked per top list (paths, tags); memory is bounded by this.
+    pub tracked: usize,
+    /// Entries each list shows.
+    pub shown: usize,
+    /// Seconds of per-second samples kept for the status page's charts.
+    pub history_secs: usize,
+}
+
+impl Default for InsightsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_secs: 600,
+            tracked: 500,
+            shown: 20,
+            history_secs: 3600,
+        }
     }
 }
 

@@ -27,6 +27,29 @@ pub enum PassReason {
     ConfiguredPattern,
 }
 
+impl PassReason {
+    pub const ALL: [PassReason; 6] = [
+        PassReason::Method,
+        PassReason::CustomerOrCheckout,
+        PassReason::HealthCheck,
+        PassReason::StaticOrMedia,
+        PassReason::AuthenticatedGraphql,
+        PassReason::ConfiguredPattern,
+    ];
+
+    /// The `reason` of `floodgate_outcome_reasons_total{outcome="pass"}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            PassReason::Method => "method",
+            PassReason::CustomerOrCheckout => "customer_or_checkout",
+            PassReason::HealthCheck => "health_check",
+            PassReason::StaticOrMedia => "static_or_media",
+            PassReason::AuthenticatedGraphql => "authenticated_graphql",
+            PassReason::ConfiguredPattern => "configured_pattern",
+        }
+    }
+}
+
 const STANDARD_METHODS: &[&str] = &[
     "GET", "HEAD", "PUT", "POST", "PATCH", "TRACE", "OPTIONS", "DELETE",
 ];

@@ -25,7 +25,55 @@ pub enum Storability {
     },
     HitForMiss(HitForMiss),
     /// Not stored under this key, with no mark: the next request tries again.
-    NotStored(&'static str),
+    NotStored(NotCached),
+}
+
+/// Why a response to a lookup was not stored, in the operator's terms: the `reason` of
+/// `floodgate_outcome_reasons_total{outcome="uncacheable"}` and of the insights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotCached {
+    /// 403/404/5xx, or a status a shared cache does not store (400, 401, 405 …).
+    Status,
+    /// `Cache-Control: private` (a layout block with `cacheable="false"`, in Magento).
+    Private,
+    /// `no-cache`/`no-store` (or `Surrogate-Control: no-store`).
+    NoStore,
+    /// A TTL of 0 or less: `max-age=0`, an `Expires` in the past.
+    ZeroTtl,
+    /// `Vary: *`, or a `Vary` on the visitor's credentials.
+    Vary,
+    /// The page sets `X-Magento-Vary` for a request that did not carry it.
+    SetsVaryCookie,
+    /// A GraphQL answer whose `X-Magento-Cache-Id` is not the request's.
+    GraphqlIdMismatch,
+    /// The page's `Vary` changed, or it has `cache.max_variants` variants already.
+    Variants,
+}
+
+impl NotCached {
+    pub const ALL: [NotCached; 8] = [
+        NotCached::Status,
+        NotCached::Private,
+        NotCached::NoStore,
+        NotCached::ZeroTtl,
+        NotCached::Vary,
+        NotCached::SetsVaryCookie,
+        NotCached::GraphqlIdMismatch,
+        NotCached::Variants,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            NotCached::Status => "status",
+            NotCached::Private => "private",
+            NotCached::NoStore => "no_store",
+            NotCached::ZeroTtl => "ttl_zero",
+            NotCached::Vary => "vary",
+            NotCached::SetsVaryCookie => "sets_vary_cookie",
+            NotCached::GraphqlIdMismatch => "graphql_id_mismatch",
+            NotCached::Variants => "variants",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +81,8 @@ pub struct Decision {
     pub storability: Storability,
     /// Cacheable GET/HEAD responses never set cookies for whoever happens to be first.
     pub strip_set_cookie: bool,
+    /// Why it is not stored (`None` when it is).
+    pub why: Option<NotCached>,
 }
 
 /// Decides for a response to a `Route::Lookup` request.
@@ -43,13 +93,14 @@ pub fn decide(
     default_ttl: Duration,
     now: SystemTime,
 ) -> Decision {
-    let keep_cookies = |kind| Decision {
+    let keep_cookies = |kind, why| Decision {
         storability: Storability::HitForMiss(kind),
         strip_set_cookie: false,
+        why: Some(why),
     };
     let code = status.as_u16();
     if code == 403 || code == 404 || code >= 500 {
-        return keep_cookies(HitForMiss::Uncacheable);
+        return keep_cookies(HitForMiss::Uncacheable, NotCached::Status);
     }
     let cc = CacheControl::from_headers_named("cache-control", headers);
     // Varnish gives a TTL only to what a shared cache may store by default; anything
@@ -61,10 +112,10 @@ pub fn decide(
     let storable_status = matches!(code, 200 | 203 | 204 | 300 | 301 | 304 | 410 | 414)
         || (matches!(code, 302 | 307) && grants_ttl);
     if !storable_status {
-        return keep_cookies(HitForMiss::Uncacheable);
+        return keep_cookies(HitForMiss::Uncacheable, NotCached::Status);
     }
     if cc.as_ref().is_some_and(|cc| cc.private()) {
-        return keep_cookies(HitForMiss::Private);
+        return keep_cookies(HitForMiss::Private, NotCached::Private);
     }
     let surrogate = CacheControl::from_headers_named("surrogate-control", headers);
     let no_store = match &surrogate {
@@ -77,26 +128,37 @@ pub fn decide(
             .any(|p| p.trim_ascii() == b"*")
     });
     let ttl = ttl(cc.as_ref(), headers, default_ttl, now);
-    let Some(ttl) = ttl.filter(|_| !no_store && !vary_star) else {
-        return keep_cookies(HitForMiss::Uncacheable);
+    if no_store {
+        return keep_cookies(HitForMiss::Uncacheable, NotCached::NoStore);
+    }
+    if vary_star {
+        return keep_cookies(HitForMiss::Uncacheable, NotCached::Vary);
+    }
+    let Some(ttl) = ttl else {
+        return keep_cookies(HitForMiss::Uncacheable, NotCached::ZeroTtl);
     };
     let storability = if !variant.is_graphql_with_cache_id()
         && variant.vary_cookie.is_none()
         && sets_cookie(headers, "X-Magento-Vary")
     {
         // The page was rendered for a context the key does not know yet.
-        Storability::NotStored("sets X-Magento-Vary")
+        Storability::NotStored(NotCached::SetsVaryCookie)
     } else if variant.graphql_cache_id.is_some()
         && headers.get("x-magento-cache-id").map(|v| v.as_bytes())
             != variant.graphql_cache_id.as_deref().map(str::as_bytes)
     {
-        Storability::NotStored("X-Magento-Cache-Id mismatch")
+        Storability::NotStored(NotCached::GraphqlIdMismatch)
     } else {
         Storability::Store { ttl }
+    };
+    let why = match storability {
+        Storability::NotStored(why) => Some(why),
+        _ => None,
     };
     Decision {
         storability,
         strip_set_cookie: true,
+        why,
     }
 }
 
@@ -220,6 +282,36 @@ mod tests {
     }
 
     #[test]
+    fn every_unstored_answer_says_why() {
+        let why = |status, pairs: &[(&str, &str)]| d(status, pairs).why;
+        assert_eq!(why(200, &[]), None);
+        assert_eq!(why(404, &[]), Some(NotCached::Status));
+        assert_eq!(why(401, &[]), Some(NotCached::Status));
+        assert_eq!(
+            why(200, &[("cache-control", "private, max-age=60")]),
+            Some(NotCached::Private)
+        );
+        assert_eq!(
+            why(200, &[("cache-control", "no-store")]),
+            Some(NotCached::NoStore)
+        );
+        assert_eq!(
+            why(200, &[("cache-control", "no-cache, max-age=60")]),
+            Some(NotCached::NoStore)
+        );
+        assert_eq!(
+            why(200, &[("cache-control", "max-age=0")]),
+            Some(NotCached::ZeroTtl)
+        );
+        assert_eq!(why(200, &[("expires", "-1")]), Some(NotCached::ZeroTtl));
+        assert_eq!(why(200, &[("vary", "*")]), Some(NotCached::Vary));
+        assert_eq!(
+            why(200, &[("set-cookie", "X-Magento-Vary=abc; path=/")]),
+            Some(NotCached::SetsVaryCookie)
+        );
+    }
+
+    #[test]
     fn error_statuses_are_hit_for_miss() {
         for status in [403, 404, 500, 503] {
             assert_eq!(
@@ -301,7 +393,7 @@ mod tests {
         );
         assert_eq!(
             dec.storability,
-            Storability::NotStored("sets X-Magento-Vary")
+            Storability::NotStored(NotCached::SetsVaryCookie)
         );
         assert!(dec.strip_set_cookie);
         let with_cookie = Variant {
@@ -325,7 +417,7 @@ mod tests {
         ));
         assert_eq!(
             decide_with(200, &[("x-magento-cache-id", "c2")], &v).storability,
-            Storability::NotStored("X-Magento-Cache-Id mismatch")
+            Storability::NotStored(NotCached::GraphqlIdMismatch)
         );
     }
 }

@@ -10,7 +10,9 @@ use pingora::proxy::Session;
 
 use super::metrics::Outcome;
 use super::{Floodgate, RequestCtx};
+use crate::cache::Removal;
 use crate::esi::Role;
+use crate::insights::{MissReason, Request, Why};
 use crate::policy::route::Route;
 
 impl Floodgate {
@@ -27,6 +29,44 @@ impl Floodgate {
                 _ if ctx.uncacheable => Outcome::Uncacheable,
                 _ => Outcome::Miss,
             },
+        }
+    }
+
+    /// Why a request was not a hit, for the insights (nothing to do for a hit: the hit
+    /// path stays as it was).
+    fn explain(&self, outcome: Outcome, ctx: &RequestCtx) {
+        let (why, purged_by) = match (outcome, ctx.route) {
+            (Outcome::Miss, _) => {
+                let (reason, by) = self.miss_reason(ctx);
+                (Why::Miss(reason), by)
+            }
+            (Outcome::Uncacheable, _) => match ctx.not_cached {
+                Some(reason) => (Why::Uncacheable(reason), None),
+                None => return,
+            },
+            (Outcome::Pass, Route::Pass(reason)) => (Why::Pass(reason), None),
+            _ => return,
+        };
+        self.insights.request(Request {
+            url: ctx.url.clone(),
+            why,
+            origin: ctx.origin_time,
+            purged_by,
+        });
+    }
+
+    /// Why a lookup missed: the mark first (it skips the cache), then what the store
+    /// remembers of the page's removal, then an expired copy found, else cold.
+    fn miss_reason(&self, ctx: &RequestCtx) -> (MissReason, Option<std::sync::Arc<str>>) {
+        if ctx.marked {
+            return (MissReason::HitForMiss, None);
+        }
+        match &ctx.removal {
+            Some(Removal::Purged(by)) => (MissReason::Purged, Some(by.clone())),
+            _ if ctx.found_expired => (MissReason::Expired, None),
+            Some(Removal::Evicted) => (MissReason::Evicted, None),
+            Some(Removal::Expired) => (MissReason::Expired, None),
+            None => (MissReason::Cold, None),
         }
     }
 
@@ -78,6 +118,7 @@ impl Floodgate {
         } else {
             let outcome = self.outcome(session, ctx);
             self.requests.request(outcome, status);
+            self.explain(outcome, ctx);
             if let (Outcome::Hit, Some(waited)) = (outcome, session.cache.lock_duration()) {
                 self.requests.coalesced(waited);
             }

@@ -7,11 +7,11 @@ use pingora::cache::key::HashBinary;
 
 use super::runtime::Runtime;
 use crate::cache::variants::VarySpec;
-use crate::cache::Tags;
+use crate::cache::{Removal, Tags};
 use crate::esi::Role;
 use crate::policy::key::Variant;
 use crate::policy::route::Route;
-use crate::policy::storability::Decision;
+use crate::policy::storability::{Decision, NotCached};
 use crate::upstream::limiter::Permit;
 use crate::upstream::{ClassId, ClientPermit, Shed, StaleReason};
 
@@ -28,6 +28,14 @@ pub struct RequestCtx {
     pub tags: Tags,
     /// The response was (or would have been) refused by the cache.
     pub uncacheable: bool,
+    /// Why the response was not stored, when it was not.
+    pub not_cached: Option<NotCached>,
+    /// The key was marked hit-for-miss when the request arrived.
+    pub marked: bool,
+    /// The lookup found a copy too old to serve: a miss then is an expired one.
+    pub found_expired: bool,
+    /// Why the page was not in memory when the lookup missed, if the store knows.
+    pub removal: Option<Removal>,
     /// When the request left for the origin, for the upstream latency histogram.
     pub upstream_sent: Option<Instant>,
     /// The same moment as wall-clock time: purges after it make the response unstorable.
@@ -85,6 +93,10 @@ impl RequestCtx {
             decision: None,
             tags: Tags::default(),
             uncacheable: false,
+            not_cached: None,
+            marked: false,
+            found_expired: false,
+            removal: None,
             upstream_sent: None,
             fetch_started: None,
             origin_time: None,

@@ -119,6 +119,7 @@ impl ProxyHttp for Floodgate {
         // The key is needed now: a key marked hit-for-miss takes no lock.
         let key = self.key_for(session, ctx);
         let marked = self.marks.is_marked(&key.primary_bin());
+        ctx.marked = marked;
         ctx.cache_key = Some(key);
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(Duration::from_secs(ctx.rt.config.cache.coalesce_wait_secs));
@@ -148,6 +149,15 @@ impl ProxyHttp for Floodgate {
         })
     }
 
+    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        // Asked before the fill stores the page again: why it was not there (a miss
+        // only, never on a hit).
+        if ctx.removal.is_none() {
+            ctx.removal = ctx.key.and_then(|key| self.store.removed(&key));
+        }
+        session.cache.cache_miss();
+    }
+
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
@@ -169,6 +179,7 @@ impl ProxyHttp for Floodgate {
         if is_fresh {
             return Ok(None);
         }
+        ctx.found_expired = true;
         if matches!(
             ctx.esi_role,
             Some(Role::Page {

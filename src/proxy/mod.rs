@@ -41,6 +41,7 @@ use arc_swap::ArcSwap;
 
 use crate::cache::{HitForMissMarks, MemoryStore, Variants};
 use crate::esi::metrics::EsiMetrics;
+use crate::insights::Insights;
 use crate::purge::Purger;
 use crate::upstream::{ClientSlots, Origins, ShedFanout};
 use metrics::RequestMetrics;
@@ -62,6 +63,7 @@ pub struct Floodgate {
     shed_fanout: ShedFanout,
     variants: Arc<Variants>,
     client_slots: Arc<ClientSlots>,
+    insights: Arc<Insights>,
 }
 
 /// The parts the proxy shares with the rest of the process, built once in `server`.
@@ -81,6 +83,8 @@ pub struct Shared {
     pub variants: Arc<Variants>,
     /// Origin slots held per client address.
     pub client_slots: Arc<ClientSlots>,
+    /// Why requests were not hits: counted, and fed to the top lists.
+    pub insights: Arc<Insights>,
 }
 
 impl Floodgate {
@@ -97,6 +101,7 @@ impl Floodgate {
             purger: shared.purger,
             variants: shared.variants,
             client_slots: shared.client_slots,
+            insights: shared.insights,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::esi::{self};
 use crate::policy::delivery::{CacheDebug, Grace};
 use crate::policy::route::Route;
 use crate::policy::storability::HitForMiss;
-use crate::policy::storability::{decide, Decision, Storability};
+use crate::policy::storability::{decide, Decision, NotCached, Storability};
 use crate::policy::vary::{self, Vary};
 use crate::upstream::StaleReason;
 use crate::warm::worker::WARM_HEADER;
@@ -42,6 +42,7 @@ impl Floodgate {
                 return Decision {
                     storability: Storability::HitForMiss(HitForMiss::Uncacheable),
                     strip_set_cookie: false,
+                    why: Some(NotCached::Vary),
                 }
             }
             Vary::Nothing => Vec::new(),
@@ -51,17 +52,17 @@ impl Floodgate {
             return decision;
         };
         let max = ctx.rt.config.cache.max_variants;
-        let reason = match self
+        match self
             .variants
             .settle(page, ctx.vary.as_ref(), &names, key, max)
         {
-            VariantVerdict::Store => return decision,
-            VariantVerdict::Relearnt => "Vary learnt",
-            VariantVerdict::TooMany => "cache.max_variants reached",
-        };
-        Decision {
-            storability: Storability::NotStored(reason),
-            strip_set_cookie: decision.strip_set_cookie,
+            VariantVerdict::Store => decision,
+            // The page's Vary was learnt just now, or it has too many variants already.
+            VariantVerdict::Relearnt | VariantVerdict::TooMany => Decision {
+                storability: Storability::NotStored(NotCached::Variants),
+                strip_set_cookie: decision.strip_set_cookie,
+                why: Some(NotCached::Variants),
+            },
         }
     }
 
@@ -74,17 +75,20 @@ impl Floodgate {
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
         // A 304 revalidation arrives here with the stored header merged in, undecided.
-        let decision = ctx.decision.take().unwrap_or_else(|| Decision {
-            storability: decide(
+        let decision = ctx.decision.take().unwrap_or_else(|| {
+            let decided = decide(
                 resp.status,
                 &resp.headers,
                 &ctx.variant,
                 Duration::from_secs(ctx.rt.config.cache.default_ttl_secs),
                 SystemTime::now(),
-            )
-            .storability,
-            strip_set_cookie: false,
+            );
+            Decision {
+                strip_set_cookie: false,
+                ..decided
+            }
         });
+        ctx.not_cached = decision.why;
         match decision.storability {
             Storability::Store { ttl } => {
                 let now = SystemTime::now();

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::cache::disk::DiskError;
 use crate::cache::shared_tier::{SharedError, SharedTier};
 use crate::cache::MemoryStore;
+use crate::insights::Insights;
 use crate::warm::WarmQueue;
+use pingora::cache::key::HashBinary;
 
 pub use acl::PurgeAcl;
 pub use bus::{PurgeBus, PurgeMessage};
@@ -73,6 +75,9 @@ pub struct PurgeReport {
     pub took: Duration,
 }
 
+/// Tags of one purge told to the insights at most (a pattern can match thousands).
+const MAX_TAGS_REPORTED: usize = 1000;
+
 pub struct Purger {
     store: &'static MemoryStore,
     warm: Option<Arc<WarmQueue>>,
@@ -83,6 +88,8 @@ pub struct Purger {
     /// The shared tier in Redis, whose copies purges remove too.
     shared: OnceLock<Arc<SharedTier>>,
     metrics: PurgeMetrics,
+    /// Told which tags were purged and how many objects each selected.
+    insights: Arc<Insights>,
 }
 
 impl Purger {
@@ -91,6 +98,7 @@ impl Purger {
         warm: Option<Arc<WarmQueue>>,
         hot_window: Duration,
         metrics: PurgeMetrics,
+        insights: Arc<Insights>,
     ) -> Self {
         Self {
             store,
@@ -99,6 +107,7 @@ impl Purger {
             bus: OnceLock::new(),
             shared: OnceLock::new(),
             metrics,
+            insights,
         }
     }
 
@@ -204,6 +213,8 @@ impl Purger {
             }
         }
         tracing::warn!(objects, "every cached object was flushed");
+        self.insights
+            .purged(vec![("(everything)".to_string(), objects)]);
         Ok(PurgeReport {
             objects: objects as usize,
             tags: 0,
@@ -229,35 +240,56 @@ impl Purger {
         let recent = self.store.recent_purges();
         // Recorded before the objects are collected: a fetch that lands in between is
         // then refused by the store instead of slipping past both.
-        let mut keys = Vec::new();
         let mut tag_count = 0;
+        // What each tag (or `.*`, or the pool) selected: the insights count it, and the
+        // misses that follow name it.
+        let mut selected: Vec<(Arc<str>, Vec<HashBinary>)> = Vec::new();
+        let mut per_tag = |tags: &[String]| {
+            for tag in tags {
+                selected.push((Arc::from(tag.as_str()), self.store.tagged(&[tag.as_str()])));
+            }
+        };
         match &selector {
             Some(Selector::Tags(tags)) => {
                 tag_count = tags.len();
                 recent.tags(tags.iter().map(String::as_str), now);
-                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-                keys.extend(self.store.tagged(&tags));
+                per_tag(tags);
             }
             Some(Selector::AllTagged) => {
                 recent.all_tagged(now);
-                keys.extend(self.store.all_tagged());
+                selected.push((Arc::from(".*"), self.store.all_tagged()));
             }
             Some(Selector::Pattern(re)) => {
                 recent.pattern(re.clone(), now);
                 let tags = self.store.tags_matching(re);
                 tag_count = tags.len();
-                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-                keys.extend(self.store.tagged(&tags));
+                per_tag(&tags);
             }
             None => {}
         }
         if let Some(pool) = &pool {
             recent.pool(pool.clone(), now);
-            keys.extend(self.store.pooled(pool));
+            let by = format!("X-Pool: {}", pool_pattern.unwrap_or_default());
+            selected.push((Arc::from(by.as_str()), self.store.pooled(pool)));
         }
+        let mut keys: Vec<HashBinary> = selected
+            .iter()
+            .flat_map(|(_, keys)| keys.iter().copied())
+            .collect();
         keys.sort_unstable();
         keys.dedup();
         let invalidated = self.store.invalidate(&keys, soft).await;
+        // After the invalidation, which re-stores kept and soft-purged copies.
+        for (by, keys) in &selected {
+            self.store.note_purged(keys, by);
+        }
+        self.insights.purged(
+            selected
+                .iter()
+                .take(MAX_TAGS_REPORTED)
+                .map(|(by, keys)| (by.to_string(), keys.len() as u64))
+                .collect(),
+        );
         // On disk before the answer: a crash after it cannot bring a purged page back.
         let on_disk = match self.store.disk() {
             Some(disk) => disk.purge(selector.as_ref(), pool.as_ref(), soft).await?,

@@ -16,6 +16,7 @@ mod disk;
 mod esi;
 mod faults;
 mod hostile;
+mod insights;
 mod limits;
 mod metrics;
 mod packaging;

@@ -19,6 +19,7 @@ pub struct Settings {
     pub redis: Vec<String>,
     pub esi: Vec<String>,
     pub tls: Vec<String>,
+    pub insights: Vec<String>,
 }
 
 impl Settings {
@@ -67,6 +68,11 @@ impl Settings {
         self.log.push(line.into());
         self
     }
+    /// `[insights]` lines.
+    pub fn insights(mut self, line: &str) -> Self {
+        self.insights.push(line.into());
+        self
+    }
     /// `[limits]` comes last, so `[[limits.class]]` tables may follow its keys.
     pub fn limits(mut self, line: &str) -> Self {
         self.limits.push(line.into());
@@ -92,7 +98,7 @@ fn config_text(
     format!(
         "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n{}\n\n\
          [origin]\naddresses = [{origins}]\n{}\n\n\
-         [log]\n{}\n\n[redis]\n{}\n\n[esi]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[tls]\n{}\n\n[limits]\n{}\n",
+         [log]\n{}\n\n[redis]\n{}\n\n[esi]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[tls]\n{}\n\n[insights]\n{}\n\n[limits]\n{}\n",
         settings.server.join("\n"),
         {
             // Fast probes unless a test sets its own interval.
@@ -110,6 +116,7 @@ fn config_text(
         settings.purge.join("\n"),
         settings.warm.join("\n"),
         settings.tls.join("\n"),
+        settings.insights.join("\n"),
         settings.limits.join("\n"),
         dir = dir.display(),
     )
