@@ -487,6 +487,17 @@ async fn an_admin_token_is_required_when_configured() {
         200
     );
     assert_eq!(get(&fg.admin_url("/metrics")).await.status, 200);
+    // The insights name the shop's URLs and tags: reads, but not open ones.
+    for path in ["/insights", "/"] {
+        assert_eq!(get(&fg.admin_url(path)).await.status, 401, "{path}");
+        let with = send(
+            client()
+                .get(fg.admin_url(path))
+                .bearer_auth("s3cret-token-0123456789"),
+        )
+        .await;
+        assert_eq!(with.status, 200, "{path}");
+    }
     // The CLI sends it from --token-file.
     let token = token_file.display().to_string();
     let cli = floodgate_cli(&[

@@ -268,6 +268,59 @@ async fn the_window_forgets_and_paths_from_visitors_are_escaped_on_the_status_pa
     );
 }
 
+#[tokio::test]
+async fn misses_of_evicted_and_expired_pages_say_so() {
+    let origin = Origin::start().await;
+    // 1 MiB of memory for 40 pages of 100 KB (not compressible): most are evicted.
+    let fg = Floodgate::start_with(
+        origin.addr,
+        Settings::default()
+            .cache("memory_bytes = 1048576")
+            .cache("max_object_bytes = 262144")
+            .cache("grace_secs = 0")
+            .cache("store_gzip = false")
+            .warm("enabled = false"),
+    )
+    .await;
+    let noise: String = (0..100_000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    for i in 0..40 {
+        origin.set(&format!("/big-{i}.html"), Page::cacheable(noise.clone()));
+        get(&fg.url(&format!("/big-{i}.html"))).await;
+    }
+    let evicted = until(LIMIT, || async {
+        fg.metric("floodgate_cache_evictions_total").await >= 20.0
+    })
+    .await;
+    assert!(evicted, "memory_bytes did not evict");
+    let m = |reason: &str| {
+        format!("floodgate_outcome_reasons_total{{outcome=\"miss\",reason=\"{reason}\"}}")
+    };
+    assert_eq!(fg.metric(&m("cold")).await, 40.0);
+    let mut misses = 0;
+    for i in 0..40 {
+        if get(&fg.url(&format!("/big-{i}.html"))).await.cache_debug() == "MISS" {
+            misses += 1;
+        }
+    }
+    assert!(misses >= 20, "{misses} misses");
+    assert_eq!(
+        fg.metric(&m("evicted")).await,
+        f64::from(misses),
+        "every second miss was an evicted page"
+    );
+    assert_eq!(fg.metric(&m("cold")).await, 40.0);
+
+    // A page past its TTL (no grace): its miss is an expired one.
+    origin.set("/short.html", Page::cacheable("short").ttl(1));
+    assert_eq!(get(&fg.url("/short.html")).await.cache_debug(), "MISS");
+    fg.until_expired("/short.html").await;
+    assert_eq!(get(&fg.url("/short.html")).await.cache_debug(), "MISS");
+    assert_eq!(fg.metric(&m("expired")).await, 1.0);
+    assert_eq!(fg.metric(&m("cold")).await, 41.0);
+}
+
 /// Counts the pixels of the screenshot within `tolerance` of `rgb`.
 fn pixels_near(png_file: &std::path::Path, rgb: [u8; 3], tolerance: u8) -> usize {
     let decoder = png::Decoder::new(std::fs::File::open(png_file).expect("screenshot"));
@@ -438,6 +491,32 @@ async fn floodgate_top_shows_the_live_view_in_a_terminal() {
     }
     let refreshed = until(LIMIT, || async { screen().contains("/fresh-arrival.html") }).await;
     assert!(refreshed, "no refresh:\n{}", screen());
+    // A Floodgate it cannot reach is said so, and retried, not a crash.
+    let lost = format!("{session}-lost");
+    let nowhere = format!(
+        "{} top --admin http://127.0.0.1:9",
+        env!("CARGO_BIN_EXE_floodgate")
+    );
+    assert!(tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &lost,
+        "-x",
+        "120",
+        "-y",
+        "20",
+        &nowhere
+    ])
+    .status
+    .success());
+    let said = until(LIMIT, || async {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &lost]).stdout)
+            .contains("cannot reach Floodgate's admin listener")
+    })
+    .await;
+    tmux(&["kill-session", "-t", &lost]);
+    assert!(said, "no word about the unreachable admin listener");
     // q gives the terminal back and ends the program.
     tmux(&["send-keys", "-t", &session, "q"]);
     let ended = until(LIMIT, || async {

@@ -98,7 +98,7 @@ fn config_text(
     format!(
         "[server]\nlisten = [\"{addr}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\nruntime_dir = \"{dir}\"\n{}\n\n\
          [origin]\naddresses = [{origins}]\n{}\n\n\
-         [log]\n{}\n\n[redis]\n{}\n\n[esi]\n{}\n\n[cache]\nmemory_bytes = 268435456\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[tls]\n{}\n\n[insights]\n{}\n\n[limits]\n{}\n",
+         [log]\n{}\n\n[redis]\n{}\n\n[esi]\n{}\n\n[cache]\n{}\n\n[magento]\n{}\n\n[purge]\n{}\n\n[warm]\n{}\n\n[tls]\n{}\n\n[insights]\n{}\n\n[limits]\n{}\n",
         settings.server.join("\n"),
         {
             // Fast probes unless a test sets its own interval.
@@ -111,7 +111,14 @@ fn config_text(
         settings.log.join("\n"),
         settings.redis.join("\n"),
         settings.esi.join("\n"),
-        settings.cache.join("\n"),
+        {
+            // 256 MiB unless the test sets its own.
+            let mut cache = settings.cache.clone();
+            if !cache.iter().any(|l| l.starts_with("memory_bytes")) {
+                cache.push("memory_bytes = 268435456".into());
+            }
+            cache.join("\n")
+        },
         settings.magento.join("\n"),
         settings.purge.join("\n"),
         settings.warm.join("\n"),
