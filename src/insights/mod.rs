@@ -352,8 +352,15 @@ impl Insights {
         let miss_labels = MissReason::ALL.map(MissReason::label);
         let uncacheable_labels = NotCached::ALL.map(NotCached::label);
         let pass_labels = PassReason::ALL.map(PassReason::label);
+        // The most frequent reason; on a tie the later one in declaration order, which is
+        // the more telling (a page missed once cold and once after a purge: purged).
         let main = |labels: &[&'static str], counts: &[u64]| -> &'static str {
-            named(labels, counts).first().map_or("", |(l, _)| *l)
+            labels
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| **n > 0)
+                .max_by_key(|(_, n)| **n)
+                .map_or("", |(l, _)| *l)
         };
         let nonzero = |v: Vec<(&'static str, u64)>| -> Vec<(&'static str, u64)> {
             v.into_iter().filter(|(_, n)| *n > 0).collect()
