@@ -39,25 +39,15 @@ use super::hit::StoredHit;
 use super::miss::Miss;
 use super::object::{FetchStarted, StoredObject, VisitorFetch};
 use super::recent_purges::RecentPurges;
+use super::removals::{Removal, Removals};
 use super::shared_tier::SharedTier;
 use super::tag_index::TagIndex;
 use super::{RequestIdentity, Tags};
 
 /// Removals remembered so a miss can say why its page was gone (evicted, expired,
 /// purged by which tag): the most recent ones, for at most an hour.
-const REMEMBERED_REMOVALS: u64 = 65_536;
+const REMEMBERED_REMOVALS: usize = 65_536;
 const REMOVALS_KEPT: Duration = Duration::from_secs(3600);
-
-/// Why an object left memory, remembered for a while (`MemoryStore::removed`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Removal {
-    /// Evicted to make room.
-    Evicted,
-    /// Dropped after its TTL and keep.
-    Expired,
-    /// Removed by a purge of this tag (or `.*`, `X-Pool`, `everything`).
-    Purged(Arc<str>),
-}
 
 /// Most bytes read to derive what a copy promoted from the shared tier needs (its ESI),
 /// whose request's configuration is not known here: the default `cache.max_object_bytes`.
@@ -107,7 +97,7 @@ pub struct MemoryStore {
     /// Objects evicted to make room, since start.
     evictions: Arc<AtomicU64>,
     /// Why recently removed keys left, for the misses that follow.
-    removals: moka::sync::Cache<HashBinary, Removal>,
+    removals: Arc<Removals>,
     /// The second tier shared by the nodes in Redis, when configured.
     pub(super) shared: std::sync::OnceLock<Arc<SharedTier>>,
     /// The local disk tier, when configured: looked up before the shared tier.
@@ -125,10 +115,7 @@ impl MemoryStore {
         let pools = Arc::new(TagIndex::default());
         let evictions = Arc::new(AtomicU64::new(0));
         let counted_evictions = evictions.clone();
-        let removals = moka::sync::Cache::builder()
-            .max_capacity(REMEMBERED_REMOVALS)
-            .time_to_live(REMOVALS_KEPT)
-            .build();
+        let removals = Arc::new(Removals::new(REMEMBERED_REMOVALS, REMOVALS_KEPT));
         let noted = removals.clone();
         let (tag_index, pool_index) = (tags.clone(), pools.clone());
         let objects = Cache::builder()
@@ -140,9 +127,9 @@ impl MemoryStore {
                     match cause {
                         RemovalCause::Size => {
                             counted_evictions.fetch_add(1, Ordering::Relaxed);
-                            noted.insert(*key, Removal::Evicted);
+                            noted.note([*key], &Removal::Evicted);
                         }
-                        RemovalCause::Expired => noted.insert(*key, Removal::Expired),
+                        RemovalCause::Expired => noted.note([*key], &Removal::Expired),
                         // A purge notes itself, with its tag (`note_purged`).
                         RemovalCause::Explicit | RemovalCause::Replaced => {}
                     }
@@ -222,7 +209,7 @@ impl MemoryStore {
     /// The one way in: indexes the object's tags and pool, then stores it.
     pub(super) async fn put(&self, key: HashBinary, mut object: StoredObject) {
         // Stored again: an earlier removal no longer explains a miss.
-        self.removals.invalidate(&key);
+        self.removals.forget(&key);
         object.generation = self.generation.fetch_add(1, Ordering::Relaxed);
         self.tags.insert(key, object.generation, object.tags.iter());
         if let Some(pool) = &object.pool {
@@ -239,9 +226,8 @@ impl MemoryStore {
 
     /// `keys` are being purged by `by` (a tag, `.*`, a pool): their next miss says so.
     pub fn note_purged(&self, keys: &[HashBinary], by: &Arc<str>) {
-        for key in keys {
-            self.removals.insert(*key, Removal::Purged(by.clone()));
-        }
+        self.removals
+            .note(keys.iter().copied(), &Removal::Purged(by.clone()));
     }
 
     /// Objects carrying any of `tags`, each once.

@@ -90,7 +90,7 @@ pub struct Request {
 enum Event {
     Request(Request),
     /// A purge: each tag with the objects it selected.
-    Purge(Vec<(String, u64)>),
+    Purge(Vec<(Arc<str>, u64)>),
 }
 
 /// Events waiting for the background task; beyond this they are dropped and counted.
@@ -312,7 +312,7 @@ impl Insights {
     }
 
     /// A purge: each tag it named (or matched) with the objects it selected.
-    pub fn purged(&self, tags: Vec<(String, u64)>) {
+    pub fn purged(&self, tags: Vec<(Arc<str>, u64)>) {
         if !tags.is_empty() {
             self.send(Event::Purge(tags));
         }

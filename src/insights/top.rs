@@ -3,8 +3,10 @@
 //!
 //! Invariant: a list never holds more than `capacity` keys per slice, so its memory is
 //! bounded whatever the traffic; a key's count is never under its true count in the
-//! window, and over it by at most the `error` carried with it (the count of the key it
-//! replaced). A key that holds more than 1/capacity of the events is always listed.
+//! window, and over it by at most the `error` carried with it (the highest count evicted
+//! before it came). The least counted tenth is evicted at once (`evict_least`), so only
+//! keys at or under the tenth-lowest count leave: a frequent key stays listed (the test
+//! below keeps one key of every ten events among 10,000 distinct ones).
 //!
 //! Written here rather than taken from a crate: the sketch crates (pdatastructs'
 //! count-min top-k, streaming_algorithms) keep a bare count per key, while each entry
@@ -59,6 +61,8 @@ pub type Rank<'a, V> = &'a dyn Fn(&Entry<V>) -> u64;
 pub struct SpaceSaving<V> {
     capacity: usize,
     entries: HashMap<Box<str>, Entry<V>>,
+    /// The highest count evicted so far: what a newcomer may have had before.
+    floor: u64,
 }
 
 impl<V: Extra> SpaceSaving<V> {
@@ -66,35 +70,23 @@ impl<V: Extra> SpaceSaving<V> {
         Self {
             capacity: capacity.max(1),
             entries: HashMap::new(),
+            floor: 0,
         }
     }
 
     /// Counts `weight` for `key`; returns its entry for the caller's extra.
     pub fn add(&mut self, key: &str, weight: u64) -> &mut Entry<V> {
         if !self.entries.contains_key(key) {
-            let (count, error) = if self.entries.len() >= self.capacity {
-                // Space-Saving: the newcomer takes the least counted key's place and
-                // inherits its count as its possible error.
-                let victim = self
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.count)
-                    .map(|(k, e)| (k.clone(), e.count));
-                match victim {
-                    Some((k, min)) => {
-                        self.entries.remove(&k);
-                        (min, min)
-                    }
-                    None => (0, 0),
-                }
-            } else {
-                (0, 0)
-            };
+            if self.entries.len() >= self.capacity {
+                self.evict_least();
+            }
+            // Space-Saving: a newcomer may have been seen before and evicted, at most
+            // `floor` times: it starts there, so its count is never under the truth.
             self.entries.insert(
                 key.into(),
                 Entry {
-                    count,
-                    error,
+                    count: self.floor,
+                    error: self.floor,
                     extra: V::default(),
                 },
             );
@@ -105,6 +97,18 @@ impl<V: Extra> SpaceSaving<V> {
             .expect("the key was inserted just above");
         entry.count += weight;
         entry
+    }
+
+    /// Drops the least counted tenth at once, rather than the least counted key for each
+    /// newcomer: one scan per `capacity / 10` newcomers instead of one each (a purge of
+    /// 100 new tags paid 100 scans, on the core that answered it).
+    fn evict_least(&mut self) {
+        let mut counts: Vec<u64> = self.entries.values().map(|e| e.count).collect();
+        let nth = (counts.len() / 10).max(1) - 1;
+        let (_, threshold, _) = counts.select_nth_unstable(nth);
+        let threshold = *threshold;
+        self.entries.retain(|_, e| e.count > threshold);
+        self.floor = self.floor.max(threshold);
     }
 
     #[cfg(test)]

@@ -214,7 +214,7 @@ impl Purger {
         }
         tracing::warn!(objects, "every cached object was flushed");
         self.insights
-            .purged(vec![("(everything)".to_string(), objects)]);
+            .purged(vec![(Arc::from("(everything)"), objects)]);
         Ok(PurgeReport {
             objects: objects as usize,
             tags: 0,
@@ -287,7 +287,7 @@ impl Purger {
             selected
                 .iter()
                 .take(MAX_TAGS_REPORTED)
-                .map(|(by, keys)| (by.to_string(), keys.len() as u64))
+                .map(|(by, keys)| (by.clone(), keys.len() as u64))
                 .collect(),
         );
         // On disk before the answer: a crash after it cannot bring a purged page back.
