@@ -4,6 +4,7 @@
 # Sourced after `set -euo pipefail`; expects to run from the repository root.
 
 ORIGIN_PORT=${ORIGIN_PORT:-6092} FG_PORT=${FG_PORT:-6093} VARNISH_PORT=${VARNISH_PORT:-6094}
+NGINX_PORT=${NGINX_PORT:-6095}
 work=$(mktemp -d /tmp/floodgate-bench.XXXXXX)
 chmod 755 "$work" # varnishd's worker runs as an unprivileged user
 pids=()
@@ -17,10 +18,18 @@ cargo build --release --quiet
 
 cores=$(nproc)
 half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
-SERVER_CPUS="0-$((half - 1))"
-LOAD_CPUS="$half-$((cores - 1))"
-[ "$cores" -ge 2 ] || LOAD_CPUS="0"
-LOAD_THREADS=$(( cores - half > 0 ? cores - half : 1 ))
+# LAYOUT=pinned (default): the servers on the first half of the cores, the load on the
+# other half. LAYOUT=shared: everything on every core, each server with one thread or
+# worker per core (Floodgate's default `threads = 0`), as a one-box shop runs it.
+LAYOUT=${LAYOUT:-pinned}
+if [ "$LAYOUT" = shared ]; then
+  SERVER_CPUS="0-$((cores - 1))"; LOAD_CPUS="$SERVER_CPUS"; LOAD_THREADS=$cores; half=$cores
+else
+  SERVER_CPUS="0-$((half - 1))"
+  LOAD_CPUS="$half-$((cores - 1))"
+  [ "$cores" -ge 2 ] || LOAD_CPUS="0"
+  LOAD_THREADS=$(( cores - half > 0 ? cores - half : 1 ))
+fi
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: nothing on port $1" >&2; exit 1; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
@@ -60,6 +69,29 @@ start_varnish() {
   taskset -c "$SERVER_CPUS" varnishd -F -n "$work/varnish-$port" -a "127.0.0.1:$port" -f "$work/magento-$port.vcl" \
     -s malloc,2G -p thread_pool_min=50 >"$work/varnish-$port.log" 2>&1 & pids+=($!)
   wait_port "$port"
+}
+
+# start_nginx [port, default NGINX_PORT]: nginx proxy_cache (bench/nginx.conf), one
+# worker per server core.
+start_nginx() {
+  local port=${1:-$NGINX_PORT}
+  need nginx nginx
+  mkdir -p "$work/nginx-cache"
+  sed -e "s|WORKERS|$half|" -e "s|WORK|$work|g" -e "s|ORIGIN_PORT|$ORIGIN_PORT|" -e "s|PORT;|$port;|" \
+    bench/nginx.conf > "$work/nginx-$port.conf"
+  taskset -c "$SERVER_CPUS" nginx -c "$work/nginx-$port.conf" -g 'daemon off;' 2>>"$work/nginx.log" & pids+=($!)
+  NGINX_PID=$!
+  wait_port "$port"
+}
+
+# cpu_ticks PID: CPU time (user + system, clock ticks) of PID and its children so far
+# (nginx's and Varnish's workers are child processes).
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
 }
 
 # fill PORT PREFIX FIRST LAST: requests /PREFIX-N.html for every N, 4 kept-alive clients;
