@@ -94,29 +94,23 @@ pub fn diagnose(report: &Report) -> Vec<String> {
                 percent(evicted, r.lookups)
             ));
         }
-        let expired = count_of(&r.miss, "expired");
-        if percent(expired, r.lookups) >= NOTABLE_SHARE {
-            out.push(format!(
-                "{expired} misses were pages past their TTL and grace: a longer TTL (Magento's Full Page Cache TTL) or cache.grace_secs keeps them served while they refresh.",
-            ));
-        }
-        let purged = count_of(&r.miss, "purged");
-        if percent(purged, r.lookups) >= NOTABLE_SHARE {
-            let tag = report
-                .top
-                .misses_after_purge
-                .first()
-                .map(|t| format!(" (most after purges of `{}`: {} misses)", t.tag, t.misses))
-                .unwrap_or_default();
-            out.push(format!(
-                "{purged} misses followed purges{tag}: the re-warmer (warm.enabled) refetches hot pages after a purge."
-            ));
-        }
-        let marked = count_of(&r.miss, "hit_for_miss");
-        if percent(marked, r.lookups) >= NOTABLE_SHARE {
-            out.push(format!(
-                "{marked} requests went past the cache because their page's last answer was uncacheable (hit-for-miss); see the uncacheable paths."
-            ));
+        let after_purge = report
+            .top
+            .misses_after_purge
+            .first()
+            .map(|t| format!(" (most after purges of `{}`: {} misses)", t.tag, t.misses))
+            .unwrap_or_default();
+        // The other miss reasons, each with what to do when it is a notable share.
+        let advice = [
+            ("expired", "misses were pages past their TTL and grace: a longer TTL (Magento's Full Page Cache TTL) or cache.grace_secs keeps them served while they refresh.".to_string()),
+            ("purged", format!("misses followed purges{after_purge}: the re-warmer (warm.enabled) refetches hot pages after a purge.")),
+            ("hit_for_miss", "requests went past the cache because their page's last answer was uncacheable (hit-for-miss); see the uncacheable paths.".to_string()),
+        ];
+        for (reason, what) in advice {
+            let n = count_of(&r.miss, reason);
+            if percent(n, r.lookups) >= NOTABLE_SHARE {
+                out.push(format!("{n} {what}"));
+            }
         }
     }
     for p in report

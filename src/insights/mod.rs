@@ -236,6 +236,43 @@ impl Lists {
     }
 }
 
+/// Each label with its count, most first (ties keep the labels' order).
+fn named(labels: &[&'static str], counts: &[u64]) -> Vec<(&'static str, u64)> {
+    let mut v: Vec<_> = labels.iter().copied().zip(counts.iter().copied()).collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.1));
+    v
+}
+
+/// A list of paths with reason counts, as the report shows it: the main reason is the
+/// most frequent one, on a tie the later in declaration order, the more telling (a page
+/// missed once cold and once after a purge: purged).
+fn path_reasons<const N: usize>(
+    list: &Windowed<[u64; N]>,
+    n: usize,
+    labels: &[&'static str; N],
+) -> Vec<PathReasons>
+where
+    [u64; N]: Extra,
+{
+    list.top(n, None)
+        .into_iter()
+        .map(|(path, e)| PathReasons {
+            reason: labels
+                .iter()
+                .zip(&e.extra)
+                .filter(|(_, n)| **n > 0)
+                .max_by_key(|(_, n)| **n)
+                .map_or("", |(l, _)| *l),
+            reasons: named(labels, &e.extra)
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            count: e.count,
+            path,
+        })
+        .collect()
+}
+
 /// The longest prefix of `s` within `max` bytes, on a character boundary.
 fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -344,49 +381,11 @@ impl Insights {
         let lists = &state.lists;
         let n = self.shown;
         let reasons = lists.window_reasons();
-        let named = |labels: &[&'static str], counts: &[u64]| -> Vec<(&'static str, u64)> {
-            let mut v: Vec<_> = labels.iter().copied().zip(counts.iter().copied()).collect();
-            v.sort_by_key(|p| std::cmp::Reverse(p.1));
-            v
-        };
         let miss_labels = MissReason::ALL.map(MissReason::label);
         let uncacheable_labels = NotCached::ALL.map(NotCached::label);
         let pass_labels = PassReason::ALL.map(PassReason::label);
-        // The most frequent reason; on a tie the later one in declaration order, which is
-        // the more telling (a page missed once cold and once after a purge: purged).
-        let main = |labels: &[&'static str], counts: &[u64]| -> &'static str {
-            labels
-                .iter()
-                .zip(counts)
-                .filter(|(_, n)| **n > 0)
-                .max_by_key(|(_, n)| **n)
-                .map_or("", |(l, _)| *l)
-        };
-        let nonzero = |v: Vec<(&'static str, u64)>| -> Vec<(&'static str, u64)> {
-            v.into_iter().filter(|(_, n)| *n > 0).collect()
-        };
-        let misses = lists
-            .misses
-            .top(n, None)
-            .into_iter()
-            .map(|(path, e)| PathReasons {
-                reason: main(&miss_labels, &e.extra),
-                reasons: nonzero(named(&miss_labels, &e.extra)),
-                count: e.count,
-                path,
-            })
-            .collect();
-        let uncacheable = lists
-            .uncacheable
-            .top(n, None)
-            .into_iter()
-            .map(|(path, e)| PathReasons {
-                reason: main(&uncacheable_labels, &e.extra),
-                reasons: nonzero(named(&uncacheable_labels, &e.extra)),
-                count: e.count,
-                path,
-            })
-            .collect();
+        let misses = path_reasons(&lists.misses, n, &miss_labels);
+        let uncacheable = path_reasons(&lists.uncacheable, n, &uncacheable_labels);
         let purged_tags = lists
             .purged_tags
             .top(n, None)
