@@ -17,8 +17,10 @@ root=$(pwd)
 tree=$(mktemp -d /tmp/floodgate-ab.XXXXXX)
 git worktree add --detach -f "$tree" "$BASE" >/dev/null
 base_bin="$tree/floodgate-base"
-(cd "$tree" && CARGO_TARGET_DIR="$root/target" cargo build --release --quiet && cp "$root/target/release/floodgate" "$base_bin")
-source bench/lib.sh # builds the working tree's release binary
+# The base built as the `production` profile is, whatever its own Cargo.toml says.
+(cd "$tree" && CARGO_TARGET_DIR="$root/target" CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+  cargo build --release --quiet && cp "$root/target/release/floodgate" "$base_bin")
+source bench/lib.sh # builds the working tree (profile production)
 trap 'cleanup; git worktree remove --force "$tree" >/dev/null 2>&1 || true' EXIT
 
 start_origin

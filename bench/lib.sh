@@ -14,7 +14,7 @@ trap cleanup EXIT
 need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: needs $1 (apt-get install -y $2)" >&2; exit 1; }; }
 need wrk wrk; need varnishd varnish; need python3 python3; need taskset util-linux; need curl curl
 packaging/install-build-deps.sh
-cargo build --release --quiet
+cargo build --profile production --quiet
 
 cores=$(nproc)
 half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
@@ -57,7 +57,7 @@ ${FG_SERVER_EXTRA:-}
 [origin]
 addresses = ["127.0.0.1:$ORIGIN_PORT"]
 CONF
-  RUST_LOG=warn taskset -c "$SERVER_CPUS" "${FG_BIN:-target/release/floodgate}" run -c "$work/floodgate-$port.toml" 2>>"$work/floodgate.log" & pids+=($!)
+  RUST_LOG=warn taskset -c "$SERVER_CPUS" "${FG_BIN:-target/production/floodgate}" run -c "$work/floodgate-$port.toml" 2>>"$work/floodgate.log" & pids+=($!)
   FG_PID=$!
   wait_port "$port"
 }

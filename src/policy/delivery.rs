@@ -1,6 +1,7 @@
 //! What the browser sees, following Magento's `vcl_deliver`: only the proxy caches pages,
 //! and internal headers (tags, debug, server banners) never leave it.
 
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 
 /// The `X-Magento-Cache-Debug` verdict.
@@ -47,17 +48,26 @@ impl Grace {
     }
 }
 
-const INTERNAL_HEADERS: &[&str] = &[
-    "x-magento-debug",
-    "x-magento-tags",
-    "x-powered-by",
-    "server",
-    "via",
-    "link",
-    "x-varnish",
+// Names and values as constants: every hit runs this, and a `&str` name is parsed (and a
+// `&str` value copied) on each use.
+const INTERNAL_HEADERS: [HeaderName; 8] = [
+    HeaderName::from_static("x-magento-debug"),
+    HeaderName::from_static("x-magento-tags"),
+    HeaderName::from_static("x-powered-by"),
+    http::header::SERVER,
+    http::header::VIA,
+    http::header::LINK,
+    HeaderName::from_static("x-varnish"),
     // Magento's pool purge key: kept with the object, of no use to a browser.
-    "x-pool",
+    HeaderName::from_static("x-pool"),
 ];
+const MAGENTO_DEBUG: HeaderName = HeaderName::from_static("x-magento-debug");
+const CACHE_DEBUG: HeaderName = HeaderName::from_static("x-magento-cache-debug");
+const GRACE: HeaderName = HeaderName::from_static("grace");
+const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+const EXPIRES_NOW: HeaderValue = HeaderValue::from_static("-1");
+const NOT_STORED: HeaderValue =
+    HeaderValue::from_static("no-store, no-cache, must-revalidate, max-age=0");
 
 /// Rewrites a response header for the client.
 pub fn prepare_for_client(
@@ -80,22 +90,19 @@ pub fn prepare_for_client(
         .any(|p| url.starts_with(p));
     // insert_header only fails on invalid names or values; these are constants.
     if !private && !static_or_media {
-        let _ = resp.insert_header(http::header::PRAGMA, "no-cache");
-        let _ = resp.insert_header(http::header::EXPIRES, "-1");
-        let _ = resp.insert_header(
-            http::header::CACHE_CONTROL,
-            "no-store, no-cache, must-revalidate, max-age=0",
-        );
+        let _ = resp.insert_header(http::header::PRAGMA, NO_CACHE);
+        let _ = resp.insert_header(http::header::EXPIRES, EXPIRES_NOW);
+        let _ = resp.insert_header(http::header::CACHE_CONTROL, NOT_STORED);
     }
-    if !resp.headers.contains_key("x-magento-debug") {
+    if !resp.headers.contains_key(MAGENTO_DEBUG) {
         resp.remove_header(&http::header::AGE);
     }
-    for name in INTERNAL_HEADERS {
-        resp.remove_header(*name);
+    for name in &INTERNAL_HEADERS {
+        resp.remove_header(name);
     }
-    let _ = resp.insert_header("x-magento-cache-debug", verdict.as_str());
+    let _ = resp.insert_header(CACHE_DEBUG, HeaderValue::from_static(verdict.as_str()));
     if let Some(grace) = grace {
-        let _ = resp.insert_header("grace", grace.as_str());
+        let _ = resp.insert_header(GRACE, HeaderValue::from_static(grace.as_str()));
     }
 }
 

@@ -4,6 +4,7 @@
 //! are ignored, as in Magento's VCL, so one page is stored once.
 
 use http::HeaderMap;
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::CacheKey;
 
 use super::route::{has_bearer, is_graphql};
@@ -77,7 +78,18 @@ pub fn cache_key(url: &str, headers: &HeaderMap, variant: &Variant, rules: &Rule
         &mut primary,
         headers.get(http::header::HOST).map(|v| v.as_bytes()),
     );
-    CacheKey::new(primary, "")
+    hashed_once(primary)
+}
+
+/// A key whose hash is worked out here, once: Pingora's `CacheKey` hashes its primary
+/// key (Blake2b) on every `primary_bin`/`combined_bin` call, and a hit asks for it
+/// several times (hit-for-miss marks, lock, lookup). The override is that same hash, so
+/// keys, stored objects and other nodes' keys are unchanged.
+fn hashed_once(primary: Vec<u8>) -> CacheKey {
+    let mut key = CacheKey::new(primary, "");
+    let hash = key.primary_bin();
+    key.set_primary_bin_override(hash);
+    key
 }
 
 /// `key` for one variant of a page whose origin answers `Vary` on `names`: the page's
@@ -99,7 +111,7 @@ pub fn with_variance(key: &CacheKey, names: &[http::HeaderName], headers: &Heade
             .collect();
         push(&mut primary, Some(&joined));
     }
-    CacheKey::new(primary, "")
+    hashed_once(primary)
 }
 
 fn push(out: &mut Vec<u8>, part: Option<&[u8]>) {
@@ -146,7 +158,6 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 mod tests {
     use super::*;
     use crate::config::{Config, DesignException};
-    use pingora::cache::key::CacheHashKey;
 
     fn rules() -> Rules {
         let mut config = Config::default();
@@ -167,6 +178,24 @@ mod tests {
         }
         let variant = Variant::of(url, &h);
         cache_key(url, &h, &variant, &rules()).combined_bin()
+    }
+
+    #[test]
+    fn the_hash_worked_out_once_is_pingoras_own() {
+        // Stored objects, disk files and other nodes' keys depend on the hash staying
+        // Pingora's: the override must only save the work, never change the value.
+        let mut h = HeaderMap::new();
+        h.insert("host", "shop".parse().unwrap());
+        let variant = Variant::of("/a?b=1", &h);
+        let key = cache_key("/a?b=1", &h, &variant, &rules());
+        let plain = CacheKey::new(key.primary_key().to_vec(), "");
+        assert_eq!(key.primary_bin(), plain.primary_bin());
+        assert_eq!(key.combined_bin(), plain.combined_bin());
+        let names = [http::HeaderName::from_static("accept-language")];
+        let varied = with_variance(&key, &names, &h);
+        let plain = CacheKey::new(varied.primary_key().to_vec(), "");
+        assert_eq!(varied.combined_bin(), plain.combined_bin());
+        assert_ne!(varied.combined_bin(), key.combined_bin());
     }
 
     #[test]
