@@ -50,8 +50,9 @@ impl Grace {
 
 // Names and values as constants: every hit runs this, and a `&str` name is parsed (and a
 // `&str` value copied) on each use.
+const MAGENTO_DEBUG: HeaderName = HeaderName::from_static("x-magento-debug");
 const INTERNAL_HEADERS: [HeaderName; 8] = [
-    HeaderName::from_static("x-magento-debug"),
+    MAGENTO_DEBUG,
     HeaderName::from_static("x-magento-tags"),
     HeaderName::from_static("x-powered-by"),
     http::header::SERVER,
@@ -61,7 +62,6 @@ const INTERNAL_HEADERS: [HeaderName; 8] = [
     // Magento's pool purge key: kept with the object, of no use to a browser.
     HeaderName::from_static("x-pool"),
 ];
-const MAGENTO_DEBUG: HeaderName = HeaderName::from_static("x-magento-debug");
 const CACHE_DEBUG: HeaderName = HeaderName::from_static("x-magento-cache-debug");
 const GRACE: HeaderName = HeaderName::from_static("grace");
 const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
