@@ -14,7 +14,8 @@ trap cleanup EXIT
 need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: needs $1 (apt-get install -y $2)" >&2; exit 1; }; }
 need wrk wrk; need varnishd varnish; need python3 python3; need taskset util-linux; need curl curl
 packaging/install-build-deps.sh
-cargo build --profile production --quiet
+# FG_BIN: a binary built already (skips the production build, about 16 minutes).
+[ -n "${FG_BIN:-}" ] || cargo build --profile production --quiet
 
 cores=$(nproc)
 half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
@@ -100,7 +101,7 @@ fill() {
   seq "$3" "$4" | on_load_cpus xargs -n 500 -P 4 sh -c '
     port=$1 prefix=$2; shift 2
     for n in "$@"; do printf "url = \"http://127.0.0.1:%s/%s-%s.html\"\noutput = \"/dev/null\"\n" "$port" "$prefix" "$n"; done |
-    curl -s -H "Accept-Encoding: gzip" -w "%{size_download}\n" -K -' _ "$1" "$2" \
+    curl -s -m 60 -H "Accept-Encoding: gzip" -w "%{size_download}\n" -K -' _ "$1" "$2" \
     || echo "bench: some requests of the fill of port $1 failed (curl), continuing" >&2
 }
 

@@ -9,6 +9,7 @@ tags, Cache-Control, Set-Cookie), counts requests per URL, and can be slow on pu
   GET /expiring-X.html       like stampede, but s-maxage=1 (for expiry stampedes)
   GET /new-X.html            cacheable page
   GET /esi-N.html            product N with Magento's top menu as an ESI include
+  GET /esipage-N.html        /page-N.html with the top menu as an ESI include (memory)
   GET /page_cache/block/esi/blocks/topnav/
                              the top menu fragment (about 6 KB, ttl 3600, tagged cat_c)
   GET /old-N.html            cacheable page with s-maxage=1 (expires at once)
@@ -55,11 +56,11 @@ WORDS = ("shirt jacket cotton blue red green size small medium large price sale 
          "sock hat bag belt watch ring gold silver steel glass table chair lamp sofa bed").split()
 
 
-def varied_blob(seed):
+def varied_blob(seed, size_wanted):
     import random
     rng = random.Random(seed)
     parts, size = [], 0
-    while size < 40_000:
+    while size < size_wanted:
         w = rng.choice(WORDS) + (str(rng.randint(0, 9999)) if rng.random() < 0.3 else "")
         parts.append(w)
         size += len(w) + 1
@@ -68,11 +69,12 @@ def varied_blob(seed):
 
 # Distinct bodies, built once: each response is compressed on its own, so reuse across
 # pages does not help gzip, and serving stays cheap.
-BLOBS = [varied_blob(i) for i in range(64)]
+# (--page-bytes rebuilds them at another size.)
+BLOBS = [varied_blob(i, 40_000) for i in range(64)]
 
 
-def varied_page(n):
-    return (f"<html><body><h1>Page {n}</h1><p>" + BLOBS[int(n) % 64] + "</p></body></html>\n").encode()
+def varied_page(n, menu=""):
+    return (f"<html><body><h1>Page {n}</h1>{menu}<p>" + BLOBS[int(n) % 64] + "</p></body></html>\n").encode()
 
 
 def page(n, menu=""):
@@ -175,6 +177,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         n = parsed.path.strip("/").split("-")[-1].split(".")[0]
         if parsed.path.startswith("/page-"):
             body = varied_page(n)
+        elif parsed.path.startswith("/esipage-"):
+            body = varied_page(n, MENU_INCLUDE)
         elif parsed.path.startswith("/esi-"):
             body = page(n, MENU_INCLUDE)
         else:
@@ -220,7 +224,11 @@ if __name__ == "__main__":
     args.add_argument("--gzip", action="store_true", help="gzip pages for clients that accept it")
     args.add_argument("--gzip-level", type=int, default=6,
                       help="with --gzip: 1 to fill hundreds of thousands of pages quickly")
+    args.add_argument("--page-bytes", type=int, default=40_000,
+                      help="text of each /page-N.html (40000 gzips to about 13 KB at level 6)")
     opts = args.parse_args()
+    if opts.page_bytes != 40_000:
+        BLOBS = [varied_blob(i, opts.page_bytes) for i in range(64)]
     GZIP[0] = opts.gzip
     GZIP_LEVEL[0] = opts.gzip_level
     if opts.pool:

@@ -87,6 +87,8 @@ n_exp=$(( $(origin_count /expiring-nginx.html) - 1 ))
 MEMORY_PAGES=${MEMORY_PAGES:-50000}
 kill "$FG_PID"; wait "$FG_PID" 2>/dev/null || true
 start_floodgate "$(printf '[cache]\nmemory_bytes = 8589934592')"
+fill "$FG_PORT" page 1 "$MEMORY_PAGES" > /dev/null
+# Sized from hits: a miss goes out recompressed as it streams, a hit sends what is stored.
 fill "$FG_PORT" page 1 "$MEMORY_PAGES" > "$work/sizes"
 stored_bytes=$(awk '{ s += $1 } END { print s }' "$work/sizes")
 fetched=$(wc -l < "$work/sizes")

@@ -79,6 +79,24 @@ impl CompactHeader {
         }
     }
 
+    /// The same header with `Content-Length: len`; `None` if it does not unpack.
+    pub fn with_length(&self, len: usize) -> Option<Self> {
+        let header = self.unpack().ok()?;
+        Some(Self::pack(
+            &header,
+            &["content-length"],
+            &[("content-length", &len.to_string())],
+        ))
+    }
+
+    /// The same header in a buffer of its own (not a slice of a larger one).
+    pub fn detached(&self) -> Self {
+        Self {
+            block: Bytes::copy_from_slice(&self.block),
+            ..self.clone()
+        }
+    }
+
     pub fn len_bytes(&self) -> usize {
         self.block.len()
     }

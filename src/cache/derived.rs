@@ -19,6 +19,12 @@ pub trait Derived: Any + Send + Sync {
     fn len_bytes(&self) -> usize;
     /// For the layer that made it, to take it back as its own type.
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    /// The body re-encoded so that it and this value share their bytes (same content,
+    /// same encoding): the store then keeps it instead of the body it was derived from,
+    /// so the page is held once. `None`: keep the body as it came.
+    fn shared_body(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 /// Works out a body's `Derived`, when one applies to it.

@@ -45,14 +45,9 @@ impl HandleMiss for Miss {
         let meta = self.meta.take().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "miss handler finished twice")
         })?;
-        let collected = std::mem::take(&mut self.body);
         // The buffer grew by doubling; keeping its slack would cost up to twice the body
         // for as long as the object lives, so store an exact-size copy instead.
-        let body = if collected.capacity() > collected.len() + collected.len() / 16 {
-            Bytes::copy_from_slice(&collected)
-        } else {
-            collected.freeze()
-        };
+        let body = super::body::copy_of(&std::mem::take(&mut self.body));
         let size = body.len();
         let tags = std::mem::take(&mut self.tags);
         // Packing copies the header out of Pingora's socket read buffer, which it would
@@ -65,10 +60,10 @@ impl HandleMiss for Miss {
             self.identity.take(),
         )?;
         if let Some(max_bytes) = self.derive {
-            object.derived = self
+            let derived = self
                 .store
                 .derive(meta.response_header(), &object.body, max_bytes);
-            object.nothing_derived = object.derived.is_none();
+            object.set_derived(derived);
         }
         if self
             .store

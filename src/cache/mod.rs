@@ -5,6 +5,7 @@
 //! Invariant: below ESI and the proxy. What they need of a stored body plugs in through
 //! `derived` (traits this module owns); nothing here imports them.
 
+pub mod body;
 pub mod compact_header;
 pub mod derived;
 pub mod disk;

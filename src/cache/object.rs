@@ -240,6 +240,27 @@ impl StoredObject {
         purged
     }
 
+    /// Keeps what the layer above derived from the body. When that shares its bytes with
+    /// a re-encoded body (ESI: the template's literals are the stream's), the re-encoded
+    /// body replaces this one and the stored length follows, so the page is held once.
+    pub(super) fn set_derived(&mut self, derived: Option<Arc<dyn Derived>>) {
+        if let Some(body) = derived.as_ref().and_then(|d| d.shared_body()) {
+            if let Some(header) = self.header.with_length(body.len()) {
+                self.header = header;
+                self.body = body;
+            }
+        }
+        self.nothing_derived = derived.is_none();
+        self.derived = derived;
+    }
+
+    /// Copies body and header out of the record they were read from (disk, Redis), so
+    /// the record's buffer is freed and the body kept at its exact size.
+    pub(super) fn detach(&mut self) {
+        self.body = super::body::copy_of(&self.body);
+        self.header = self.header.detached();
+    }
+
     /// Whether this is a purged page's copy kept as a last resort.
     pub fn is_purged_copy(&self) -> bool {
         self.purged_copy

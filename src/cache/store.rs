@@ -408,13 +408,15 @@ impl MemoryStore {
         if purged(&object) {
             return Ok(None);
         }
-        let meta = object.meta()?;
+        let mut meta = object.meta()?;
         // Lower tiers keep bodies only; what is derived from one is this node's work,
         // unless the disk says there was nothing to derive (most pages: no ESI).
+        object.detach();
         if !object.nothing_derived {
-            object.derived =
-                self.derive(meta.response_header(), &object.body, PROMOTED_MAX_INFLATED);
-            object.nothing_derived = object.derived.is_none();
+            let derived = self.derive(meta.response_header(), &object.body, PROMOTED_MAX_INFLATED);
+            object.set_derived(derived);
+            // The body may have been re-encoded, with its length.
+            meta = object.meta()?;
         }
         let hit = StoredHit::new(object.body.clone(), object.derived.clone());
         if to_disk {

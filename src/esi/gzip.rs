@@ -94,6 +94,42 @@ impl Piece {
     }
 }
 
+impl Piece {
+    /// The same piece, its deflate read from `range` of `stream` (where `one_stream`
+    /// put it) instead of from a buffer of its own.
+    pub fn within(&self, stream: &Bytes, range: std::ops::Range<usize>) -> Piece {
+        Piece {
+            deflate: stream.slice(range),
+            crc: self.crc.clone(),
+            len: self.len,
+        }
+    }
+}
+
+/// `pieces`, in order, as one gzip member in one buffer (`buffer` makes it from the
+/// assembled bytes), and where each piece's deflate lies in it.
+pub fn one_stream(
+    pieces: &[&Piece],
+    buffer: impl FnOnce(&[u8]) -> Bytes,
+) -> (Bytes, Vec<std::ops::Range<usize>>) {
+    let size = HEADER.len()
+        + pieces.iter().map(|p| p.deflate.len()).sum::<usize>()
+        + FINAL_BLOCK.len()
+        + 8;
+    let mut out = Vec::with_capacity(size);
+    let mut ranges = Vec::with_capacity(pieces.len());
+    let mut stitcher = Stitcher::default();
+    for piece in pieces {
+        let framed = stitcher.piece(piece);
+        // The first piece comes after the gzip header.
+        let start = out.len() + framed.len() - piece.deflate.len();
+        out.extend_from_slice(&framed);
+        ranges.push(start..out.len());
+    }
+    out.extend_from_slice(&stitcher.finish());
+    (buffer(&out), ranges)
+}
+
 /// Frames pieces, in order, as one gzip member.
 #[derive(Default)]
 pub struct Stitcher {
@@ -163,6 +199,20 @@ mod tests {
         }
         stream.extend_from_slice(&stitcher.finish());
         assert_eq!(gunzip(&stream), texts.concat());
+    }
+
+    #[test]
+    fn pieces_kept_within_one_stream_read_as_before() {
+        let texts: [&[u8]; 3] = [b"<p>head</p>", b"<esi:include src=\"/m\"/>", b"<p>tail</p>"];
+        let pieces: Vec<Piece> = texts.iter().map(|t| Piece::compress(t, 6)).collect();
+        let (stream, ranges) =
+            one_stream(&pieces.iter().collect::<Vec<_>>(), Bytes::copy_from_slice);
+        assert_eq!(gunzip(&stream), texts.concat());
+        for ((piece, range), text) in pieces.iter().zip(ranges).zip(texts) {
+            let within = piece.within(&stream, range);
+            assert_eq!(within, *piece);
+            assert_eq!(within.inflate(), text);
+        }
     }
 
     #[test]

@@ -91,7 +91,16 @@ pub fn parse_stored(
     if !applies_to(resp) {
         return None;
     }
-    template_of(resp, body, max_bytes, TEMPLATE_GZIP_LEVEL).map(Arc::new)
+    if !is_gzip(&resp.headers) {
+        return template_of(resp, body, max_bytes, TEMPLATE_GZIP_LEVEL).map(Arc::new);
+    }
+    // A gzipped body is kept as the template's own stream (one copy of the page).
+    Template::parse_sharing_body(
+        &inflated(body, max_bytes)?,
+        TEMPLATE_GZIP_LEVEL,
+        crate::cache::body::copy_of,
+    )
+    .map(Arc::new)
 }
 
 /// The template of a response body (maybe gzipped), its literals compressed at `level`;
@@ -103,17 +112,20 @@ pub fn template_of(
     level: u32,
 ) -> Option<Template> {
     let identity = if is_gzip(&resp.headers) {
-        match gunzip(body, max_bytes) {
-            Ok(identity) => identity,
-            Err(e) => {
-                tracing::warn!(error = %e, "gzip body could not be inflated; its ESI is not processed");
-                return None;
-            }
-        }
+        inflated(body, max_bytes)?
     } else {
         body.clone()
     };
     Template::parse(&identity, level)
+}
+
+/// A gzip body inflated for parsing; `None` (and a warning) when it cannot be.
+fn inflated(body: &[u8], max_bytes: usize) -> Option<Bytes> {
+    gunzip(body, max_bytes)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "gzip body could not be inflated; its ESI is not processed");
+        })
+        .ok()
 }
 
 /// Inflates a gzip body, refusing to grow past `max_bytes`.

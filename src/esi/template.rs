@@ -8,9 +8,12 @@
 //! through untouched: the browser ignores an unknown tag, whereas dropping text could
 //! cut a page in half.
 
+use std::ops::Range;
+
+use bytes::Bytes;
 use memchr::memmem;
 
-use super::gzip::Piece;
+use super::gzip::{one_stream, Piece};
 
 pub(super) const ESI_TAG: &[u8] = b"<esi:";
 pub(super) const ESI_COMMENT_OPEN: &[u8] = b"<!--esi";
@@ -41,12 +44,64 @@ pub enum Segment {
 pub struct Template {
     segments: Vec<Segment>,
     includes: usize,
+    /// The whole page, markup included, as one gzip stream whose literals are this
+    /// template's own (`parse_sharing_body`); `None` when the literals stand alone.
+    body: Option<Bytes>,
 }
 
 impl Template {
     /// Parses an identity (not compressed) body, compressing its literals at `level`.
     /// `None` when it has no ESI at all, so pages without ESI cost nothing on a hit.
     pub fn parse(body: &[u8], level: u32) -> Option<Template> {
+        Self::parse_with_ranges(body, level).map(|(template, _)| template)
+    }
+
+    /// Like `parse`, and makes the whole body (ESI markup included) one gzip stream
+    /// whose bytes hold the template's literals: the store keeps that stream as the
+    /// page's body (`Derived::shared_body`), so a page with ESI is held once, not as its
+    /// gzipped body beside its template. `buffer` makes the stream's buffer.
+    pub fn parse_sharing_body(
+        body: &[u8],
+        level: u32,
+        buffer: impl FnOnce(&[u8]) -> Bytes,
+    ) -> Option<Template> {
+        let (mut template, literal_ranges) = Self::parse_with_ranges(body, level)?;
+        // The body in order: literals (segment index) and the markup between them,
+        // compressed as pieces of their own.
+        let literal_segments = template
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Segment::Literal(_)))
+            .map(|(i, _)| i);
+        let mut parts: Vec<(Option<usize>, Piece)> = Vec::new();
+        let mut at = 0;
+        let markup = |range: Range<usize>| (None, Piece::compress(&body[range], level));
+        for (segment, range) in literal_segments.zip(&literal_ranges) {
+            if range.start > at {
+                parts.push(markup(at..range.start));
+            }
+            if let Segment::Literal(piece) = &template.segments[segment] {
+                parts.push((Some(segment), piece.clone()));
+            }
+            at = range.end;
+        }
+        if body.len() > at {
+            parts.push(markup(at..body.len()));
+        }
+        let pieces: Vec<&Piece> = parts.iter().map(|(_, piece)| piece).collect();
+        let (stream, ranges) = one_stream(&pieces, buffer);
+        for ((segment, _), range) in parts.iter().zip(ranges) {
+            if let Some(Segment::Literal(piece)) = segment.map(|i| &mut template.segments[i]) {
+                *piece = piece.within(&stream, range);
+            }
+        }
+        template.body = Some(stream);
+        Some(template)
+    }
+
+    /// The template, and the body's range of each of its literals, in order.
+    fn parse_with_ranges(body: &[u8], level: u32) -> Option<(Template, Vec<Range<usize>>)> {
         if !has_esi(body) {
             return None;
         }
@@ -54,6 +109,7 @@ impl Template {
             body,
             level,
             segments: Vec::new(),
+            literal_ranges: Vec::new(),
             literal_start: 0,
             includes: 0,
         };
@@ -63,9 +119,13 @@ impl Template {
             .iter()
             .any(|s| matches!(s, Segment::Include(_)))
             || parser.segments.len() != 1;
-        changed.then(|| Template {
-            includes: parser.includes,
-            segments: parser.segments,
+        changed.then(|| {
+            let template = Template {
+                includes: parser.includes,
+                segments: parser.segments,
+                body: None,
+            };
+            (template, parser.literal_ranges)
         })
     }
 
@@ -95,15 +155,21 @@ impl crate::cache::Derived for Template {
         self
     }
 
+    /// The literals' bytes count unless they are the stored body's (which is weighed).
     fn len_bytes(&self) -> usize {
         self.segments
             .iter()
             .map(|s| match s {
+                Segment::Literal(_) if self.body.is_some() => 0,
                 Segment::Literal(piece) => piece.compressed_len(),
                 Segment::Include(include) => include.src.len() * 2,
             })
             .sum::<usize>()
             + self.segments.len() * std::mem::size_of::<Segment>()
+    }
+
+    fn shared_body(&self) -> Option<Bytes> {
+        self.body.clone()
     }
 }
 
@@ -116,6 +182,8 @@ struct Parser<'a> {
     body: &'a [u8],
     level: u32,
     segments: Vec<Segment>,
+    /// The body's range of each literal in `segments`, in order.
+    literal_ranges: Vec<Range<usize>>,
     /// Where the literal being collected starts.
     literal_start: usize,
     includes: usize,
@@ -222,6 +290,7 @@ impl Parser<'_> {
                 &self.body[self.literal_start..end],
                 self.level,
             )));
+            self.literal_ranges.push(self.literal_start..end);
         }
         self.literal_start = end;
     }

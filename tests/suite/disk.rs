@@ -109,6 +109,34 @@ async fn a_restart_comes_back_warm_without_asking_the_origin() {
     assert_eq!(fg.metric(disk_hits).await, 21.0);
 }
 
+/// An ESI page is kept as one stream that is both its body and its template's text; on
+/// disk it is that body, and after a restart it is assembled again from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_esi_page_comes_back_from_disk_and_is_assembled() {
+    let origin = TestOrigin::start().await;
+    let filler = "<p>tile</p>".repeat(300);
+    origin.set(
+        "/esi.html",
+        Page::cacheable(format!(
+            "<html>{filler}<esi:include src=\"/menu\"/>{filler}</html>"
+        )),
+    );
+    origin.set("/menu", Page::cacheable("[menu]"));
+    let expected = format!("<html>{filler}[menu]{filler}</html>");
+    let dir = DiskDir::new();
+    let mut fg = Floodgate::start_with(origin.addr, with_disk(&dir)).await;
+    until_open(&fg).await;
+    assert_eq!(get(&fg.url("/esi.html")).await.text(), expected);
+    until_on_disk(&fg, 2.0).await;
+    fg.restart(false).await;
+    until_open(&fg).await;
+    for _ in 0..3 {
+        let got = get(&fg.url("/esi.html")).await;
+        assert_eq!((got.cache_debug(), got.text()), ("HIT", expected.clone()));
+    }
+    assert_eq!(origin.hits("/esi.html"), 1, "the page came from disk");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_answered_is_never_undone_by_a_crash() {
     let origin = TestOrigin::start().await;

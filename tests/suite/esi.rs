@@ -512,3 +512,61 @@ async fn an_expired_fragment_is_served_stale_once_and_refreshed_in_the_backgroun
         "the page itself was never refetched"
     );
 }
+
+/// A stored ESI page is held once: its body is re-encoded as one gzip stream whose bytes
+/// are also the template's literals. That body must still be the origin's page, markup
+/// included, with its own length: what a hit sends once ESI is turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_esi_page_is_still_the_origins_page_once_esi_is_turned_off() {
+    let origin = TestOrigin::start().await;
+    let filler = "<p>product tile</p>".repeat(500);
+    let raw = format!(
+        "<html>{filler}<esi:include src=\"{MENU}\"/><!--esi <b>kept</b> -->{filler}\
+         <esi:remove>fallback</esi:remove><esi:comment text=\"c\"/></html>"
+    );
+    origin.set("/big.html", Page::cacheable(raw.clone()));
+    let fg = Floodgate::start_with(origin.addr, no_warm()).await;
+    let assembled = format!(
+        "<html>{filler}<ul class=\"topmenu\" data-vary=\"none\" data-render=\"1\">menu</ul> <b>kept</b> {filler}</html>"
+    );
+    assert_eq!(page(&fg, "/big.html").await.text(), assembled);
+    let hit = page(&fg, "/big.html").await;
+    assert_eq!((hit.cache_debug(), hit.text()), ("HIT", assembled));
+
+    fg.rewrite_config(&no_warm().esi("enabled = false"));
+    fg.signal("HUP");
+    assert!(
+        until_metric(
+            &fg,
+            "floodgate_config_reloads_total{result=\"ok\"}",
+            1.0,
+            Duration::from_secs(5)
+        )
+        .await
+        .is_some(),
+        "{}",
+        fg.log()
+    );
+    let gz = send(
+        client()
+            .get(fg.url("/big.html"))
+            .header("host", "shop.test")
+            .header("accept-encoding", "gzip"),
+    )
+    .await;
+    assert_eq!(gz.cache_debug(), "HIT");
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        gz.header("content-length"),
+        Some(gz.body.len().to_string().as_str()),
+        "the stored length is the stored body's"
+    );
+    let mut inflated = String::new();
+    flate2::read::GzDecoder::new(&gz.body[..])
+        .read_to_string(&mut inflated)
+        .expect("the stored body is one valid gzip stream");
+    assert_eq!(inflated, raw);
+    let plain = page(&fg, "/big.html").await;
+    assert_eq!((plain.cache_debug(), plain.text()), ("HIT", raw));
+    assert_eq!(origin.hits("/big.html"), 1);
+}

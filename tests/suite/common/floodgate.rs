@@ -403,6 +403,11 @@ impl Floodgate {
             .join(format!("floodgate-{}-upgrade.sock", self.addr.port()))
     }
 
+    /// The process id of the running proxy.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process has exited (a zombie not reaped yet counts), without `&mut`.
     pub fn has_exited(&self) -> bool {
         match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
