@@ -18,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Asks the kernel not to back this process with transparent huge pages. mimalloc
 /// commits its arena eagerly, and where the kernel's THP setting allows it each touched
-/// 2 MB region became a whole huge page: an idle proxy held 36 MB instead of 19, and a
+/// 2 MB region became a whole huge page: an idle proxy held 36 MB instead of 22, and a
 /// cache's resident size should follow what it stores (`bench/memory.sh`). Best effort:
 /// a kernel without the call leaves things as they were.
 fn without_transparent_huge_pages() {

@@ -163,7 +163,7 @@ fn a_port_in_use_ends_the_start_at_once_naming_the_address() {
 
 /// The proxy turns transparent huge pages off for itself: with them, each touched 2 MB of
 /// its allocator's arena became resident whole, and an idle proxy held 36 MB instead of
-/// 19 (bench/memory.sh).
+/// 22 (bench/memory.sh).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_runs_without_transparent_huge_pages() {
     let origin = TestOrigin::start().await;
