@@ -26,6 +26,22 @@ async fn page(fg: &Floodgate, url: &str) -> Got {
     send(client().get(fg.url(url)).header("host", "shop.test")).await
 }
 
+/// A page as a gzip client gets it, and its text inflated.
+async fn gzip_page(fg: &Floodgate, url: &str) -> (Got, String) {
+    let got = send(
+        client()
+            .get(fg.url(url))
+            .header("host", "shop.test")
+            .header("accept-encoding", "gzip"),
+    )
+    .await;
+    let mut inflated = String::new();
+    flate2::read::GzDecoder::new(&got.body[..])
+        .read_to_string(&mut inflated)
+        .expect("one valid gzip stream");
+    (got, inflated)
+}
+
 fn purge(fg: &Floodgate, tag: &str) -> reqwest::RequestBuilder {
     purge_request(fg, &tags_pattern(&[tag]))
 }
@@ -238,19 +254,9 @@ async fn a_gzip_client_gets_the_assembled_page_gzipped_and_others_get_identity()
         "<html>{filler}<ul class=\"topmenu\" data-vary=\"none\" data-render=\"1\">menu</ul>{filler}</html>"
     );
     for _ in 0..2 {
-        let gz = send(
-            client()
-                .get(fg.url("/big.html"))
-                .header("host", "shop.test")
-                .header("accept-encoding", "gzip"),
-        )
-        .await;
+        let (gz, inflated) = gzip_page(&fg, "/big.html").await;
         assert_eq!(gz.header("content-encoding"), Some("gzip"));
         assert!(gz.header("content-length").is_none());
-        let mut inflated = String::new();
-        flate2::read::GzDecoder::new(&gz.body[..])
-            .read_to_string(&mut inflated)
-            .expect("valid gzip");
         assert_eq!(inflated, expected);
 
         let plain = page(&fg, "/big.html").await;
@@ -547,13 +553,7 @@ async fn a_stored_esi_page_is_still_the_origins_page_once_esi_is_turned_off() {
         "{}",
         fg.log()
     );
-    let gz = send(
-        client()
-            .get(fg.url("/big.html"))
-            .header("host", "shop.test")
-            .header("accept-encoding", "gzip"),
-    )
-    .await;
+    let (gz, inflated) = gzip_page(&fg, "/big.html").await;
     assert_eq!(gz.cache_debug(), "HIT");
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     assert_eq!(
@@ -561,11 +561,7 @@ async fn a_stored_esi_page_is_still_the_origins_page_once_esi_is_turned_off() {
         Some(gz.body.len().to_string().as_str()),
         "the stored length is the stored body's"
     );
-    let mut inflated = String::new();
-    flate2::read::GzDecoder::new(&gz.body[..])
-        .read_to_string(&mut inflated)
-        .expect("the stored body is one valid gzip stream");
-    assert_eq!(inflated, raw);
+    assert_eq!(inflated, raw, "the stored body is the origin's page");
     let plain = page(&fg, "/big.html").await;
     assert_eq!((plain.cache_debug(), plain.text()), ("HIT", raw));
     assert_eq!(origin.hits("/big.html"), 1);
