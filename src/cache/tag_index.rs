@@ -53,11 +53,13 @@ impl Holders {
         }
     }
 
-    fn keys(&self) -> Box<dyn Iterator<Item = HashBinary> + '_> {
-        match self {
-            Holders::One(key, _) => Box::new(std::iter::once(*key)),
-            Holders::Many(objects) => Box::new(objects.keys().copied()),
-        }
+    fn keys(&self) -> impl Iterator<Item = HashBinary> + '_ {
+        let (one, many) = match self {
+            Holders::One(key, _) => (Some(*key), None),
+            Holders::Many(objects) => (None, Some(objects.keys().copied())),
+        };
+        // Without boxing: a purge asks this once per tag.
+        one.into_iter().chain(many.into_iter().flatten())
     }
 }
 

@@ -247,6 +247,28 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_gzip_page_shares_its_body_unless_it_cannot_be_read() {
+        use crate::cache::Derived;
+        let page = b"<p>a</p><esi:include src=\"/menu\"/><esi:remove>r</esi:remove><p>b</p>";
+        let resp = header("text/html", Some("gzip"));
+        let t = parse_stored(&resp, &gzip(page), 1 << 20).expect("template");
+        let shared = t.shared_body().expect("one stream for body and template");
+        assert_eq!(gunzip(&shared, 1 << 20).expect("valid gzip"), &page[..]);
+        // Corrupt, or inflating past the bound: no template, the body stays as it came.
+        let corrupt = Bytes::from_static(b"\x1f\x8b\x08not gzip at all");
+        assert!(parse_stored(&resp, &corrupt, 1 << 20).is_none());
+        assert!(parse_stored(&resp, &gzip(page), 10).is_none());
+        // An identity body keeps its literals apart: nothing replaces it.
+        let identity = parse_stored(
+            &header("text/html", None),
+            &Bytes::from_static(page),
+            1 << 20,
+        )
+        .expect("template");
+        assert!(identity.shared_body().is_none());
+    }
+
+    #[test]
     fn inflating_is_bounded() {
         let big = gzip(&vec![b'a'; 100_000]);
         assert!(gunzip(&big, 1000).is_err());
