@@ -23,6 +23,7 @@ impl Floodgate {
             _ if ctx.shed.is_some() && session.cache.phase() != CachePhase::Stale => Outcome::Shed,
             Route::Tunnel => Outcome::Tunnel,
             Route::Pass(_) => Outcome::Pass,
+            Route::Lookup if ctx.fresh_hit => Outcome::Hit,
             Route::Lookup => match session.cache.phase() {
                 CachePhase::Hit | CachePhase::Revalidated => Outcome::Hit,
                 CachePhase::Stale | CachePhase::StaleUpdating => Outcome::Stale,

@@ -63,6 +63,8 @@ pub struct RequestCtx {
     /// The GET made to answer a client's HEAD (`head_fill`): the client's request in
     /// every respect but its body, which nobody reads.
     pub head_fill: bool,
+    /// Answered as a fresh hit in `request_filter`, without Pingora's cache path.
+    pub fresh_hit: bool,
     /// The stored hit is an ESI template that this request assembles.
     pub esi_hit: bool,
     /// Served by running the request again as a subrequest and assembling its response;
@@ -110,6 +112,7 @@ impl RequestCtx {
             esi_role: None,
             background: false,
             head_fill: false,
+            fresh_hit: false,
             esi_hit: false,
             wrapped: false,
             client: None,

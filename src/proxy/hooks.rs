@@ -105,6 +105,9 @@ impl ProxyHttp for Floodgate {
         if peer.is_some() && !session.as_mut().is_body_empty() {
             return self.read_body_first(session, ctx).await;
         }
+        if peer.is_some() {
+            return self.serve_fresh_hit(session, ctx).await;
+        }
         Ok(false)
     }
 
@@ -116,8 +119,12 @@ impl ProxyHttp for Floodgate {
         if ctx.route != Route::Lookup {
             return Ok(());
         }
-        // The key is needed now: a key marked hit-for-miss takes no lock.
-        let key = self.key_for(session, ctx);
+        // The key is needed now: a key marked hit-for-miss takes no lock. The fresh-hit
+        // path may have worked it out already.
+        let key = match ctx.cache_key.take() {
+            Some(key) => key,
+            None => self.key_for(session, ctx),
+        };
         let marked = self.marks.is_marked(&key.primary_bin());
         ctx.marked = marked;
         ctx.cache_key = Some(key);

@@ -4,6 +4,7 @@
 //! | file | job |
 //! |---|---|
 //! | `hooks` | the `ProxyHttp` impl, hooks in the order Pingora calls them |
+//! | `fresh_hit` | a fresh hit in memory answered in the first hook, without Pingora's cache path |
 //! | `request` | clean headers, real client, body read first, cache key, class, identity |
 //! | `purge` | Magento's PURGE on the proxy listener |
 //! | `admission` | the client's share and the origin slot, or the reason to shed |
@@ -20,6 +21,7 @@ mod assemble;
 mod ctx;
 mod failure;
 mod fresh_fragments;
+mod fresh_hit;
 mod head_fill;
 mod hooks;
 pub mod metrics;

@@ -98,3 +98,82 @@ async fn uncacheable_verdict_on_passes_and_refused_responses() {
     );
     assert_eq!(get(&fg.url("/fine.html")).await.cache_debug(), "MISS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_page_answers_a_browsers_revalidation_with_304() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/etag.html",
+        Page::cacheable("the stored page")
+            .header("etag", "\"v1\"")
+            .header("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+    );
+    let fg = Floodgate::start(origin.addr).await;
+    assert_eq!(get(&fg.url("/etag.html")).await.cache_debug(), "MISS");
+    let hit = get(&fg.url("/etag.html")).await;
+    assert_eq!(hit.cache_debug(), "HIT");
+    let etag = hit.header("etag").expect("the stored ETag").to_string();
+    let revalidated = send(
+        client()
+            .get(fg.url("/etag.html"))
+            .header("if-none-match", &etag),
+    )
+    .await;
+    assert_eq!(revalidated.status, 304, "the browser's copy is current");
+    assert!(revalidated.body.is_empty());
+    let since = send(
+        client()
+            .get(fg.url("/etag.html"))
+            .header("if-modified-since", "Tue, 01 Dec 2026 10:00:00 GMT"),
+    )
+    .await;
+    assert_eq!(since.status, 304);
+    let other = send(
+        client()
+            .get(fg.url("/etag.html"))
+            .header("if-none-match", "\"v0\""),
+    )
+    .await;
+    assert_eq!(other.status, 200, "another version gets the page");
+    assert_eq!(other.text(), "the stored page");
+    assert_eq!(other.cache_debug(), "HIT");
+    assert_eq!(origin.hits("/etag.html"), 1, "all of it from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_hit_is_the_stored_page_and_counted_once() {
+    let origin = TestOrigin::start().await;
+    origin.set(
+        "/counted.html",
+        Page::cacheable("counted page").header("x-magento-tags", "cat_p_7"),
+    );
+    let fg = Floodgate::start(origin.addr).await;
+    assert_eq!(get(&fg.url("/counted.html")).await.cache_debug(), "MISS");
+    for _ in 0..3 {
+        let hit = get(&fg.url("/counted.html")).await;
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.cache_debug(), "HIT");
+        assert_eq!(hit.text(), "counted page");
+    }
+    assert_eq!(origin.hits("/counted.html"), 1);
+    assert_eq!(
+        fg.metric("floodgate_requests_total{outcome=\"hit\"}").await,
+        3.0
+    );
+    assert_eq!(
+        fg.metric("floodgate_requests_total{outcome=\"miss\"}")
+            .await,
+        1.0
+    );
+    // The re-warmer ranks purged pages by their requests: the visitor's fill and 3 hits.
+    let inspected: serde_json::Value = client()
+        .get(fg.admin_url("/cache"))
+        .query(&[("url", "/counted.html")])
+        .send()
+        .await
+        .expect("admin listener answers")
+        .json()
+        .await
+        .expect("GET /cache answers JSON");
+    assert_eq!(inspected["objects"][0]["hits"], 4, "{inspected}");
+}
