@@ -89,6 +89,7 @@ impl Admin {
                 self.purger
                     .metrics()
                     .purged(report.objects, report.tags, report.took);
+                self.purger.settle();
                 json_reply(
                     200,
                     json!({

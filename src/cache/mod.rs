@@ -12,6 +12,7 @@ pub mod disk;
 pub mod hit;
 pub mod hit_for_miss;
 pub mod identity;
+mod index_cleanup;
 pub mod metrics;
 mod miss;
 pub mod object;

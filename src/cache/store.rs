@@ -6,8 +6,9 @@
 //!
 //! Invariant: every object enters through `put` and leaves through moka's removal
 //! listener, which is where the tag and pool indexes are kept in step: eviction, expiry,
-//! replacement and purge alike. The index may name an object that is gone (a lookup then
-//! finds nothing), never miss one that is there.
+//! replacement and purge alike (the listener queues the removal, `index_cleanup` applies
+//! it after the purge's answer). The index may name an object that is gone (a lookup
+//! then finds nothing), never miss one that is there.
 //!
 //! Objects are kept as their parts (`object`: freshness, header, body, tags) instead of
 //! the serialised `CacheMeta`, so a hit (`hit`) does not decompress and re-parse a
@@ -36,6 +37,7 @@ use regex::Regex;
 use super::derived::{Derive, Derived, Deriver};
 use super::disk::DiskTier;
 use super::hit::StoredHit;
+use super::index_cleanup::IndexCleanup;
 use super::miss::Miss;
 use super::object::{FetchStarted, StoredObject, VisitorFetch};
 use super::recent_purges::RecentPurges;
@@ -52,6 +54,9 @@ const REMOVALS_KEPT: Duration = Duration::from_secs(3600);
 /// Most bytes read to derive what a copy promoted from the shared tier needs (its ESI),
 /// whose request's configuration is not known here: the default `cache.max_object_bytes`.
 const PROMOTED_MAX_INFLATED: usize = 16 << 20;
+
+/// Queued index removals each fill applies (`index_cleanup`).
+const REMOVALS_SETTLED_PER_FILL: usize = 64;
 
 struct ExpireWhenUnusable;
 
@@ -92,6 +97,8 @@ pub struct MemoryStore {
     objects: Cache<HashBinary, Arc<StoredObject>>,
     tags: Arc<TagIndex>,
     pools: Arc<TagIndex>,
+    /// Index entries of objects that left, taken out after the work that removed them.
+    cleanup: Arc<IndexCleanup>,
     pub(super) recent_purges: RecentPurges,
     generation: AtomicU64,
     /// Objects evicted to make room, since start.
@@ -117,7 +124,8 @@ impl MemoryStore {
         let counted_evictions = evictions.clone();
         let removals = Arc::new(Removals::new(REMEMBERED_REMOVALS, REMOVALS_KEPT));
         let noted = removals.clone();
-        let (tag_index, pool_index) = (tags.clone(), pools.clone());
+        let cleanup = Arc::new(IndexCleanup::default());
+        let queued = cleanup.clone();
         let objects = Cache::builder()
             .max_capacity(memory_bytes)
             .weigher(|_, object: &Arc<StoredObject>| object.weight())
@@ -133,10 +141,12 @@ impl MemoryStore {
                         // A purge notes itself, with its tag (`note_purged`).
                         RemovalCause::Explicit | RemovalCause::Replaced => {}
                     }
-                    tag_index.remove(&key, object.generation, object.tags.iter());
-                    if let Some(pool) = &object.pool {
-                        pool_index.remove(&key, object.generation, std::iter::once(&**pool));
-                    }
+                    queued.queue(
+                        *key,
+                        object.generation,
+                        object.tags.clone(),
+                        object.pool.clone(),
+                    );
                 },
             )
             .build();
@@ -144,6 +154,7 @@ impl MemoryStore {
             objects,
             tags,
             pools,
+            cleanup,
             evictions,
             removals,
             shared: std::sync::OnceLock::new(),
@@ -208,6 +219,10 @@ impl MemoryStore {
 
     /// The one way in: indexes the object's tags and pool, then stores it.
     pub(super) async fn put(&self, key: HashBinary, mut object: StoredObject) {
+        // Each fill takes a few removals out of the indexes: a pause after a flush of
+        // every object is spread over the fills that follow it.
+        self.cleanup
+            .settle(&self.tags, &self.pools, REMOVALS_SETTLED_PER_FILL);
         // Stored again: an earlier removal no longer explains a miss.
         self.removals.forget(&key);
         object.generation = self.generation.fetch_add(1, Ordering::Relaxed);
@@ -318,6 +333,13 @@ impl MemoryStore {
     /// Applies pending inserts and evictions, so `usage` is exact (tests, metrics scrape).
     pub async fn sync(&self) {
         self.objects.run_pending_tasks().await;
+        self.settle_index();
+    }
+
+    /// Takes every object that left memory out of the tag and pool indexes: after a
+    /// purge's answer (its removals were only queued), and on every metrics scrape.
+    pub fn settle_index(&self) {
+        self.cleanup.settle(&self.tags, &self.pools, usize::MAX);
     }
 
     /// Every object filled by a request for `url` (path and query), each variant and host:

@@ -70,7 +70,10 @@ impl Floodgate {
                     report.queued_for_warming,
                     report.took.as_secs_f64() * 1000.0
                 );
-                respond::plain(session, 200, &body, &[]).await
+                let answered = respond::plain(session, 200, &body, &[]).await;
+                // Magento waits for the answer, not for the index's housekeeping.
+                self.purger.settle();
+                answered
             }
             Err(reason) => {
                 self.purger.metrics().refused(reason.refusal());

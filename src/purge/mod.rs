@@ -162,6 +162,12 @@ impl Purger {
         self.store
     }
 
+    /// A purge's last work, done after its answer is written: the index entries of the
+    /// objects it removed (the removals were only queued, `cache::index_cleanup`).
+    pub fn settle(&self) {
+        self.store.settle_index();
+    }
+
     /// Applies a purge here and, with a bus, publishes it to every other node.
     pub async fn purge(
         &self,

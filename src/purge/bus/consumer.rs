@@ -200,6 +200,7 @@ impl PurgeBus {
             .await
         {
             Ok(report) => {
+                self.purger.settle();
                 self.own.applied.inc();
                 self.purger
                     .metrics()

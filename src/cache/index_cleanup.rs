@@ -1,0 +1,122 @@
+//! Index entries of objects that left memory, taken out after the work that removed the
+//! objects instead of during it.
+//!
+//! A purge of 100 product pages removes them from moka, whose removal listener used to
+//! edit the tag index there and then: every page is also in `store`, `cat_p` and its
+//! categories, sets of tens of thousands of entries, and those edits were a fifth of
+//! the purge's time before it could answer. The listener now only queues what left;
+//! the purge settles the queue after its answer is written, fills settle a few entries
+//! each, and a metrics scrape settles the rest.
+//!
+//! Invariant: a queued removal is applied by a later `settle`, never dropped; until then
+//! the index names an object that is gone, which the store's invariant allows (a look-up
+//! finds nothing), and never misses one that is there: removals carry the generation of
+//! the object that left, so a successor stored meanwhile keeps its entries. (A purge in
+//! that window of a tag the old object had and its successor dropped removes the
+//! successor too: one more miss, never a stale page.)
+
+use std::sync::Mutex;
+
+use pingora::cache::key::HashBinary;
+
+use super::tag_index::TagIndex;
+use super::Tags;
+
+/// One object that left: enough to take its entries out of both indexes.
+struct Left {
+    key: HashBinary,
+    generation: u64,
+    tags: Tags,
+    pool: Option<Box<str>>,
+}
+
+#[derive(Default)]
+pub(super) struct IndexCleanup {
+    pending: Mutex<Vec<Left>>,
+}
+
+impl IndexCleanup {
+    /// Queues the entries of object `key` of `generation` for removal.
+    pub(super) fn queue(
+        &self,
+        key: HashBinary,
+        generation: u64,
+        tags: Tags,
+        pool: Option<Box<str>>,
+    ) {
+        self.lock().push(Left {
+            key,
+            generation,
+            tags,
+            pool,
+        });
+    }
+
+    /// Applies at most `most` queued removals (the oldest first); how many are left.
+    pub(super) fn settle(&self, tags: &TagIndex, pools: &TagIndex, most: usize) -> usize {
+        let batch: Vec<Left> = {
+            let mut pending = self.lock();
+            if pending.is_empty() {
+                return 0;
+            }
+            let take = most.min(pending.len());
+            pending.drain(..take).collect()
+        };
+        // Applied outside the queue's lock: the listener keeps queueing meanwhile.
+        for left in &batch {
+            tags.remove(&left.key, left.generation, left.tags.iter());
+            if let Some(pool) = &left.pool {
+                pools.remove(&left.key, left.generation, std::iter::once(&**pool));
+            }
+        }
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Left>> {
+        // A panic while holding it left a valid Vec: the queue stays usable.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removals_wait_for_settle_and_spare_a_successor() {
+        let (tags, pools) = (TagIndex::default(), TagIndex::default());
+        let cleanup = IndexCleanup::default();
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        tags.insert(a, 1, ["cat_p_1", "store"].into_iter());
+        tags.insert(b, 2, ["cat_p_2", "store"].into_iter());
+        pools.insert(a, 1, ["pool-a"].into_iter());
+        cleanup.queue(
+            a,
+            1,
+            Tags::from_normalised("cat_p_1,store"),
+            Some("pool-a".into()),
+        );
+        cleanup.queue(b, 2, Tags::from_normalised("cat_p_2,store"), None);
+        // Queued, not applied: the index still names both (allowed: gone objects).
+        assert_eq!(tags.objects("cat_p_1"), vec![a]);
+        // b is stored again before its old entries are taken out.
+        tags.insert(b, 3, ["cat_p_2", "store"].into_iter());
+        assert_eq!(cleanup.settle(&tags, &pools, 1), 1, "one left");
+        assert!(tags.objects("cat_p_1").is_empty());
+        assert!(pools.objects("pool-a").is_empty());
+        assert_eq!(cleanup.settle(&tags, &pools, usize::MAX), 0);
+        assert_eq!(
+            tags.objects("cat_p_2"),
+            vec![b],
+            "the successor keeps its entries"
+        );
+        assert_eq!(tags.objects("store"), vec![b]);
+        assert_eq!(
+            cleanup.settle(&tags, &pools, usize::MAX),
+            0,
+            "nothing queued"
+        );
+    }
+}
