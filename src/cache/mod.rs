@@ -37,3 +37,9 @@ pub use selector::TagSelector;
 pub use store::MemoryStore;
 pub use tags::Tags;
 pub use variants::{VariantVerdict, Variants};
+
+/// The hasher of the maps a hit or a purge goes through (the store, the tag index, the
+/// re-warm queue, removals, recent purges): keyed per process like std's SipHash, so a
+/// visitor who picks URLs cannot pile keys into one bucket, and several times faster on
+/// short keys (SipHash was about a fifth of a purge's time in the profile).
+pub type FastHasher = foldhash::fast::RandomState;

@@ -17,7 +17,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Log {
-    tags: HashMap<Box<str>, SystemTime>,
+    tags: HashMap<Box<str>, SystemTime, super::FastHasher>,
     patterns: Vec<(Regex, SystemTime)>,
     pools: Vec<(Regex, SystemTime)>,
     all_tagged: Option<SystemTime>,

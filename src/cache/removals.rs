@@ -30,7 +30,7 @@ pub enum Removal {
 #[derive(Default)]
 struct Inner {
     /// The key's removal, the sequence number it was noted under, and when.
-    map: HashMap<HashBinary, (Removal, u64, Instant)>,
+    map: HashMap<HashBinary, (Removal, u64, Instant), super::FastHasher>,
     /// Keys in the order they were noted, with their sequence numbers: a key noted again
     /// has a newer number, and its older place in the queue is skipped.
     order: VecDeque<(HashBinary, u64)>,

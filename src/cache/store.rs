@@ -94,7 +94,7 @@ impl Expiry<HashBinary, Arc<StoredObject>> for ExpireWhenUnusable {
 
 /// The memory tier. Leaked once at start-up: Pingora wants `&'static dyn Storage`.
 pub struct MemoryStore {
-    objects: Cache<HashBinary, Arc<StoredObject>>,
+    objects: Cache<HashBinary, Arc<StoredObject>, super::FastHasher>,
     tags: Arc<TagIndex>,
     pools: Arc<TagIndex>,
     /// Index entries of objects that left, taken out after the work that removed them.
@@ -141,15 +141,10 @@ impl MemoryStore {
                         // A purge notes itself, with its tag (`note_purged`).
                         RemovalCause::Explicit | RemovalCause::Replaced => {}
                     }
-                    queued.queue(
-                        *key,
-                        object.generation,
-                        object.tags.clone(),
-                        object.pool.clone(),
-                    );
+                    queued.queue(*key, object);
                 },
             )
-            .build();
+            .build_with_hasher(super::FastHasher::default());
         Self {
             objects,
             tags,
@@ -319,6 +314,8 @@ impl MemoryStore {
     /// still there, for the next start: the caller says so).
     pub async fn flush(&self) -> Result<(), super::disk::DiskError> {
         self.objects.invalidate_all();
+        // The memory goes back now, not at the next fill.
+        self.sync().await;
         match self.disk.get() {
             Some(disk) => disk.clear().await.map(drop),
             None => Ok(()),

@@ -9,21 +9,22 @@
 //! by one object keeps it inline: a map per tag would cost an allocation of about 128
 //! bytes per object for a tag that never names a second one.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use pingora::cache::key::HashBinary;
 
+use super::FastHasher;
+
 const SHARDS: usize = 64;
 
-type Shard = HashMap<Box<str>, Holders>;
+type Shard = HashMap<Box<str>, Holders, FastHasher>;
 
 /// The objects (key, generation) carrying one tag.
 enum Holders {
     One(HashBinary, u64),
-    Many(HashMap<HashBinary, u64>),
+    Many(HashMap<HashBinary, u64, FastHasher>),
 }
 
 impl Holders {
@@ -31,7 +32,9 @@ impl Holders {
         match self {
             Holders::One(held, held_generation) if *held == key => *held_generation = generation,
             Holders::One(held, held_generation) => {
-                let many = HashMap::from([(*held, *held_generation), (key, generation)]);
+                let mut many = HashMap::with_capacity_and_hasher(2, FastHasher::default());
+                many.insert(*held, *held_generation);
+                many.insert(key, generation);
                 *self = Holders::Many(many);
             }
             Holders::Many(objects) => {
@@ -65,21 +68,22 @@ impl Holders {
 
 pub struct TagIndex {
     shards: Vec<Mutex<Shard>>,
+    /// Picks a tag's shard.
+    spread: FastHasher,
 }
 
 impl Default for TagIndex {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            spread: FastHasher::default(),
         }
     }
 }
 
 impl TagIndex {
     fn shard(&self, tag: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let mut hasher = DefaultHasher::new();
-        tag.hash(&mut hasher);
-        let shard = &self.shards[hasher.finish() as usize % SHARDS];
+        let shard = &self.shards[self.spread.hash_one(tag) as usize % SHARDS];
         shard
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

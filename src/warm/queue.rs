@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::cache::RequestIdentity;
+use crate::cache::{FastHasher, RequestIdentity};
 
 #[derive(Default)]
 struct Entries {
     /// (heat, sequence, url+headers identity) ordered coldest first.
     order: BTreeSet<(u32, u64, Arc<RequestIdentity>)>,
     /// identity -> its (heat, sequence) in `order`.
-    index: HashMap<Arc<RequestIdentity>, (u32, u64)>,
+    index: HashMap<Arc<RequestIdentity>, (u32, u64), FastHasher>,
     sequence: u64,
 }
 
