@@ -162,9 +162,14 @@ impl Purger {
         self.store
     }
 
-    /// A purge's last work, done after its answer is written: the index entries of the
-    /// objects it removed (the removals were only queued, `cache::index_cleanup`).
+    /// A purge's last work, done after its answer is written: the re-warmer woken to the
+    /// pages it queued, the index entries of the objects it removed taken out (the
+    /// removals were only queued, `cache::index_cleanup`). Every caller of `purge` and
+    /// `apply` calls it.
     pub fn settle(&self) {
+        if let Some(warm) = &self.warm {
+            warm.wake();
+        }
         self.store.settle_index();
     }
 
@@ -309,7 +314,8 @@ impl Purger {
                     .as_ref()
                     .filter(|_| object.heat.recent(self.hot_window))
                 {
-                    warm.push(identity.clone(), object.heat.hits());
+                    // The worker is woken by `settle`, after the answer.
+                    warm.push_quietly(identity.clone(), object.heat.hits());
                     queued += 1;
                 }
             }

@@ -43,6 +43,14 @@ impl WarmQueue {
     /// Queues a page; a page already queued keeps its place unless now hotter. When
     /// full, the coldest entry is dropped (and counted).
     pub fn push(&self, identity: Arc<RequestIdentity>, heat: u32) {
+        self.push_quietly(identity, heat);
+        self.wake();
+    }
+
+    /// `push` without waking the worker: a purge queues its pages while it runs and
+    /// wakes the worker once, after its answer (`wake`), so the worker's thread does not
+    /// take the core from the purge on a proxy pinned to one.
+    pub fn push_quietly(&self, identity: Arc<RequestIdentity>, heat: u32) {
         let mut entries = self.entries();
         if let Some(&(old_heat, seq)) = entries.index.get(&identity) {
             if heat <= old_heat {
@@ -61,7 +69,10 @@ impl WarmQueue {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        drop(entries);
+    }
+
+    /// Wakes the worker to what was queued.
+    pub fn wake(&self) {
         self.ready.notify_one();
     }
 
