@@ -55,9 +55,6 @@ const REMOVALS_KEPT: Duration = Duration::from_secs(3600);
 /// whose request's configuration is not known here: the default `cache.max_object_bytes`.
 const PROMOTED_MAX_INFLATED: usize = 16 << 20;
 
-/// Queued index removals each fill applies (`index_cleanup`).
-const REMOVALS_SETTLED_PER_FILL: usize = 64;
-
 struct ExpireWhenUnusable;
 
 impl ExpireWhenUnusable {
@@ -214,10 +211,8 @@ impl MemoryStore {
 
     /// The one way in: indexes the object's tags and pool, then stores it.
     pub(super) async fn put(&self, key: HashBinary, mut object: StoredObject) {
-        // Each fill takes a few removals out of the indexes: a pause after a flush of
-        // every object is spread over the fills that follow it.
-        self.cleanup
-            .settle(&self.tags, &self.pools, REMOVALS_SETTLED_PER_FILL);
+        // Evictions free their memory while the cache fills, a batch at a time.
+        self.cleanup.settle_if_over(&self.tags, &self.pools);
         // Stored again: an earlier removal no longer explains a miss.
         self.removals.forget(&key);
         object.generation = self.generation.fetch_add(1, Ordering::Relaxed);

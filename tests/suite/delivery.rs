@@ -166,14 +166,6 @@ async fn a_fresh_hit_is_the_stored_page_and_counted_once() {
         1.0
     );
     // The re-warmer ranks purged pages by their requests: the visitor's fill and 3 hits.
-    let inspected: serde_json::Value = client()
-        .get(fg.admin_url("/cache"))
-        .query(&[("url", "/counted.html")])
-        .send()
-        .await
-        .expect("admin listener answers")
-        .json()
-        .await
-        .expect("GET /cache answers JSON");
+    let inspected = fg.inspect("/counted.html").await;
     assert_eq!(inspected["objects"][0]["hits"], 4, "{inspected}");
 }

@@ -315,7 +315,17 @@ impl Floodgate {
     /// How each copy the store holds for `path` may be served now (`fresh`, `grace`,
     /// `stale_if_error`), from the admin API's `GET /cache`.
     pub async fn stored(&self, path: &str) -> Vec<String> {
-        let answer: serde_json::Value = crate::common::client()
+        self.inspect(path).await["objects"]
+            .as_array()
+            .expect("GET /cache lists objects")
+            .iter()
+            .map(|o| o["state"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The admin's `GET /cache?url=path`: every copy of `path` the store holds.
+    pub async fn inspect(&self, path: &str) -> serde_json::Value {
+        crate::common::client()
             .get(self.admin_url("/cache"))
             .query(&[("url", path)])
             .send()
@@ -323,13 +333,7 @@ impl Floodgate {
             .expect("admin listener answers")
             .json()
             .await
-            .expect("GET /cache answers JSON");
-        answer["objects"]
-            .as_array()
-            .expect("GET /cache lists objects")
-            .iter()
-            .map(|o| o["state"].as_str().unwrap_or_default().to_string())
-            .collect()
+            .expect("GET /cache answers JSON")
     }
 
     /// Waits until every copy of `path` the store holds is in one of `states` (`fresh`,
