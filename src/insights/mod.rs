@@ -93,8 +93,8 @@ enum Event {
     Purge(Vec<(Arc<str>, u64)>),
 }
 
-/// Events waiting for the background task; beyond this they are dropped and counted.
-/// Events waiting at most; at 50 ms a drain, 300,000 misses a second before any drops.
+/// Events waiting for the background task; beyond this they are dropped and counted
+/// (taken every 50 ms: over 300,000 misses a second before any is dropped).
 const QUEUE: usize = 16_384;
 /// How often the aggregator takes the queued events.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);

@@ -1,5 +1,6 @@
 //! The re-warm queue: bounded, one entry per page, hottest first.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,18 +52,25 @@ impl WarmQueue {
     /// wakes the worker once, after its answer (`wake`), so the worker's thread does not
     /// take the core from the purge on a proxy pinned to one.
     pub fn push_quietly(&self, identity: Arc<RequestIdentity>, heat: u32) {
-        let mut entries = self.entries();
-        if let Some(&(old_heat, seq)) = entries.index.get(&identity) {
-            if heat <= old_heat {
-                return;
+        let mut guard = self.entries();
+        let entries = &mut *guard;
+        // One hash of the identity (its URL and headers): a purge queues a page each.
+        let slot = match entries.index.entry(identity.clone()) {
+            Entry::Occupied(held) => {
+                let (old_heat, old_seq) = *held.get();
+                if heat <= old_heat {
+                    return;
+                }
+                entries.order.remove(&(old_heat, old_seq, identity.clone()));
+                held.into_mut()
             }
-            entries.order.remove(&(old_heat, seq, identity.clone()));
-        }
+            Entry::Vacant(free) => free.insert((0, 0)),
+        };
         entries.sequence += 1;
         // Among equal heat, earlier purges come first: a larger sequence sorts colder.
         let seq = u64::MAX - entries.sequence;
-        entries.order.insert((heat, seq, identity.clone()));
-        entries.index.insert(identity, (heat, seq));
+        *slot = (heat, seq);
+        entries.order.insert((heat, seq, identity));
         while entries.order.len() > self.capacity {
             if let Some((_, _, coldest)) = entries.order.pop_first() {
                 entries.index.remove(&coldest);
@@ -124,10 +132,12 @@ mod tests {
         assert_eq!(q.len(), 3);
         q.push(page("/d"), 10); // full: /c, the coldest, is dropped
         assert_eq!(q.dropped(), 1);
+        q.push_quietly(page("/a"), 60); // queued again, hotter: moves up, still once
+        assert_eq!(q.len(), 3);
         let order: Vec<String> = std::iter::from_fn(|| q.pop())
             .map(|p| p.url.clone())
             .collect();
-        assert_eq!(order, vec!["/b", "/d", "/a"]);
+        assert_eq!(order, vec!["/a", "/b", "/d"]);
         assert!(q.is_empty());
     }
 }
