@@ -19,10 +19,12 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::{Floodgate, RequestCtx};
-use crate::cache::PURGED_COPY_HEADER;
 use crate::esi;
-use crate::policy::delivery::{prepare_for_client, CacheDebug, Grace};
+use crate::policy::delivery::{CacheDebug, Grace};
 use crate::policy::route::Route;
+
+/// Magento's debug mode keeps `Age` (`policy::delivery`).
+const MAGENTO_DEBUG: http::HeaderName = http::HeaderName::from_static("x-magento-debug");
 
 /// Request headers that ask for something other than the whole stored response.
 const CONDITIONS: [http::HeaderName; 4] = [
@@ -58,7 +60,9 @@ impl Floodgate {
         let Some(object) = self.store.get(&hash).await else {
             return Ok(false);
         };
-        if !object.is_fresh() || object.is_purged_copy() {
+        // A purged page's kept copy is expired when kept, so `is_fresh` alone would do;
+        // the flag says so without the clock.
+        if object.is_purged_copy() || !object.is_fresh() {
             return Ok(false);
         }
         if ctx.assembles_esi()
@@ -74,9 +78,6 @@ impl Floodgate {
         let Ok(mut resp) = object.header.unpack() else {
             return Ok(false);
         };
-        if resp.headers.contains_key(PURGED_COPY_HEADER) {
-            return Ok(false);
-        }
         delivered(&mut resp, object.updated, ctx)?;
         object.heat.hit();
         ctx.fresh_hit = true;
@@ -90,18 +91,14 @@ impl Floodgate {
 
 /// The stored header as Pingora's hit path and `response_filter` would send it: the
 /// `Age` Pingora adds (kept only for Magento's debug mode), HTTP/1.1 as Pingora sets for
-/// stored responses, Magento's `vcl_deliver` edits and HSTS on the client's TLS.
+/// stored responses, then what every response gets (`for_client`).
 fn delivered(resp: &mut ResponseHeader, updated: SystemTime, ctx: &RequestCtx) -> Result<()> {
     resp.set_version(http::Version::HTTP_11);
-    if resp.headers.contains_key("x-magento-debug") {
+    if resp.headers.contains_key(MAGENTO_DEBUG) {
         let age = SystemTime::now()
             .duration_since(updated)
             .map_or(0, |age| age.as_secs());
         resp.insert_header(http::header::AGE, age)?;
     }
-    prepare_for_client(resp, &ctx.url, CacheDebug::Hit, Some(Grace::None));
-    if let Some(hsts) = ctx.rt.hsts.as_ref().filter(|_| ctx.tls) {
-        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
-    }
-    Ok(())
+    super::for_client(resp, ctx, CacheDebug::Hit, Some(Grace::None))
 }

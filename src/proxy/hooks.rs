@@ -23,7 +23,6 @@ use super::{Floodgate, RequestCtx};
 use crate::cache::PURGED_COPY_HEADER;
 use crate::cache::{StoredHit, Tags};
 use crate::esi::{self, Role};
-use crate::policy::delivery::prepare_for_client;
 use crate::policy::delivery::CacheDebug;
 use crate::policy::route::Route;
 use crate::policy::storability::decide;
@@ -440,11 +439,7 @@ impl ProxyHttp for Floodgate {
             return Ok(());
         }
         let (verdict, grace) = self.verdict(session, ctx);
-        prepare_for_client(resp, &ctx.url, verdict, grace);
-        // The client's own response over TLS (a page subrequest carries its client's).
-        if let Some(hsts) = ctx.rt.hsts.as_ref().filter(|_| ctx.tls) {
-            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
-        }
+        super::for_client(resp, ctx, verdict, grace)?;
         if matches!(ctx.esi_role, Some(Role::Fragment { .. })) && verdict == CacheDebug::Hit {
             resp.insert_header(esi::CACHED_HEADER, "1")?;
         }

@@ -48,6 +48,22 @@ use crate::purge::Purger;
 use crate::upstream::{ClientSlots, Origins, ShedFanout};
 use metrics::RequestMetrics;
 
+/// What every response header gets on its way to the client, from the cache or the
+/// origin: Magento's `vcl_deliver` edits with the cache's verdict, and HSTS on the
+/// client's own TLS (a page subrequest carries its client's).
+fn for_client(
+    resp: &mut pingora::http::ResponseHeader,
+    ctx: &RequestCtx,
+    verdict: crate::policy::delivery::CacheDebug,
+    grace: Option<crate::policy::delivery::Grace>,
+) -> pingora::Result<()> {
+    crate::policy::delivery::prepare_for_client(resp, &ctx.url, verdict, grace);
+    if let Some(hsts) = ctx.rt.hsts.as_ref().filter(|_| ctx.tls) {
+        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+    }
+    Ok(())
+}
+
 /// Compression level for bodies compressed before they are stored.
 const STORE_GZIP_LEVEL: u32 = 6;
 
