@@ -16,6 +16,7 @@ mod index_cleanup;
 pub mod metrics;
 mod miss;
 pub mod object;
+mod object_map;
 pub mod recent_purges;
 pub mod removals;
 pub mod selector;

@@ -18,7 +18,8 @@ use pingora::Result;
 use super::derived::Derived;
 use super::{CompactHeader, RequestIdentity, Tags};
 
-/// Bookkeeping bytes per object beyond body, header and tags (key, Arc, moka node).
+/// Bookkeeping bytes per object beyond body, header and tags (the object itself, its
+/// slot and index entry in the map).
 pub(super) const ENTRY_OVERHEAD: usize = 256;
 /// Tag-index bytes per tag of an object (map slot, key copy, generation).
 pub(super) const INDEX_BYTES_PER_TAG: usize = 48;
@@ -105,7 +106,7 @@ pub struct StoredObject {
     /// from disk need not be inflated and scanned again to learn that.
     pub nothing_derived: bool,
     /// One value the layer above computes from the object on first use and keeps with it
-    /// (ESI: the body as a piece of other pages). Not weighed (moka weighs at insert);
+    /// (ESI: the body as a piece of other pages). Not weighed (the map weighs at insert);
     /// it is about the gzipped body, and few objects have one.
     memo: std::sync::OnceLock<Option<Box<dyn Any + Send + Sync>>>,
     pub heat: Heat,

@@ -1,10 +1,10 @@
-//! The in-memory tier: Pingora's cache `Storage` on a moka cache bounded in bytes.
+//! The in-memory tier: Pingora's cache `Storage` on a map bounded in bytes.
 //!
-//! moka does the admission (TinyLFU), eviction (by weight) and expiry (each object at its
-//! TTL + keep, so objects nobody may be served any more give their memory back), which is
-//! why no Pingora eviction manager runs on top: two accountants would disagree.
+//! The map (`object_map`) does the eviction (CLOCK, by weight) and expiry (each object at
+//! its TTL + keep, so objects nobody may be served any more give their memory back),
+//! which is why no Pingora eviction manager runs on top: two accountants would disagree.
 //!
-//! Invariant: every object enters through `put` and leaves through moka's removal
+//! Invariant: every object enters through `put` and leaves through the map's removal
 //! listener, which is where the tag and pool indexes are kept in step: eviction, expiry,
 //! replacement and purge alike (the listener queues the removal, `index_cleanup` applies
 //! it after the purge's answer). The index may name an object that is gone (a lookup
@@ -18,13 +18,10 @@
 use std::any::Any;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use moka::future::Cache;
-use moka::notification::RemovalCause;
-use moka::Expiry;
 use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{
@@ -40,6 +37,7 @@ use super::hit::StoredHit;
 use super::index_cleanup::IndexCleanup;
 use super::miss::Miss;
 use super::object::{FetchStarted, StoredObject, VisitorFetch};
+use super::object_map::{Cause, ObjectMap};
 use super::recent_purges::RecentPurges;
 use super::removals::{Removal, Removals};
 use super::shared_tier::SharedTier;
@@ -55,43 +53,9 @@ const REMOVALS_KEPT: Duration = Duration::from_secs(3600);
 /// whose request's configuration is not known here: the default `cache.max_object_bytes`.
 const PROMOTED_MAX_INFLATED: usize = 16 << 20;
 
-struct ExpireWhenUnusable;
-
-impl ExpireWhenUnusable {
-    fn remaining(object: &StoredObject) -> Option<Duration> {
-        Some(
-            object
-                .unusable_at()
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO),
-        )
-    }
-}
-
-impl Expiry<HashBinary, Arc<StoredObject>> for ExpireWhenUnusable {
-    fn expire_after_create(
-        &self,
-        _: &HashBinary,
-        object: &Arc<StoredObject>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Self::remaining(object)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &HashBinary,
-        object: &Arc<StoredObject>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Self::remaining(object)
-    }
-}
-
 /// The memory tier. Leaked once at start-up: Pingora wants `&'static dyn Storage`.
 pub struct MemoryStore {
-    objects: Cache<HashBinary, Arc<StoredObject>, super::FastHasher>,
+    objects: ObjectMap,
     tags: Arc<TagIndex>,
     pools: Arc<TagIndex>,
     /// Index entries of objects that left, taken out after the work that removed them.
@@ -123,25 +87,21 @@ impl MemoryStore {
         let noted = removals.clone();
         let cleanup = Arc::new(IndexCleanup::default());
         let queued = cleanup.clone();
-        let objects = Cache::builder()
-            .max_capacity(memory_bytes)
-            .weigher(|_, object: &Arc<StoredObject>| object.weight())
-            .expire_after(ExpireWhenUnusable)
-            .eviction_listener(
-                move |key: Arc<HashBinary>, object: Arc<StoredObject>, cause: RemovalCause| {
-                    match cause {
-                        RemovalCause::Size => {
-                            counted_evictions.fetch_add(1, Ordering::Relaxed);
-                            noted.note([*key], &Removal::Evicted);
-                        }
-                        RemovalCause::Expired => noted.note([*key], &Removal::Expired),
-                        // A purge notes itself, with its tag (`note_purged`).
-                        RemovalCause::Explicit | RemovalCause::Replaced => {}
+        let objects = ObjectMap::new(
+            memory_bytes,
+            Box::new(move |key, object, cause| {
+                match cause {
+                    Cause::Size => {
+                        counted_evictions.fetch_add(1, Ordering::Relaxed);
+                        noted.note([key], &Removal::Evicted);
                     }
-                    queued.queue(*key, object);
-                },
-            )
-            .build_with_hasher(super::FastHasher::default());
+                    Cause::Expired => noted.note([key], &Removal::Expired),
+                    // A purge notes itself, with its tag (`note_purged`).
+                    Cause::Removed | Cause::Replaced => {}
+                }
+                queued.queue(key, object);
+            }),
+        );
         Self {
             objects,
             tags,
@@ -221,7 +181,7 @@ impl MemoryStore {
             self.pools
                 .insert(key, object.generation, std::iter::once(&**pool));
         }
-        self.objects.insert(key, Arc::new(object)).await;
+        self.objects.insert(key, Arc::new(object));
     }
 
     /// Why `key` left memory, if it did lately: a miss's reason.
@@ -283,20 +243,20 @@ impl MemoryStore {
         for key in keys {
             if !soft && keep > 0 {
                 // Kept as a last resort; one purged already is not purged again.
-                if let Some(object) = self.objects.get(key).await {
+                if let Some(object) = self.objects.get(key) {
                     if !object.is_purged_copy() {
                         self.put(*key, object.purged(keep)).await;
                         invalidated.push(object);
                     }
                 }
             } else if soft {
-                if let Some(object) = self.objects.get(key).await {
+                if let Some(object) = self.objects.get(key) {
                     if object.is_fresh() {
                         self.put(*key, object.expired()).await;
                     }
                     invalidated.push(object);
                 }
-            } else if let Some(object) = self.objects.remove(key).await {
+            } else if let Some(object) = self.objects.remove(key) {
                 invalidated.push(object);
             }
         }
@@ -308,7 +268,7 @@ impl MemoryStore {
     /// removal listener. `Err` when the disk could not be cleared (its objects are then
     /// still there, for the next start: the caller says so).
     pub async fn flush(&self) -> Result<(), super::disk::DiskError> {
-        self.objects.invalidate_all();
+        self.objects.clear();
         // The memory goes back now, not at the next fill.
         self.sync().await;
         match self.disk.get() {
@@ -317,14 +277,15 @@ impl MemoryStore {
         }
     }
 
-    /// Objects and bytes held now (moka's counters lag slightly behind inserts).
+    /// Objects and bytes held now.
     pub fn usage(&self) -> (u64, u64) {
-        (self.objects.entry_count(), self.objects.weighted_size())
+        self.objects.usage()
     }
 
-    /// Applies pending inserts and evictions, so `usage` is exact (tests, metrics scrape).
+    /// Gives back the memory of expired objects and settles the indexes (tests,
+    /// metrics scrape).
     pub async fn sync(&self) {
-        self.objects.run_pending_tasks().await;
+        self.objects.sweep_expired();
         self.settle_index();
     }
 
@@ -338,14 +299,14 @@ impl MemoryStore {
     /// a walk over the whole store, for an operator's question, not for the request path.
     pub fn filled_for(&self, url: &str) -> Vec<Arc<StoredObject>> {
         self.objects
-            .iter()
-            .filter(|(_, object)| object.identity.as_ref().is_some_and(|i| i.url == url))
-            .map(|(_, object)| object)
+            .objects()
+            .into_iter()
+            .filter(|object| object.identity.as_ref().is_some_and(|i| i.url == url))
             .collect()
     }
 
     pub async fn get(&self, key: &HashBinary) -> Option<Arc<StoredObject>> {
-        self.objects.get(key).await
+        self.objects.get(key)
     }
 }
 
@@ -447,7 +408,7 @@ impl MemoryStore {
             .recent_purges
             .purged_since(&tags, pool.as_deref(), updated)
         {
-            self.objects.remove(&hash).await;
+            self.objects.remove(&hash);
             return Ok(None);
         }
         Ok(Some((meta, Box::new(hit))))
@@ -462,7 +423,7 @@ impl Storage for MemoryStore {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = key.combined_bin();
-        let Some(object) = self.objects.get(&hash).await else {
+        let Some(object) = self.objects.get(&hash) else {
             return self.lookup_tiers(hash).await;
         };
         object.heat.hit();
@@ -512,12 +473,10 @@ impl Storage for MemoryStore {
         _purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        Ok(
-            match self.objects.remove(&target.key().combined_bin()).await {
-                Some(_) => PurgeOutcome::Purged(None),
-                None => PurgeOutcome::NotFound,
-            },
-        )
+        Ok(match self.objects.remove(&target.key().combined_bin()) {
+            Some(_) => PurgeOutcome::Purged(None),
+            None => PurgeOutcome::NotFound,
+        })
     }
 
     async fn update_meta(
@@ -528,7 +487,7 @@ impl Storage for MemoryStore {
     ) -> Result<bool> {
         let hash = key.combined_bin();
         // The object may have been evicted or purged while it was revalidated.
-        let Some(old) = self.objects.get(&hash).await else {
+        let Some(old) = self.objects.get(&hash) else {
             return Ok(false);
         };
         let mut object = StoredObject::new(
@@ -556,6 +515,7 @@ impl Storage for MemoryStore {
 mod tests {
     use super::*;
     use pingora::cache::trace::Span;
+    use std::time::Instant;
 
     async fn put(
         store: &'static MemoryStore,
