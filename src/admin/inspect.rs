@@ -52,7 +52,7 @@ fn describe(object: &StoredObject, now: SystemTime) -> Value {
     let identity = object.identity.as_deref();
     json!({
         "state": object.state(now).label(),
-        "variant": identity.map(|i| &i.headers),
+        "variant": identity.map(|i| &*i.headers),
         "age_secs": secs(object.updated, now),
         "fresh_for_secs": secs(now, object.fresh_until),
         "grace_secs": object.grace_secs,

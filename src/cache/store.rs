@@ -301,7 +301,7 @@ impl MemoryStore {
         self.objects
             .objects()
             .into_iter()
-            .filter(|object| object.identity.as_ref().is_some_and(|i| i.url == url))
+            .filter(|object| object.identity.as_ref().is_some_and(|i| &*i.url == url))
             .collect()
     }
 

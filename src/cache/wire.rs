@@ -52,7 +52,7 @@ pub fn encode(object: &StoredObject) -> Bytes {
     out.put_u32(object.keep_secs);
     out.put_u16(status);
     out.put_u8(version_code(version));
-    put_bytes(&mut out, block);
+    put_bytes(&mut out, &block);
     put_bytes(&mut out, object.tags.as_str().as_bytes());
     put_bytes(&mut out, object.pool.as_deref().unwrap_or("").as_bytes());
     match &object.identity {
@@ -60,7 +60,7 @@ pub fn encode(object: &StoredObject) -> Bytes {
             out.put_u8(1);
             put_bytes(&mut out, identity.url.as_bytes());
             out.put_u16(identity.headers.len() as u16);
-            for (name, value) in &identity.headers {
+            for (name, value) in identity.headers.iter() {
                 put_bytes(&mut out, name.as_bytes());
                 put_bytes(&mut out, value.as_bytes());
             }
@@ -114,7 +114,7 @@ pub fn decode(value: Bytes) -> Option<StoredObject> {
     let keep_secs = r.u32()?;
     let status = r.u16()?;
     let version = version_of(r.u8()?);
-    let block = r.bytes()?;
+    let header = CompactHeader::from_parts(status, version, &r.bytes()?)?;
     let tags = Tags::from_normalised(&r.string()?);
     let pool = Some(r.string()?)
         .filter(|p| !p.is_empty())
@@ -128,7 +128,7 @@ pub fn decode(value: Bytes) -> Option<StoredObject> {
             for _ in 0..count {
                 headers.push((r.string()?, r.string()?));
             }
-            Some(Arc::new(RequestIdentity { url, headers }))
+            Some(Arc::new(RequestIdentity::new(url, headers)))
         }
     };
     let body = r.bytes()?;
@@ -137,7 +137,7 @@ pub fn decode(value: Bytes) -> Option<StoredObject> {
         updated,
         grace_secs,
         keep_secs,
-        CompactHeader::from_parts(status, version, block),
+        header,
         body,
         tags,
         pool,
@@ -165,10 +165,10 @@ mod tests {
             Bytes::from_static(b"hello"),
             Tags::from_normalised("cat_p_1,cat_p"),
             Some("pool-a".into()),
-            Some(Arc::new(RequestIdentity {
-                url: "/a.html".into(),
-                headers: vec![("host".into(), "shop.test".into())],
-            })),
+            Some(Arc::new(RequestIdentity::new(
+                "/a.html".into(),
+                vec![("host".into(), "shop.test".into())],
+            ))),
         );
         let back = decode(encode(&object)).expect("decodes");
         assert_eq!(back.fresh_until, object.fresh_until);
@@ -176,10 +176,7 @@ mod tests {
         assert_eq!(back.body, object.body);
         assert_eq!(back.tags.as_str(), "cat_p_1,cat_p");
         assert_eq!(back.pool.as_deref(), Some("pool-a"));
-        assert_eq!(
-            back.identity.as_ref().map(|i| i.url.as_str()),
-            Some("/a.html")
-        );
+        assert_eq!(back.identity.as_ref().map(|i| &*i.url), Some("/a.html"));
         let h = back.header.unpack().expect("header");
         assert_eq!(h.headers["content-type"], "text/html");
 

@@ -55,7 +55,7 @@ async fn load(client: &reqwest::Client, target: &str, source: &str) -> anyhow::R
     if source.starts_with("http://") || source.starts_with("https://") {
         let page = sitemap::identity(source, "X-Forwarded-Proto").map_err(anyhow::Error::from)?;
         let mut request = client.get(format!("{target}{}", page.url));
-        for (name, value) in &page.headers {
+        for (name, value) in page.headers.iter() {
             request = request.header(name.as_str(), value.as_str());
         }
         let response = request

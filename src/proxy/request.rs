@@ -258,11 +258,6 @@ impl Floodgate {
         if let Some(vary) = &ctx.variant.vary_cookie {
             replay.push(("cookie".to_string(), format!("X-Magento-Vary={vary}")));
         }
-        // Kept with the object for as long as it lives: no spare capacity.
-        replay.shrink_to_fit();
-        Some(Arc::new(RequestIdentity {
-            url: ctx.url.clone(),
-            headers: replay,
-        }))
+        Some(Arc::new(RequestIdentity::new(ctx.url.clone(), replay)))
     }
 }

@@ -116,10 +116,10 @@ mod tests {
     use super::*;
 
     fn page(url: &str) -> Arc<RequestIdentity> {
-        Arc::new(RequestIdentity {
-            url: url.into(),
-            headers: vec![("host".into(), "shop".into())],
-        })
+        Arc::new(RequestIdentity::new(
+            url.into(),
+            vec![("host".into(), "shop".into())],
+        ))
     }
 
     #[test]
@@ -135,7 +135,7 @@ mod tests {
         q.push_quietly(page("/a"), 60); // queued again, hotter: moves up, still once
         assert_eq!(q.len(), 3);
         let order: Vec<String> = std::iter::from_fn(|| q.pop())
-            .map(|p| p.url.clone())
+            .map(|p| p.url.to_string())
             .collect();
         assert_eq!(order, vec!["/a", "/b", "/d"]);
         assert!(q.is_empty());

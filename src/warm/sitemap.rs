@@ -85,7 +85,7 @@ pub fn identity(loc: &str, offload_header: &str) -> Result<RequestIdentity, Site
     if uri.scheme_str() == Some("https") {
         headers.push((offload_header.to_string(), "https".to_string()));
     }
-    Ok(RequestIdentity { url, headers })
+    Ok(RequestIdentity::new(url, headers))
 }
 
 /// Requests every page through Floodgate at `target`, at most `rate` per second and
@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn https_locations_carry_the_offload_header() {
         let page = identity("https://shop.test/p.html?a=1", "X-Forwarded-Proto").unwrap();
-        assert_eq!(page.url, "/p.html?a=1");
+        assert_eq!(&*page.url, "/p.html?a=1");
         assert!(page.headers.contains(&("host".into(), "shop.test".into())));
         assert!(page
             .headers

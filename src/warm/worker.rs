@@ -101,7 +101,7 @@ pub async fn fetch(client: &reqwest::Client, target: &str, page: &RequestIdentit
         .get(format!("{target}{}", page.url))
         .header(WARM_HEADER, "1")
         .header("accept-encoding", "gzip");
-    for (name, value) in &page.headers {
+    for (name, value) in page.headers.iter() {
         request = request.header(name.as_str(), value.as_str());
     }
     match request.send().await {

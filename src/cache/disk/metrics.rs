@@ -12,6 +12,7 @@ pub struct DiskMetrics {
     pub misses: IntCounter,
     pub writes: IntCounter,
     pub syncs: IntCounter,
+    pub durable_writes: IntGauge,
     pub dropped: IntCounter,
     pub evictions: IntCounter,
     pub corrupt: IntCounter,
@@ -56,6 +57,11 @@ impl DiskMetrics {
                 r,
                 "floodgate_disk_syncs_total",
                 "Durable commits of the fills written since the previous one (about one a second while filling)",
+            )?,
+            durable_writes: gauge(
+                r,
+                "floodgate_disk_durable_writes",
+                "floodgate_disk_writes_total as of the last durable commit: the writes since are what a crash now could lose",
             )?,
             dropped: counter(
                 r,
