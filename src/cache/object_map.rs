@@ -8,6 +8,11 @@
 //! a 20-byte index entry in a sharded map, a look-up is one short lock and a hash probe,
 //! and a removal frees its slot.
 //!
+//! Why not quick_cache, the light crate of this kind (S3-FIFO, weights): it has no
+//! expiry per entry (an object must give its memory back at TTL + keep) and tells only
+//! evictions, not replacements or expiries, while the tag index must hear of every
+//! object that leaves. What is here is a slot table, a hash map and a clock hand.
+//!
 //! Policy: CLOCK, as Varnish's LRU is approximated by most caches: a hit sets the slot's
 //! bit; eviction sweeps a shard's slots, clearing bits, and takes the first slot whose
 //! bit is clear (a page nobody asked for since the hand last passed). A stored object
