@@ -297,3 +297,47 @@ async fn objects_over_the_size_limit_pass_through_whole() {
     }
     assert_eq!(origin.hits("/big.html"), 2);
 }
+
+/// Header lines pages send alike are held once for all of them; a page's own lines
+/// (Date, ETag, Last-Modified, Expires, Content-Length) and any line only it sends must
+/// still come back on its hits, never another page's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_hit_carries_its_own_header_lines_and_none_of_another_pages() {
+    let origin = TestOrigin::start().await;
+    for n in 0..20 {
+        origin.set(
+            &format!("/p-{n}.html"),
+            Page::cacheable(format!("page {n}").repeat(n + 1))
+                .header("etag", &format!("\"v{n}\""))
+                .header(
+                    "last-modified",
+                    &format!("Tue, {:02} Dec 2026 10:00:00 GMT", n + 1),
+                )
+                .header("x-request-id", &format!("req-{n}"))
+                .header("x-shared", "same on every page"),
+        );
+    }
+    let fg = Floodgate::start(origin.addr).await;
+    for n in 0..20 {
+        let url = fg.url(&format!("/p-{n}.html"));
+        let miss = get(&url).await;
+        let hit = get(&url).await;
+        assert_eq!(hit.cache_debug(), "HIT", "/p-{n}.html");
+        assert_eq!(hit.text(), format!("page {n}").repeat(n + 1));
+        for name in ["x-request-id", "x-shared", "date"] {
+            assert_eq!(hit.header(name), miss.header(name), "{name} of /p-{n}.html");
+        }
+        // Weakened when the body was gzipped for storage (another representation).
+        let etag = hit.header("etag").map(|e| e.trim_start_matches("W/"));
+        assert_eq!(etag, Some(format!("\"v{n}\"").as_str()));
+        assert_eq!(
+            hit.header("x-request-id"),
+            Some(format!("req-{n}").as_str())
+        );
+        // Absent when a gzipped body is inflated for this client on the way.
+        if let Some(length) = hit.header("content-length") {
+            assert_eq!(length, hit.text().len().to_string());
+        }
+        assert_eq!(origin.hits(&format!("/p-{n}.html")), 1);
+    }
+}
