@@ -518,4 +518,47 @@ mod tests {
         assert_eq!(left.lock().expect("lock").len(), 50);
         assert!(map.contains_key(&key(99)));
     }
+
+    /// Four threads insert, read, replace and remove over one small budget at once: the
+    /// budget holds after every insert settles, every object is told once, and the
+    /// counts are those of the objects held.
+    #[test]
+    fn concurrent_use_keeps_the_budget_and_the_counts() {
+        let (on_leave, left) = recording();
+        let weight = u64::from(object(500, HOUR).weight());
+        let map = Arc::new(ObjectMap::new(weight * 64, on_leave));
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let map = map.clone();
+                std::thread::spawn(move || {
+                    for n in 0..2_000u32 {
+                        let k = key((n * 7 + t) % 300);
+                        match n % 5 {
+                            0 => {
+                                map.remove(&k);
+                            }
+                            1 => {
+                                map.get(&k);
+                            }
+                            _ => map.insert(k, object(500, HOUR)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("no panic");
+        }
+        let (objects, bytes) = map.usage();
+        assert!(
+            bytes <= weight * 64,
+            "{bytes} bytes over a budget of {}",
+            weight * 64
+        );
+        let held = map.objects();
+        assert_eq!(held.len() as u64, objects);
+        assert_eq!(bytes, objects * weight);
+        // Each of the 4 x 1,200 inserts is either held or was told to have left.
+        assert_eq!(left.lock().expect("lock").len() as u64 + objects, 4 * 1_200);
+    }
 }
