@@ -30,7 +30,8 @@ impl CacheMetrics {
         })
     }
 
-    /// Reads the store's state into the gauges (pending inserts and evictions applied).
+    /// Reads the store's state into the gauges (objects past their usable time dropped
+    /// first, so the gauges count what may still be served).
     pub async fn scrape(&self, store: &MemoryStore) {
         store.sync().await;
         let (objects, bytes) = store.usage();

@@ -43,8 +43,8 @@ fn version_of(code: u8) -> Version {
 }
 
 pub fn encode(object: &StoredObject) -> Bytes {
-    let (status, version, block) = object.header.parts();
-    let mut out = BytesMut::with_capacity(object.body.len() + block.len() + 256);
+    let (status, version, [shared, own]) = object.header.parts();
+    let mut out = BytesMut::with_capacity(object.body.len() + object.header.len_bytes() + 256);
     out.put_u8(FORMAT);
     out.put_u64(millis(object.fresh_until));
     out.put_u64(millis(object.updated));
@@ -52,7 +52,10 @@ pub fn encode(object: &StoredObject) -> Bytes {
     out.put_u32(object.keep_secs);
     out.put_u16(status);
     out.put_u8(version_code(version));
-    put_bytes(&mut out, &block);
+    // One length-prefixed block, written from its two pieces.
+    out.put_u32((shared.len() + own.len()) as u32);
+    out.put_slice(shared);
+    out.put_slice(own);
     put_bytes(&mut out, object.tags.as_str().as_bytes());
     put_bytes(&mut out, object.pool.as_deref().unwrap_or("").as_bytes());
     match &object.identity {
