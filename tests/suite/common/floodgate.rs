@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Config lines per section, appended to the harness's own.
@@ -129,19 +130,44 @@ fn config_text(
     )
 }
 
+/// Ports for the processes the suite starts and may restart on the same address.
+///
+/// They come from below the kernel's ephemeral range (32768–60999 by default), from one
+/// counter per test process. Why: a port the kernel hands out for `bind(0)` or an
+/// outgoing connection can be handed out again the moment its listener closes, so a
+/// Floodgate restarted on its old port could find it taken by another test's process.
+/// Below that range only this counter hands ports out, and never the same one twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries run one after another; a start per process keeps their ports apart.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % COUNT;
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % COUNT) as u16;
+        // Something outside the suite may hold it: then the next one.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free loopback port between {FIRST} and {}",
+        FIRST + COUNT
+    )
 }
 
+/// A new directory of its own. Why not a port in the name: two tests running at once
+/// once got the same name, and one overwrote the other's configuration and log.
 pub fn temp_dir(label: &str) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "floodgate-test-{label}-{}-{}",
         std::process::id(),
-        free_port()
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
+    // Left by an earlier process that had the same id.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test dir");
     dir
 }

@@ -118,7 +118,8 @@ impl TestOrigin {
     /// `pool` caps the requests being answered at once, like `pm.max_children`; the
     /// others queue, as in PHP-FPM's listen backlog.
     pub async fn start_with_pool(pool: usize) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        // A port of the suite's own range: `restart_on` may bind it again later.
+        let listener = TcpListener::bind(("127.0.0.1", super::floodgate::free_port()))
             .await
             .expect("bind test origin");
         Self::serve(listener, pool)
