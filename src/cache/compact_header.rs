@@ -82,6 +82,39 @@ fn fields(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
     })
 }
 
+/// Appends the lines of `block` whose name `keep` accepts (names are stored as the
+/// origin spelled them; `keep` sees them in lower case), slicing the buffer, not copying.
+fn append_block(
+    header: &mut ResponseHeader,
+    block: &Bytes,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<()> {
+    let mut at = 0;
+    let mut lower = [0u8; 32];
+    for (name, value) in fields(block) {
+        let name_at = at;
+        let value_at = name_at + name.len() + 1;
+        at = value_at + value.len() + 1;
+        // Names are short: lower-cased on the stack, a longer one on the heap.
+        let kept = if name.len() <= lower.len() {
+            let lower = &mut lower[..name.len()];
+            lower.copy_from_slice(name);
+            lower.make_ascii_lowercase();
+            keep(lower)
+        } else {
+            keep(&name.to_ascii_lowercase())
+        };
+        if !kept {
+            continue;
+        }
+        let name = block.slice(name_at..name_at + name.len());
+        let value = HeaderValue::from_maybe_shared(block.slice(value_at..value_at + value.len()))
+            .or_err(ErrorType::InternalError, "stored header value is invalid")?;
+        header.append_header(name, value)?;
+    }
+    Ok(())
+}
+
 fn is_own(name: &str) -> bool {
     OWN.iter().any(|own| own.eq_ignore_ascii_case(name))
 }
@@ -113,22 +146,35 @@ impl CompactHeader {
 
     /// Rebuilds the header for one response.
     pub fn unpack(&self) -> Result<ResponseHeader> {
+        let mut header = self.unpack_shared()?;
+        self.append_own(&mut header, |_| true)?;
+        Ok(header)
+    }
+
+    /// The header with the shared lines only (status and version included): what a
+    /// caller derives from it once holds for every object with the same
+    /// [`CompactHeader::shared`] block.
+    pub fn unpack_shared(&self) -> Result<ResponseHeader> {
         let mut header = ResponseHeader::build(self.status, Some(16))?;
         header.set_version(self.version);
-        for block in [&*self.shared, &self.own] {
-            let mut at = 0;
-            for (name, value) in fields(block) {
-                let name_at = at;
-                let value_at = name_at + name.len() + 1;
-                at = value_at + value.len() + 1;
-                let name = block.slice(name_at..name_at + name.len());
-                let value =
-                    HeaderValue::from_maybe_shared(block.slice(value_at..value_at + value.len()))
-                        .or_err(ErrorType::InternalError, "stored header value is invalid")?;
-                header.append_header(name, value)?;
-            }
-        }
+        append_block(&mut header, &self.shared, |_| true)?;
         Ok(header)
+    }
+
+    /// Appends this response's own lines (`OWN`) to `header`, those whose lower-case
+    /// name `keep` accepts, in the origin's order.
+    pub fn append_own(
+        &self,
+        header: &mut ResponseHeader,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<()> {
+        append_block(header, &self.own, keep)
+    }
+
+    /// The shared lines' block: one `Arc` for every object whose origin sent the same
+    /// lines (while the interner remembers them), so its address names them.
+    pub fn shared(&self) -> &Arc<Bytes> {
+        &self.shared
     }
 
     /// Status, version and the `name\0value\0…` block of every line in two pieces

@@ -69,6 +69,13 @@ const EXPIRES_NOW: HeaderValue = HeaderValue::from_static("-1");
 const NOT_STORED: HeaderValue =
     HeaderValue::from_static("no-store, no-cache, must-revalidate, max-age=0");
 
+/// Static files and media keep their own browser caching (Magento's `vcl_deliver`).
+pub fn is_static_or_media(url: &str) -> bool {
+    ["/static/", "/media/", "/pub/static/", "/pub/media/"]
+        .iter()
+        .any(|p| url.starts_with(p))
+}
+
 /// Rewrites a response header for the client.
 pub fn prepare_for_client(
     resp: &mut ResponseHeader,
@@ -85,9 +92,7 @@ pub fn prepare_for_client(
                 .windows(7)
                 .any(|w| w.eq_ignore_ascii_case(b"private"))
         });
-    let static_or_media = ["/static/", "/media/", "/pub/static/", "/pub/media/"]
-        .iter()
-        .any(|p| url.starts_with(p));
+    let static_or_media = is_static_or_media(url);
     // insert_header only fails on invalid names or values; these are constants.
     if !private && !static_or_media {
         let _ = resp.insert_header(http::header::PRAGMA, NO_CACHE);
