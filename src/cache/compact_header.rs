@@ -82,29 +82,15 @@ fn fields(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
     })
 }
 
-/// Appends the lines of `block` whose name `keep` accepts (names are stored as the
-/// origin spelled them; `keep` sees them in lower case), slicing the buffer, not copying.
-fn append_block(
-    header: &mut ResponseHeader,
-    block: &Bytes,
-    keep: impl Fn(&[u8]) -> bool,
-) -> Result<()> {
+/// Appends the lines of `block` except those named in `skip` (any case), slicing the
+/// buffer, not copying.
+fn append_block(header: &mut ResponseHeader, block: &Bytes, skip: &[&str]) -> Result<()> {
     let mut at = 0;
-    let mut lower = [0u8; 32];
     for (name, value) in fields(block) {
         let name_at = at;
         let value_at = name_at + name.len() + 1;
         at = value_at + value.len() + 1;
-        // Names are short: lower-cased on the stack, a longer one on the heap.
-        let kept = if name.len() <= lower.len() {
-            let lower = &mut lower[..name.len()];
-            lower.copy_from_slice(name);
-            lower.make_ascii_lowercase();
-            keep(lower)
-        } else {
-            keep(&name.to_ascii_lowercase())
-        };
-        if !kept {
+        if skip.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(name)) {
             continue;
         }
         let name = block.slice(name_at..name_at + name.len());
@@ -147,7 +133,7 @@ impl CompactHeader {
     /// Rebuilds the header for one response.
     pub fn unpack(&self) -> Result<ResponseHeader> {
         let mut header = self.unpack_shared()?;
-        self.append_own(&mut header, |_| true)?;
+        self.append_own(&mut header, &[])?;
         Ok(header)
     }
 
@@ -157,18 +143,14 @@ impl CompactHeader {
     pub fn unpack_shared(&self) -> Result<ResponseHeader> {
         let mut header = ResponseHeader::build(self.status, Some(16))?;
         header.set_version(self.version);
-        append_block(&mut header, &self.shared, |_| true)?;
+        append_block(&mut header, &self.shared, &[])?;
         Ok(header)
     }
 
-    /// Appends this response's own lines (`OWN`) to `header`, those whose lower-case
-    /// name `keep` accepts, in the origin's order.
-    pub fn append_own(
-        &self,
-        header: &mut ResponseHeader,
-        keep: impl Fn(&[u8]) -> bool,
-    ) -> Result<()> {
-        append_block(header, &self.own, keep)
+    /// Appends this response's own lines (`OWN`) to `header` in the origin's order,
+    /// except those named in `skip`.
+    pub fn append_own(&self, header: &mut ResponseHeader, skip: &[&str]) -> Result<()> {
+        append_block(header, &self.own, skip)
     }
 
     /// The shared lines' block: one `Arc` for every object whose origin sent the same

@@ -17,6 +17,7 @@
 //! test holds that this sends exactly what the edits made on the whole header would.
 
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
@@ -86,7 +87,7 @@ impl Floodgate {
             return Ok(false);
         }
         // A stored header that does not rebuild is Pingora's path's error to report.
-        let hsts = ctx.rt.hsts.as_ref().filter(|_| ctx.tls);
+        let hsts = super::hsts_for(ctx);
         let Ok(resp) = delivered(&object.header, object.updated, &ctx.url, hsts) else {
             return Ok(false);
         };
@@ -116,29 +117,28 @@ fn delivered(
     let key = (Arc::as_ptr(shared) as usize, is_static_or_media(url));
     let (mut resp, debug, expires_replaced) = TEMPLATES.with(|templates| {
         let mut templates = templates.borrow_mut();
-        let known = templates
-            .get(&key)
-            .filter(|t| t.shared.upgrade().is_some_and(|s| Arc::ptr_eq(&s, shared)));
-        let template = match known {
-            Some(template) => template,
-            None => {
-                let template = Template::build(stored, url)?;
-                if templates.len() >= TEMPLATES_MAX {
-                    templates.clear();
-                }
-                templates.entry(key).insert_entry(template).into_mut()
-            }
+        let template = match templates.entry(key) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => new.insert(Template::build(stored, url)?),
         };
-        Ok::<_, Box<pingora::Error>>((
+        debug_assert!(std::ptr::eq(template.shared.as_ptr(), Arc::as_ptr(shared)));
+        let found = (
             template.header.clone(),
             template.debug,
             template.expires_replaced,
-        ))
+        );
+        if templates.len() > TEMPLATES_MAX {
+            templates.clear();
+        }
+        Ok::<_, Box<pingora::Error>>(found)
     })?;
     // `Age` is Pingora's to set (below); `Expires` was replaced by delivery for pages.
-    stored.append_own(&mut resp, |name| {
-        name != b"age" && !(expires_replaced && name == b"expires")
-    })?;
+    let skip: &[&str] = if expires_replaced {
+        &["age", "expires"]
+    } else {
+        &["age"]
+    };
+    stored.append_own(&mut resp, skip)?;
     if debug {
         let age = SystemTime::now()
             .duration_since(updated)
@@ -158,16 +158,17 @@ const TEMPLATES_MAX: usize = 256;
 thread_local! {
     /// Per thread, so a hit takes no lock and touches no shared counter for them.
     /// Keyed by the shared block's address and the URL's kind (static files and media
-    /// keep their caching headers); the `Weak` tells a block that was freed and whose
-    /// address was reused.
+    /// keep their caching headers). The address names one block for as long as the
+    /// entry lives: the entry's `Weak` keeps the block's allocation, so no other block
+    /// can be given that address (and a hit compares no counts).
     static TEMPLATES: RefCell<HashMap<(usize, bool), Template, FastHasher>> =
         RefCell::new(HashMap::default());
 }
 
 /// A fresh hit's header before the object's own lines: the shared lines with the
-/// edits of delivery done (`for_client`: Magento's `vcl_deliver`) and what Pingora's
-/// compression module adds (`Vary: Accept-Encoding` on an encoded body).
+/// edits of delivery done (`for_client`: Magento's `vcl_deliver`).
 struct Template {
+    /// Holds the address of the block this template was made from (see `TEMPLATES`).
     shared: Weak<Bytes>,
     header: ResponseHeader,
     /// Magento's debug mode: `Age` is sent.

@@ -58,10 +58,16 @@ fn for_client(
     grace: Option<crate::policy::delivery::Grace>,
 ) -> pingora::Result<()> {
     crate::policy::delivery::prepare_for_client(resp, &ctx.url, verdict, grace);
-    if let Some(hsts) = ctx.rt.hsts.as_ref().filter(|_| ctx.tls) {
+    if let Some(hsts) = hsts_for(ctx) {
         resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
     }
     Ok(())
+}
+
+/// `Strict-Transport-Security` for this request: configured, and the client came over
+/// HTTPS.
+fn hsts_for(ctx: &RequestCtx) -> Option<&http::HeaderValue> {
+    ctx.rt.hsts.as_ref().filter(|_| ctx.tls)
 }
 
 /// Compression level for bodies compressed before they are stored.
