@@ -39,6 +39,8 @@ profiled() {
   local perf_pid=$!
   result=$(hits "$port")
   wait "$perf_pid" || true
+  # A perf that could not record (perf_event_paranoid, no permission) must not read as 0 % kernel.
+  [ -s "$keep/$name.perf" ] || { echo "bench: perf recorded nothing for $name (run as root, or lower kernel.perf_event_paranoid)" >&2; exit 1; }
   after=$(cpu_ticks "$pid")
   local kernel
   kernel=$(perf report -i "$keep/$name.perf" --no-children --sort dso --stdio 2>/dev/null |
