@@ -8,9 +8,10 @@ use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use crate::cache::disk::{DiskMetrics, DiskTier};
+use pingora::apps::HttpServerOptions;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora::proxy::{http_proxy, http_proxy_service};
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -25,6 +26,7 @@ use crate::config::Overrides;
 use crate::esi::metrics::EsiMetrics;
 use crate::insights::{Aggregator, Insights};
 use crate::metrics::Metrics;
+use crate::proxy::front_door::{DoorMetrics, FrontDoor, HelloDeadline};
 use crate::proxy::metrics::RequestMetrics;
 use crate::proxy::proxy_protocol::ProxyProtocolService;
 use crate::proxy::{Floodgate, Runtime, Shared};
@@ -238,18 +240,31 @@ pub fn build(
         variants: Arc::new(Variants::default()),
         client_slots: Arc::new(ClientSlots::default()),
         insights,
+        response_budget: crate::cache::inflate::ResponseBudget::register(metrics.registry())?,
+    };
+    let door_metrics = DoorMetrics::register(metrics.registry())?;
+    // Pingora's proxy for `shared`, behind the front door's deadlines.
+    let server_conf = server.configuration.clone();
+    let front_door = |shared: Shared| {
+        let mut proxy = http_proxy(&server_conf, Floodgate::new(shared.clone()));
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(Duration::from_secs(config.server.h2_idle_timeout_secs));
+        proxy.server_options = Some(options);
+        FrontDoor::new(proxy, shared.runtime.clone(), door_metrics.clone())
     };
     if !config.server.proxy_protocol_listen.is_empty() {
-        let app = http_proxy(&server.configuration, Floodgate::new(shared.clone()));
         server.add_service(ProxyProtocolService::new(
             config.server.proxy_protocol_listen.clone(),
-            app,
+            front_door(shared.clone()),
             shared.runtime.clone(),
             threads,
         ));
     }
-    let proxy = Floodgate::new(shared);
-    let mut service = http_proxy_service(&server.configuration, proxy);
+    let hello_deadline = Arc::new(HelloDeadline::new(
+        shared.runtime.clone(),
+        door_metrics.clone(),
+    ));
+    let mut service = Service::new("Floodgate proxy".to_string(), front_door(shared));
     for addr in &listen {
         service.add_tcp(addr);
     }
@@ -263,6 +278,7 @@ pub fn build(
             }
             service.add_tls_with_settings(addr, None, settings);
         }
+        service.endpoints().set_pre_tls_callback(hello_deadline);
     }
     service.threads = Some(threads);
     server.add_service(service);

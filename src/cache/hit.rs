@@ -2,7 +2,8 @@
 //! above makes instead (an assembled ESI page).
 //!
 //! Invariant: a hit reads what was stored and changes nothing; a range applies to the
-//! stored body only, so a hit that will be assembled cannot seek.
+//! stored body only, so a hit that will be assembled or inflated cannot seek. An inflated
+//! body leaves `inflate::CHUNK` bytes at a time.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use pingora::cache::Storage;
 use pingora::{Error, ErrorType, Result};
 
 use super::derived::{BodySource, Derived};
+use super::inflate::{Inflater, Reservation};
 
 /// Serves one stored body; seekable, so Range requests are answered from the cache. A
 /// body the layer above makes another way (an assembled ESI page) replaces it whole,
@@ -28,6 +30,9 @@ pub struct StoredHit {
     derived: Option<Arc<dyn Derived>>,
     assembles: bool,
     source: Option<Box<dyn BodySource>>,
+    /// The client may get the body inflated: its gzip bytes' ranges mean nothing then.
+    no_seek: bool,
+    inflater: Option<Inflater>,
 }
 
 impl StoredHit {
@@ -40,7 +45,22 @@ impl StoredHit {
             derived,
             assembles: false,
             source: None,
+            no_seek: false,
+            inflater: None,
         }
+    }
+
+    /// The body may go out inflated (the client does not take gzip): no byte range of
+    /// the stored body is served.
+    pub fn no_seek(&mut self) {
+        self.no_seek = true;
+    }
+
+    /// The stored gzip body goes out in identity, a bounded chunk per read, charged to
+    /// `reservation` until the hit ends.
+    pub fn inflate(&mut self, reservation: Reservation) {
+        self.no_seek = true;
+        self.inflater = Some(Inflater::new(self.body.clone(), reservation));
     }
 
     /// What was derived from the body when it was stored.
@@ -65,6 +85,15 @@ impl HandleHit for StoredHit {
         if let Some(source) = &mut self.source {
             return Ok(source.next_chunk().await);
         }
+        if let Some(inflater) = &mut self.inflater {
+            return inflater.next_chunk().map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "the stored gzip body could not be inflated for a client without gzip",
+                    e,
+                )
+            });
+        }
         if self.done {
             return Ok(None);
         }
@@ -82,7 +111,7 @@ impl HandleHit for StoredHit {
     }
 
     fn can_seek(&self) -> bool {
-        !self.assembles
+        !self.assembles && !self.no_seek
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {

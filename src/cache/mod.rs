@@ -13,6 +13,7 @@ pub mod hit;
 pub mod hit_for_miss;
 pub mod identity;
 mod index_cleanup;
+pub mod inflate;
 mod interner;
 pub mod metrics;
 mod miss;

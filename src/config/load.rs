@@ -3,6 +3,9 @@
 use std::net::ToSocketAddrs;
 use std::path::Path;
 
+/// The least `limits.response_buffer_bytes`: one inflating response's share.
+pub const MIN_RESPONSE_BUFFER_BYTES: usize = 64 * 1024;
+
 use super::Config;
 
 /// What can be wrong with a configuration. Every message names the key at fault.
@@ -89,6 +92,32 @@ impl Config {
             return Err(invalid(
                 "server.redirect_http_to_https",
                 "redirects to HTTPS need a server.tls_listen to redirect to",
+            ));
+        }
+        for (key, secs) in [
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
+            (
+                "server.handshake_timeout_secs",
+                self.server.handshake_timeout_secs,
+            ),
+            (
+                "server.h2_idle_timeout_secs",
+                self.server.h2_idle_timeout_secs,
+            ),
+            ("server.send_timeout_secs", self.server.send_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return Err(invalid(key, "must be between 1 and 3600 seconds"));
+            }
+        }
+        // One response's share (`cache::inflate::CHARGE`, which a test holds to this).
+        if self.limits.response_buffer_bytes < MIN_RESPONSE_BUFFER_BYTES {
+            return Err(invalid(
+                "limits.response_buffer_bytes",
+                format!("must be at least {MIN_RESPONSE_BUFFER_BYTES} (one response's share)"),
             ));
         }
         // Two years is the longest max-age browsers' preload lists ask for.

@@ -11,5 +11,7 @@
 mod load;
 mod model;
 
-pub use load::{invalid, load, read_token, ConfigError, Overrides, TokenError};
+pub use load::{
+    invalid, load, read_token, ConfigError, Overrides, TokenError, MIN_RESPONSE_BUFFER_BYTES,
+};
 pub use model::*;

@@ -43,6 +43,7 @@ impl Config {
             || o.runtime_dir != n.runtime_dir
             || o.proxy_protocol_listen != n.proxy_protocol_listen
             || o.tls_listen != n.tls_listen
+            || o.h2_idle_timeout_secs != n.h2_idle_timeout_secs
         {
             changed.push("server");
         }
@@ -303,6 +304,20 @@ pub struct ServerSection {
     pub redirect_http_to_https: bool,
     /// `Strict-Transport-Security: max-age=N` on every HTTPS response; 0 sends none.
     pub hsts_max_age_secs: u64,
+    /// An HTTP/1 request's whole header block must arrive within this many seconds of its
+    /// first byte (of the connection, for its first request), however it trickles in;
+    /// else the connection is closed (nginx's `client_header_timeout`).
+    pub header_timeout_secs: u64,
+    /// A TLS client must send its ClientHello, and an HTTP/2 client its connection
+    /// preface, within this many seconds of connecting (of the TLS handshake, for the
+    /// preface); else the connection is closed.
+    pub handshake_timeout_secs: u64,
+    /// An HTTP/2 connection with no request open for this many seconds is closed
+    /// (HTTP/1 keep-alive connections: Pingora's 60 s). Applies after a restart.
+    pub h2_idle_timeout_secs: u64,
+    /// A client that takes no byte of its response for this many seconds is dropped
+    /// (nginx's `send_timeout`), and with it what its response held.
+    pub send_timeout_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -321,6 +336,10 @@ impl Default for ServerSection {
             tls_listen: Vec::new(),
             redirect_http_to_https: false,
             hsts_max_age_secs: 0,
+            header_timeout_secs: 10,
+            handshake_timeout_secs: 10,
+            h2_idle_timeout_secs: 60,
+            send_timeout_secs: 60,
         }
     }
 }
@@ -599,6 +618,10 @@ pub struct LimitsSection {
     /// A request body must have arrived within this many seconds of the request, or the
     /// client gets `408`.
     pub request_body_timeout_secs: u64,
+    /// Bytes all responses in flight may hold for what is done to them on the way out
+    /// (a stored gzip page inflated for a client without gzip: 64 KiB each, however large
+    /// the page or slow the client); a response that would pass it gets 503.
+    pub response_buffer_bytes: usize,
     /// The class of requests that match none below.
     pub default_class: String,
     /// Priority classes, highest first. A request belongs to the first class any of
@@ -636,6 +659,7 @@ impl Default for LimitsSection {
             max_inflight_per_client: 8,
             request_body_buffer_bytes: 65_536,
             request_body_timeout_secs: 30,
+            response_buffer_bytes: 128 << 20,
             default_class: "pages".into(),
             classes: vec![
                 PriorityClass {

@@ -17,7 +17,7 @@ use pingora::proxy::{Session, SubrequestSpawner};
 use tokio::task::JoinHandle;
 
 use super::fragment::{self, Role, Target};
-use super::gzip::{Piece, Stitcher};
+use super::gzip::{Piece, PieceReader, Stitcher};
 use super::metrics::{EsiMetrics, FragmentResult};
 use super::template::{Include, Segment, Template};
 use super::{accepts_gzip, prepare_assembled_header, ViewBudget, PER_REQUEST_GZIP_LEVEL};
@@ -44,6 +44,9 @@ pub struct Settings<'a> {
     pub cache: &'a dyn FragmentCache,
     /// The page view's include budget, shared by every depth.
     pub budget: Arc<ViewBudget>,
+    /// The visitor the page is for (behind trusted proxies, the one they name): every
+    /// fetch made for it counts against that client's origin slots.
+    pub client: Option<IpAddr>,
 }
 
 /// The including document: what its fragments are resolved against.
@@ -74,6 +77,9 @@ impl Page<'_> {
     }
 }
 
+/// The most of a literal inflated into one chunk for a client without gzip.
+const IDENTITY_CHUNK: usize = crate::cache::inflate::CHUNK;
+
 /// A fetched fragment, in the page's encoding.
 enum Chunk {
     Gzip(Piece),
@@ -95,6 +101,8 @@ pub struct Assembly {
     fragments: VecDeque<Pending>,
     /// `None` for identity.
     gzip: Option<Stitcher>,
+    /// In identity: the literal being inflated, a stretch per chunk.
+    literal: Option<PieceReader>,
     finished: bool,
 }
 
@@ -128,10 +136,7 @@ impl Assembly {
         let spawner = session.subrequest_spawner.as_ref()?;
         let page = Page {
             req,
-            client: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            client: settings.client,
             depth: settings.depth,
             config: settings.config,
             max_bytes: settings.max_bytes,
@@ -198,6 +203,7 @@ impl Assembly {
             next: 0,
             fragments,
             gzip,
+            literal: None,
             finished: false,
         }
     }
@@ -211,6 +217,18 @@ impl Assembly {
     async fn next_stretch(&mut self) -> Option<Bytes> {
         let mut out = BytesMut::new();
         loop {
+            // A literal inflated for a client without gzip goes out a bounded stretch
+            // per chunk, so a slow client holds that much of it, not the whole page.
+            if let Some(literal) = &mut self.literal {
+                let room = IDENTITY_CHUNK.saturating_sub(out.len());
+                if room == 0 {
+                    return Some(out.freeze());
+                }
+                if !literal.read_into(&mut out, room) {
+                    self.literal = None;
+                }
+                continue;
+            }
             let Some(segment) = self.template.segments().get(self.next) else {
                 if !self.finished {
                     self.finished = true;
@@ -225,7 +243,7 @@ impl Assembly {
                     self.next += 1;
                     match &mut self.gzip {
                         Some(gzip) => out.extend_from_slice(&gzip.piece(piece)),
-                        None => out.extend_from_slice(&piece.inflate()),
+                        None => self.literal = Some(PieceReader::new(piece)),
                     }
                     continue;
                 }
@@ -275,6 +293,7 @@ async fn fetch(
             .user_ctx(Box::new(Role::Fragment {
                 depth: page.depth + 1,
                 budget: page.budget.clone(),
+                client: page.client,
             }))
             .build();
         spawner.create_subrequest(&session, ctx)

@@ -65,9 +65,17 @@ pub enum Role {
         stale_only: bool,
         /// The client's connection is TLS (its response gets what HTTPS ones get).
         client_tls: bool,
+        /// The visitor it is made for: its origin slots count against that client's
+        /// share (`limits.max_inflight_per_client`).
+        client: Option<std::net::IpAddr>,
     },
-    /// An included fragment; `budget` is the page view's, shared by every depth.
-    Fragment { depth: u8, budget: Arc<ViewBudget> },
+    /// An included fragment; `budget` is the page view's, shared by every depth, and
+    /// `client` the visitor whose share of origin slots its fetch takes.
+    Fragment {
+        depth: u8,
+        budget: Arc<ViewBudget>,
+        client: Option<std::net::IpAddr>,
+    },
 }
 
 impl Role {
@@ -82,6 +90,13 @@ impl Role {
     pub fn budget(&self) -> &Arc<ViewBudget> {
         match self {
             Role::Page { budget, .. } | Role::Fragment { budget, .. } => budget,
+        }
+    }
+
+    /// The visitor this subrequest is made for.
+    pub fn client(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Role::Page { client, .. } | Role::Fragment { client, .. } => *client,
         }
     }
 }

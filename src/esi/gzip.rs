@@ -94,6 +94,60 @@ impl Piece {
     }
 }
 
+/// A piece read out in identity a bounded stretch at a time, so a page assembled for a
+/// client without gzip never holds a whole literal inflated at once.
+pub struct PieceReader {
+    deflate: Bytes,
+    decompressor: flate2::Decompress,
+    done: bool,
+}
+
+impl PieceReader {
+    pub fn new(piece: &Piece) -> Self {
+        Self {
+            deflate: piece.deflate.clone(),
+            decompressor: flate2::Decompress::new(false),
+            done: piece.deflate.is_empty(),
+        }
+    }
+
+    /// Appends at most `max` bytes of the piece's text to `out` (fewer only at its end);
+    /// `false` once the piece is all out.
+    pub fn read_into(&mut self, out: &mut bytes::BytesMut, max: usize) -> bool {
+        if self.done {
+            return false;
+        }
+        let start = out.len();
+        out.reserve(max);
+        while out.len() - start < max {
+            let consumed = self.decompressor.total_in() as usize;
+            if consumed >= self.deflate.len() {
+                self.done = true;
+                break;
+            }
+            let room = max - (out.len() - start);
+            let mut buf = vec![0u8; room.min(16 * 1024)];
+            let before = (self.decompressor.total_in(), self.decompressor.total_out());
+            let status = self.decompressor.decompress(
+                &self.deflate[consumed..],
+                &mut buf,
+                flate2::FlushDecompress::Sync,
+            );
+            let made = (self.decompressor.total_out() - before.1) as usize;
+            out.extend_from_slice(&buf[..made]);
+            // A piece is what `compress` made: a failure or a stall means memory was
+            // corrupted, and the rest of the piece is dropped rather than looped on.
+            if status.is_err()
+                || (self.decompressor.total_in(), self.decompressor.total_out()) == before
+            {
+                self.done = true;
+                break;
+            }
+        }
+        !self.done
+    }
+}
+
 impl Piece {
     /// The same piece, its deflate read from `range` of `stream` (where `one_stream`
     /// put it) instead of from a buffer of its own.
@@ -213,6 +267,31 @@ mod tests {
             assert_eq!(within, *piece);
             assert_eq!(within.inflate(), text);
         }
+    }
+
+    #[test]
+    fn a_piece_read_in_stretches_is_its_text() {
+        let text: Vec<u8> = b"<li>menu item</li>\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(300_000)
+            .collect();
+        let piece = Piece::compress(&text, 6);
+        let mut reader = PieceReader::new(&piece);
+        let mut out = bytes::BytesMut::new();
+        let mut reads = 0;
+        loop {
+            let before = out.len();
+            let more = reader.read_into(&mut out, 16 * 1024);
+            assert!(out.len() - before <= 16 * 1024);
+            reads += 1;
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(&out[..], &text[..]);
+        assert!(reads >= 300_000 / (16 * 1024), "{reads} reads");
     }
 
     #[test]

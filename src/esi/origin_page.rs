@@ -69,6 +69,7 @@ async fn fetch(
             budget: esi.budget.clone(),
             stale_only,
             client_tls,
+            client: esi.client,
         }))
         .build();
     // Pingora makes the subrequest from the session's request written as HTTP/1 text,

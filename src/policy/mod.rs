@@ -1,12 +1,13 @@
 //! Magento's caching rules, as its generated VCL applies them, kept free of Pingora types
 //! where possible so each rule can be read, and tested, on its own.
 //!
-//! A request flows through `normalize` (the URL the cache and the origin see), `route`
+//! A request flows through `forward` (what the key and the origin both see), `normalize` (the URL the cache and the origin see), `route`
 //! (purge, tunnel, pass or look up), `key` (what varies a page); a response through
 //! `storability` (stored, hit-for-miss, or neither) and `delivery` (what the browser sees).
 
 pub mod client;
 pub mod delivery;
+pub mod forward;
 pub mod key;
 pub mod normalize;
 pub mod route;

@@ -39,7 +39,12 @@ pub fn of(headers: &HeaderMap, keyed: &[&str]) -> Vary {
                 // A name that is not a header name cannot be matched: not shareable.
                 return Vary::Credentials;
             };
-            if name == http::header::COOKIE || name == http::header::AUTHORIZATION {
+            // A hop-by-hop header never reaches the origin as the key would read it
+            // (`policy::forward`): a page varying on one cannot be shared either.
+            if name == http::header::COOKIE
+                || name == http::header::AUTHORIZATION
+                || super::forward::is_hop_by_hop(name.as_str())
+            {
                 return Vary::Credentials;
             }
             if !accounted(name.as_str(), keyed) && !names.contains(&name) {
@@ -71,6 +76,8 @@ mod tests {
         assert_eq!(vary(&["Cookie"]), Vary::Credentials);
         assert_eq!(vary(&["Accept-Encoding, authorization"]), Vary::Credentials);
         assert_eq!(vary(&["Accept-Language", "COOKIE"]), Vary::Credentials);
+        assert_eq!(vary(&["TE"]), Vary::Credentials, "hop-by-hop");
+        assert_eq!(vary(&["Accept-Language, Upgrade"]), Vary::Credentials);
     }
 
     #[test]

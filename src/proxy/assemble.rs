@@ -28,6 +28,7 @@ impl Floodgate {
                 Some(role) => role.budget().clone(),
                 None => esi::ViewBudget::new(rt.config.esi.max_includes_per_view),
             },
+            client: ctx.client,
         }
     }
 

@@ -70,8 +70,9 @@ pub struct RequestCtx {
     /// Served by running the request again as a subrequest and assembling its response;
     /// that subrequest reports the request.
     pub wrapped: bool,
-    /// The client's address (behind trusted proxies, the one they name); `None` for
-    /// Floodgate's own requests (ESI, background refreshes).
+    /// The client's address (behind trusted proxies, the one they name). A subrequest
+    /// made on a visitor's behalf (a HEAD's GET, an ESI page or fragment) carries its
+    /// visitor's; `None` for Floodgate's own (background refreshes, re-warms).
     pub client: Option<std::net::IpAddr>,
     /// The client's connection is TLS that Floodgate terminated.
     pub tls: bool,

@@ -91,6 +91,11 @@ impl Floodgate {
         let Ok(resp) = delivered(&object.header, object.updated, &ctx.url, hsts) else {
             return Ok(false);
         };
+        // A client without gzip gets the page inflated a chunk at a time by the hit
+        // (`proxy::inflate`), on Pingora's path.
+        if super::inflate::module_would_inflate(session, &resp) {
+            return Ok(false);
+        }
         object.heat.hit();
         ctx.fresh_hit = true;
         session.write_response_header(Box::new(resp), false).await?;

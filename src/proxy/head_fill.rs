@@ -26,6 +26,8 @@ pub struct HeadFill {
     pub arrived: Instant,
     /// The HEAD came over TLS.
     pub tls: bool,
+    /// The HEAD's client: the GET takes that client's origin slot.
+    pub client: Option<IpAddr>,
 }
 
 /// Answers the HEAD of `session` from a GET subrequest, and returns once that GET's body
@@ -49,7 +51,11 @@ pub async fn serve(
         );
     };
     let ctx = SubrequestCtx::builder()
-        .user_ctx(Box::new(HeadFill { arrived, tls }))
+        .user_ctx(Box::new(HeadFill {
+            arrived,
+            tls,
+            client,
+        }))
         .build();
     let (prepared, mut handle) = spawner.create_subrequest(&get, ctx);
     tokio::spawn(prepared.run());

@@ -54,8 +54,19 @@ impl ProxyHttp for Floodgate {
                 ctx.head_fill = true;
                 ctx.arrived = fill.arrived;
                 ctx.tls = fill.tls;
+                ctx.client = fill.client;
+            }
+            // Made on a visitor's behalf: it counts against that visitor's share of origin
+            // slots (a background refresh is nobody's: the warm class's).
+            if let Some(role) = &ctx.esi_role {
+                ctx.client = role.client();
             }
             ctx.background = ctx.esi_role.is_none() && head_fill.is_none();
+        } else {
+            // A client that takes no byte of its response for this long is dropped, and
+            // what its response held with it.
+            let send = Duration::from_secs(ctx.rt.config.server.send_timeout_secs);
+            session.as_mut().set_write_timeout(Some(send));
         }
         if let Some(Role::Page {
             arrived,
@@ -82,7 +93,11 @@ impl ProxyHttp for Floodgate {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         if let Some(peer) = peer {
-            self.clean_request(session, ctx, peer)?;
+            if let Err(refused) = self.clean_request(session, ctx, peer)? {
+                let body = format!("bad request: {refused}\n");
+                super::respond::plain(session, 400, &body, &[]).await?;
+                return Ok(true);
+            }
         }
         let req = session.req_header();
         let (url, route, variant) =
@@ -172,12 +187,14 @@ impl ProxyHttp for Floodgate {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        if ctx.assembles_esi() {
-            if let Some(hit) = hit_handler.as_any_mut().downcast_mut::<StoredHit>() {
-                if hit.derived().and_then(esi::stored_template).is_some() {
-                    hit.will_assemble();
-                    ctx.esi_hit = true;
-                }
+        if let Some(hit) = hit_handler.as_any_mut().downcast_mut::<StoredHit>() {
+            if ctx.assembles_esi() && hit.derived().and_then(esi::stored_template).is_some() {
+                hit.will_assemble();
+                ctx.esi_hit = true;
+            }
+            // A client without gzip may get the body inflated: no ranges of its gzip bytes.
+            if super::inflate::module_would_inflate(session, meta.response_header()) {
+                hit.no_seek();
             }
         }
         // A stale copy now beats a wait for an origin that cannot take the request:
@@ -456,6 +473,8 @@ impl ProxyHttp for Floodgate {
         }
         if ctx.esi_hit && serves_stored_body {
             self.assemble_hit(session, resp, ctx).await;
+        } else if serves_stored_body {
+            self.inflate_hit(session, resp, ctx)?;
         }
         // A page's text goes to its wrapper as stored: the wrapper streams it in the
         // client's encoding itself, while Pingora's inflating would hold every chunk back

@@ -64,6 +64,8 @@ pub enum Unavailable {
     Shed(Shed),
     /// 408: the request body did not arrive in time.
     BodyTimeout,
+    /// The responses in flight hold `limits.response_buffer_bytes` already.
+    ResponseMemory,
 }
 
 impl Unavailable {
@@ -72,6 +74,7 @@ impl Unavailable {
             Self::OriginFailed => "origin_failed",
             Self::Shed(shed) => shed.label(),
             Self::BodyTimeout => "body_timeout",
+            Self::ResponseMemory => "response_memory",
         }
     }
 }
@@ -114,7 +117,7 @@ impl RequestMetrics {
         let unavailable = counter_vec(
             r,
             "floodgate_unavailable_total",
-            "503s Floodgate answered itself, by reason: origin_failed, queue_full, timeout, would_time_out, unhealthy, maintenance, client_cap (and 408 body_timeout)",
+            "503s Floodgate answered itself, by reason: origin_failed, queue_full, timeout, would_time_out, unhealthy, maintenance, client_cap, response_memory (and 408 body_timeout)",
             &["reason"],
         )?;
         let versions = counter_vec(

@@ -4,6 +4,7 @@
 //! | file | job |
 //! |---|---|
 //! | `hooks` | the `ProxyHttp` impl, hooks in the order Pingora calls them |
+//! | `front_door` | deadlines before a request exists: ClientHello, HTTP/2 preface, HTTP/1 header block |
 //! | `fresh_hit` | a fresh hit in memory answered in the first hook, without Pingora's cache path |
 //! | `request` | clean headers, real client, body read first, cache key, class, identity |
 //! | `purge` | Magento's PURGE on the proxy listener |
@@ -11,6 +12,7 @@
 //! | `response` | the origin's answer decided (store, hit-for-miss, not stored), debug verdict |
 //! | `assemble` | a stored ESI page's fragments started on a hit |
 //! | `head_fill` | a HEAD miss answered from a GET that fills the cache |
+//! | `inflate` | a stored gzip page inflated by the hit, in bounded chunks, for a client without gzip |
 //! | `failure` | what the visitor gets when proxying failed: 503 + Retry-After, never 502 |
 //! | `accounting` | one count and one access-log line per client request |
 //! | `ctx`, `runtime`, `respond`, `fresh_fragments`, `proxy_protocol` | per-request state, the compiled configuration, answers written by Floodgate, ESI's view of the store, PROXY protocol listener |
@@ -22,8 +24,10 @@ mod ctx;
 mod failure;
 mod fresh_fragments;
 mod fresh_hit;
+pub mod front_door;
 mod head_fill;
 mod hooks;
+mod inflate;
 pub mod metrics;
 pub mod proxy_protocol;
 mod purge;
@@ -41,6 +45,7 @@ pub use runtime::Runtime;
 
 use arc_swap::ArcSwap;
 
+use crate::cache::inflate::ResponseBudget;
 use crate::cache::{HitForMissMarks, MemoryStore, Variants};
 use crate::esi::metrics::EsiMetrics;
 use crate::insights::Insights;
@@ -88,6 +93,7 @@ pub struct Floodgate {
     variants: Arc<Variants>,
     client_slots: Arc<ClientSlots>,
     insights: Arc<Insights>,
+    response_budget: Arc<ResponseBudget>,
 }
 
 /// The parts the proxy shares with the rest of the process, built once in `server`.
@@ -109,6 +115,8 @@ pub struct Shared {
     pub client_slots: Arc<ClientSlots>,
     /// Why requests were not hits: counted, and fed to the top lists.
     pub insights: Arc<Insights>,
+    /// What responses in flight hold for their transformation, all listeners together.
+    pub response_budget: Arc<ResponseBudget>,
 }
 
 impl Floodgate {
@@ -126,6 +134,7 @@ impl Floodgate {
             variants: shared.variants,
             client_slots: shared.client_slots,
             insights: shared.insights,
+            response_budget: shared.response_budget,
         }
     }
 }

@@ -17,6 +17,7 @@ use super::metrics::Unavailable;
 use super::{respond, Floodgate, RequestCtx};
 use crate::cache::RequestIdentity;
 use crate::policy::client::{forwarded_chain, real_client};
+use crate::policy::forward::{self, Refused};
 use crate::policy::key::{cache_key, with_variance};
 use crate::policy::normalize::host_from_authority;
 use crate::policy::route::has_bearer;
@@ -72,7 +73,19 @@ impl Floodgate {
             .and_then(|addr| addr.rsplit_once(':'))
             .map(|(_, port)| port)
             .filter(|port| *port != "443");
-        let path = String::from_utf8_lossy(req.raw_path());
+        // Only an origin-form target (`/path?query`) is a path on this host: `@evil.test/x`
+        // would make the host a user name, `*` and absolute forms no path at all.
+        let raw = req.raw_path();
+        if !raw.starts_with(b"/") {
+            return respond::plain(
+                session,
+                400,
+                "the request target must be a path (origin-form) to redirect to HTTPS\n",
+                &[],
+            )
+            .await;
+        }
+        let path = String::from_utf8_lossy(raw);
         let location = match port {
             Some(port) => format!("https://{}:{port}{path}", host.host()),
             None => format!("https://{}{path}", host.host()),
@@ -96,12 +109,15 @@ impl Floodgate {
     /// own TLS; absent from a visitor on a plain listener when it terminates TLS itself),
     /// else leaves it with the one value the key uses, and keeps only a trusted proxy's
     /// `X-Forwarded-For`.
+    ///
+    /// `Err(Refused)` inside: the request cannot be forwarded as the key would see it
+    /// (`policy::forward`); the caller answers 400.
     pub(super) fn clean_request(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         peer: std::net::IpAddr,
-    ) -> Result<()> {
+    ) -> Result<std::result::Result<(), Refused>> {
         let rt = ctx.rt.clone();
         let trusted = |ip| rt.trusted_proxies.allows(ip);
         ctx.tls = session
@@ -110,6 +126,10 @@ impl Floodgate {
         let req = session.req_header_mut();
         if req.version == http::Version::HTTP_2 {
             host_from_authority(req);
+        }
+        // First: the key below, and everything else, reads what Magento will receive.
+        if let Err(refused) = forward::prepare(req) {
+            return Ok(Err(refused));
         }
         // This runs for every request, hits included: nothing is allocated or rewritten
         // unless the request carries what it cleans.
@@ -145,7 +165,7 @@ impl Floodgate {
                 req.insert_header(offload.clone(), first)?;
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Reads a request body whole before the request may take an origin slot, so a
@@ -259,5 +279,20 @@ impl Floodgate {
             replay.push(("cookie".to_string(), format!("X-Magento-Vary={vary}")));
         }
         Some(Arc::new(RequestIdentity::new(ctx.url.clone(), replay)))
+    }
+}
+
+/// `policy::forward` edits Pingora's request through its own methods, which keep the
+/// header names' case map in step.
+impl forward::EditHeaders for pingora::http::RequestHeader {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+    fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+        // Only fails for a name or value that is not valid, and these are.
+        let _ = self.insert_header(name, value);
     }
 }

@@ -31,6 +31,7 @@ pub mod index;
 pub mod metrics;
 pub mod record;
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -677,11 +678,17 @@ impl DiskTier {
     /// a crash, and rebuilds the index. A file redb cannot open is set aside and a new
     /// one started: a damaged cache is a cold cache, never a stopped proxy.
     fn open_blocking(&self) -> Result<(Database, usize), DiskError> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| DiskError::Io {
-            what: "create the directory",
-            path: self.dir.clone(),
-            source,
-        })?;
+        // Pages may be one visitor's as much as the shop's: only Floodgate's user reads
+        // them, whatever the umask (a unit's `UMask` can only narrow this).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|source| DiskError::Io {
+                what: "create the directory",
+                path: self.dir.clone(),
+                source,
+            })?;
         let path = self.dir.join(FILE);
         match open_file(&path) {
             Ok(db) => match self.load(&db) {
@@ -942,14 +949,55 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// The tier's file, opened (or created) by Floodgate itself: owner-only (0600), never
+/// through a symlink (another file, or another user's, would be written), and only a
+/// regular file.
+fn owned_file(path: &Path) -> Result<std::fs::File, DiskError> {
+    let io = |what: &'static str| {
+        move |source: std::io::Error| DiskError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io("open the file: it is a symlink, which is refused; remove it")(e)
+            } else {
+                io("open the file")(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(io("read the file's metadata"))?;
+    if !meta.is_file() {
+        return Err(io("open the file: it is not a regular file")(
+            std::io::Error::other("not a regular file"),
+        ));
+    }
+    // A file an earlier version created readable to others is narrowed.
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io("make the file owner-only"))?;
+    }
+    Ok(file)
+}
+
 fn open_file(path: &Path) -> Result<Database, DiskError> {
     let deadline = Instant::now() + WAIT_FOR_PREVIOUS;
     loop {
+        let file = owned_file(path)?;
         // redb may panic on a file altered behind its back: that is a damaged file too.
         let attempt = std::panic::catch_unwind(|| {
             Database::builder()
                 .set_cache_size(REDB_CACHE_BYTES)
-                .create(path)
+                .create_with_backend(redb::backends::FileBackend::new(file)?)
         });
         match attempt {
             Ok(Ok(db)) => return Ok(db),
