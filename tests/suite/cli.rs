@@ -42,6 +42,14 @@ fn check_config_names_the_bad_key_and_fails() {
         ),
         ("[cache]\nmemory_bytes = 10\n", "cache.memory_bytes"),
         (
+            "[server]\nheader_timeout_secs = 0\n",
+            "server.header_timeout_secs",
+        ),
+        (
+            "[limits]\nresponse_buffer_bytes = 1000\n",
+            "limits.response_buffer_bytes",
+        ),
+        (
             "[cache]\ndisk_dir = \"/var/lib/floodgate/cache\"\ndisk_bytes = 1000\n",
             "cache.disk_bytes",
         ),

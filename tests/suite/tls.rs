@@ -3,59 +3,10 @@
 
 use crate::common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::certs::{presented, TestCa};
-use common::floodgate::free_port;
+use common::certs::{https_builder, https_client, presented, start_tls, TestCa};
 use common::*;
-
-/// A Floodgate with a TLS listener holding `certs` (the first is the default); returns
-/// it and the TLS address.
-async fn start_tls(
-    origin: SocketAddr,
-    certs: &[&common::certs::Leaf],
-    settings: Settings,
-) -> (Floodgate, SocketAddr) {
-    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut settings = settings.server(&format!("tls_listen = [\"{tls}\"]"));
-    for leaf in certs {
-        settings = settings.tls(&format!(
-            "[[tls.certificates]]\ncert_file = \"{}\"\nkey_file = \"{}\"",
-            leaf.cert.display(),
-            leaf.key.display()
-        ));
-    }
-    let fg = Floodgate::start_with(origin, settings).await;
-    assert!(
-        until(Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(tls).await.is_ok()
-        })
-        .await,
-        "the TLS listener did not open:\n{}",
-        fg.log()
-    );
-    (fg, tls)
-}
-
-/// An HTTPS client that trusts the test CA and reaches `names` at `addr`.
-fn https_client(ca: &TestCa, addr: SocketAddr, names: &[&str]) -> reqwest::Client {
-    https_builder(ca, addr, names)
-        .build()
-        .expect("https client")
-}
-
-fn https_builder(ca: &TestCa, addr: SocketAddr, names: &[&str]) -> reqwest::ClientBuilder {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca.pem()).expect("CA pem"))
-        .timeout(Duration::from_secs(10));
-    for name in names {
-        builder = builder.resolve(name, addr);
-    }
-    builder
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_is_served_by_sni_with_a_default_certificate_and_the_offload_header_told_true() {

@@ -102,6 +102,9 @@ struct State {
     renders: AtomicU64,
     unhealthy: AtomicBool,
     delay_ms: AtomicU64,
+    /// Hands the page only the last of several `Cookie` lines, as PHP-FPM behind
+    /// Debian's nginx 1.22 gets them.
+    last_cookie_only: AtomicBool,
 }
 
 pub struct TestOrigin {
@@ -225,6 +228,11 @@ impl TestOrigin {
         self.state.unhealthy.store(unhealthy, Ordering::SeqCst);
     }
 
+    /// Keeps only the last `Cookie` line of a request, as nginx 1.22 + PHP-FPM do.
+    pub fn keep_last_cookie_line_only(&self) {
+        self.state.last_cookie_only.store(true, Ordering::SeqCst);
+    }
+
     /// A render time for every page without its own delay.
     pub fn set_delay(&self, delay: Duration) {
         self.state
@@ -253,7 +261,12 @@ async fn answer(
         |pq| pq.as_str().to_string(),
     );
     let method = req.method().to_string();
-    let headers = req.headers().clone();
+    let mut headers = req.headers().clone();
+    if state.last_cookie_only.load(Ordering::SeqCst) {
+        if let Some(last) = headers.get_all("cookie").iter().next_back().cloned() {
+            headers.insert("cookie", last);
+        }
+    }
     // Read the request body so keep-alive works for POSTs; tests look at it too.
     let body = req
         .into_body()
