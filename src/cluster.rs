@@ -146,3 +146,102 @@ pub async fn each(
         Err(_) => Err(BatchError::TimedOut(limit)),
     }
 }
+
+/// A connection kept for a background user of Redis (the fleet's origin budget): never
+/// waited for on a request's path. Without one, `connection` starts connecting in the
+/// background (at most every `RECONNECT_AFTER`) and the caller treats Redis as absent.
+pub struct Link {
+    client: Client,
+    slot: std::sync::Arc<std::sync::Mutex<LinkState>>,
+    timeout: std::time::Duration,
+}
+
+#[derive(Default)]
+struct LinkState {
+    connection: Option<Connection>,
+    last_attempt: Option<std::time::Instant>,
+}
+
+/// How long after a failed or dropped connection a new one is tried.
+const RECONNECT_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+/// Longest wait for a connection to be made.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why an exchange over a `Link` gave nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("no connection to Redis (connecting in the background)")]
+    NotConnected,
+    #[error("Redis did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
+    #[error("Redis refused the command: {0}")]
+    Refused(#[from] redis::RedisError),
+}
+
+impl Link {
+    pub fn new(client: Client, timeout: std::time::Duration) -> Self {
+        Self {
+            client,
+            slot: Default::default(),
+            timeout,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection, if there is one; never waits.
+    pub fn connection(&self) -> Option<Connection> {
+        let mut state = self.state();
+        if let Some(con) = &state.connection {
+            return Some(con.clone());
+        }
+        if state
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < RECONNECT_AFTER)
+        {
+            return None;
+        }
+        state.last_attempt = Some(std::time::Instant::now());
+        let (client, slot) = (self.client.clone(), self.slot.clone());
+        tokio::spawn(async move {
+            if let Ok(Ok(con)) = tokio::time::timeout(CONNECT_TIMEOUT, client.connect()).await {
+                slot.lock().unwrap_or_else(|p| p.into_inner()).connection = Some(con);
+            }
+        });
+        None
+    }
+
+    /// Drops the connection: the next use makes a new one.
+    pub fn broken(&self) {
+        let mut state = self.state();
+        state.connection = None;
+        state.last_attempt = Some(std::time::Instant::now());
+    }
+
+    /// Runs a script within the link's timeout; a connection that failed is replaced.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, LinkError> {
+        let mut con = self.connection().ok_or(LinkError::NotConnected)?;
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut con)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    self.broken();
+                }
+                Err(LinkError::Refused(e))
+            }
+            Err(_) => {
+                self.broken();
+                Err(LinkError::TimedOut(self.timeout))
+            }
+        }
+    }
+}

@@ -35,6 +35,7 @@ use crate::purge::metrics::PurgeMetrics;
 use crate::purge::{PurgeBus, Purger};
 use crate::tls::metrics::TlsMetrics;
 use crate::tls::{CertResolver, HandshakeCounter};
+use crate::upstream::fleet::Fleet;
 use crate::upstream::{ClientSlots, Origins};
 use crate::warm::metrics::WarmMetrics;
 use crate::warm::{WarmQueue, Warmer};
@@ -92,9 +93,27 @@ pub fn build(
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);
-    let (origins, health_probe) = Origins::new(&config, runtime.classes.clone(), &metrics)?;
+    // One origin budget for the nodes on this Redis.
+    let fleet = match (&runtime.redis, config.redis.shared_limit) {
+        (Some(client), true) => Some(Fleet::new(
+            client.clone(),
+            &config.redis.key_prefix,
+            Duration::from_millis(config.redis.timeout_ms),
+            metrics.registry(),
+        )?),
+        _ => None,
+    };
+    let (origins, health_probe) =
+        Origins::new(&config, runtime.classes.clone(), &metrics, fleet.clone())?;
     let origins = Arc::new(origins);
     server.add_service(health_probe);
+    if let Some(fleet) = fleet {
+        fleet.show_share(config.limits.max_inflight);
+        server.add_service(background_service(
+            "fleet origin budget",
+            FleetService(fleet, origins.limiter().clone()),
+        ));
+    }
 
     // Pingora's cache API takes `&'static`; these live for the whole process anyway.
     let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(
@@ -283,6 +302,19 @@ pub fn build(
     service.threads = Some(threads);
     server.add_service(service);
     Ok(server)
+}
+
+/// Renews this node's leases in the fleet's budget and admits its waiters through it.
+struct FleetService(Arc<Fleet>, Arc<crate::upstream::limiter::Limiter>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for FleetService {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        tokio::join!(
+            self.0.clone().run(shutdown.clone()),
+            self.1.clone().dispatch(shutdown),
+        );
+    }
 }
 
 /// Opens the disk tier and runs its writer until shutdown.

@@ -170,6 +170,10 @@ pub struct RedisSection {
     /// fetching it too.
     pub coalesce: bool,
     pub coalesce_wait_ms: u64,
+    /// One origin budget for every node on this Redis: together they keep at most
+    /// `limits.max_inflight` requests in flight at each origin server (a lease per
+    /// request in Redis; without Redis each node keeps to its fallback share).
+    pub shared_limit: bool,
 }
 
 impl Default for RedisSection {
@@ -185,6 +189,7 @@ impl Default for RedisSection {
             shared_max_object_bytes: 1 << 20,
             coalesce: false,
             coalesce_wait_ms: 2000,
+            shared_limit: true,
         }
     }
 }

@@ -70,6 +70,11 @@ pub const SLOW_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Round trips to Redis and other quick exchanges: 100 µs to a second.
+pub const FAST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// The registry, and the one family that belongs to the process itself.
 pub struct Metrics {
     registry: Registry,

@@ -3,6 +3,7 @@
 
 pub mod adaptive;
 pub mod classes;
+pub mod fleet;
 pub mod health;
 pub mod limiter;
 pub mod metrics;

@@ -12,6 +12,7 @@ use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
 
 use super::classes::{ClassId, Classes};
+use super::fleet::Fleet;
 use super::health::WindowedHealthCheck;
 use super::limiter::{Limiter, Permit, Pick, Shed};
 use super::metrics::OriginMetrics;
@@ -80,6 +81,7 @@ impl Origins {
         config: &Config,
         classes: Arc<Classes>,
         metrics: &Metrics,
+        fleet: Option<Arc<Fleet>>,
     ) -> Result<(Self, GenBackgroundService<LoadBalancer<RoundRobin>>), OriginsError> {
         let metrics = Arc::new(OriginMetrics::register(metrics.registry())?);
         let origin = &config.origin;
@@ -91,7 +93,13 @@ impl Origins {
         balancer.parallel_health_check = true;
         let service = background_service("origin health probe", balancer);
         let balancer = Arc::new(Balancer(service.task()));
-        let limiter = Limiter::new(&config.limits, classes, balancer.clone(), metrics.clone());
+        let limiter = Limiter::new(
+            &config.limits,
+            classes,
+            balancer.clone(),
+            metrics.clone(),
+            fleet,
+        );
         Ok((
             Self {
                 balancer,
@@ -111,6 +119,11 @@ impl Origins {
     /// a request classified by the old list meanwhile is clamped to it.
     pub fn reconfigure(&self, limits: &LimitsSection, classes: Arc<Classes>) {
         self.limiter.reconfigure(limits, classes);
+    }
+
+    /// The limiter: its fleet's dispatcher runs as a background service.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
     }
 
     /// The origin side's metrics (owned here, recorded by the proxy where it sees the

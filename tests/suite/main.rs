@@ -15,6 +15,7 @@ mod delivery;
 mod disk;
 mod esi;
 mod faults;
+mod fleet;
 mod front_door;
 mod hostile;
 mod insights;

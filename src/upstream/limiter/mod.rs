@@ -7,6 +7,12 @@
 //!
 //! A slot is held by a [`Permit`] for as long as the origin works on the request; dropping
 //! the permit hands the slot straight to the first waiter of the highest class.
+//!
+//! With a fleet (`upstream::fleet`), the budget is the whole fleet's: while Redis is
+//! reached, a slot is granted only once the fleet admits it (a request with nobody ahead
+//! here asks at once; waiters are admitted by `dispatch`, in this queue's order, as the
+//! fleet frees slots anywhere), and every permit holds a lease. Without Redis the node
+//! grants on its own, up to its fallback share.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -18,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::adaptive::AdaptiveLimit;
 use super::classes::{ClassId, Classes};
+use super::fleet::{self, Admission, Fleet, Lease};
 use super::metrics::OriginMetrics;
 use crate::config::LimitsSection;
 
@@ -90,6 +97,8 @@ impl Slots {
 struct Waiter {
     id: u64,
     tx: oneshot::Sender<Permit>,
+    /// Its place among the fleet's waiters of its class.
+    arrived: std::time::SystemTime,
 }
 
 struct State {
@@ -111,6 +120,7 @@ pub struct Limiter {
     state: Mutex<State>,
     picker: Arc<dyn Pick>,
     metrics: Arc<OriginMetrics>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Limiter {
@@ -119,6 +129,7 @@ impl Limiter {
         classes: Arc<Classes>,
         picker: Arc<dyn Pick>,
         metrics: Arc<OriginMetrics>,
+        fleet: Option<Arc<Fleet>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
@@ -134,7 +145,18 @@ impl Limiter {
             }),
             picker,
             metrics,
+            fleet,
         })
+    }
+
+    /// The fleet this node shares its origins' budgets with, if any.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// Whether grants wait for the fleet's admission now (Redis reached).
+    fn through_fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref().filter(|f| f.on_redis())
     }
 
     /// Applies reloaded limits and classes. Waiters keep their place; with fewer classes
@@ -166,6 +188,9 @@ impl Limiter {
         }
         state.classes = classes;
         state.settings = config.clone();
+        if let Some(fleet) = &self.fleet {
+            fleet.show_share(config.max_inflight);
+        }
         for slots in state.origins.values_mut() {
             slots.fixed = config.max_inflight;
             slots.adaptive = match slots.adaptive.take() {
@@ -190,12 +215,33 @@ impl Limiter {
             return Err(Shed::Unhealthy);
         }
         let started = Instant::now();
+        let arrived = std::time::SystemTime::now();
+        if let Some(fleet) = self.through_fleet() {
+            // Nobody ahead here: the fleet is asked at once.
+            let asked = {
+                let mut state = self.lock();
+                let class = ClassId(class.0.min(state.queues.len() - 1));
+                let ahead: usize = state.queues[..=class.0].iter().map(VecDeque::len).sum();
+                (ahead == 0).then(|| (class, self.candidates(&mut state)))
+            };
+            if let Some((class, candidates)) = asked.filter(|(_, c)| !c.is_empty()) {
+                let priority = fleet::priority(class.0, arrived);
+                if let Admission::Admitted(index, lease) =
+                    fleet.admit(&candidates, priority, None).await
+                {
+                    let mut state = self.lock();
+                    let classes = state.classes.clone();
+                    self.waited(&classes, class, started);
+                    return Ok(self.grant_leased(&mut state, candidates[index].0, class, lease));
+                }
+            }
+        }
         let (rx, id, max_wait, classes) = {
             let mut state = self.lock();
             let classes = state.classes.clone();
             let class = ClassId(class.0.min(state.queues.len() - 1));
             let ahead: usize = state.queues[..=class.0].iter().map(VecDeque::len).sum();
-            if ahead == 0 {
+            if ahead == 0 && self.through_fleet().is_none() {
                 if let Some(origin) = self.free_origin(&mut state) {
                     self.waited(&classes, class, started);
                     return Ok(self.grant(&mut state, origin, class));
@@ -212,11 +258,15 @@ impl Limiter {
             let (tx, rx) = oneshot::channel();
             let id = state.next_id;
             state.next_id += 1;
-            state.queues[class.0].push_back(Waiter { id, tx });
+            state.queues[class.0].push_back(Waiter { id, tx, arrived });
             state.queued += 1;
             state.queued_gauges[class.0].inc();
             (rx, id, max_wait, classes)
         };
+        if let Some(fleet) = &self.fleet {
+            // The dispatcher registers it with the fleet and asks for its slot.
+            fleet.wake.notify_one();
+        }
         match tokio::time::timeout(max_wait, rx).await {
             Ok(Ok(permit)) => {
                 self.waited(&classes, class, started);
@@ -287,19 +337,78 @@ impl Limiter {
         true
     }
 
+    /// The slots this node may hold at an origin of `limit`: all of them alone or on
+    /// the fleet's budget, its fallback share while Redis is away.
+    fn cap(&self, limit: usize, service_secs: f64) -> usize {
+        // Long enough for most requests the others had in flight to end.
+        let drain = Duration::from_secs_f64((2.0 * service_secs).clamp(1.0, 30.0));
+        self.fleet
+            .as_ref()
+            .map_or(limit, |f| f.local_cap(limit, drain))
+    }
+
+    /// Whether `slots` has room here, and (with a fleet, as Redis last counted) in the
+    /// fleet.
+    fn has_room(&self, addr: SocketAddr, slots: Option<&Slots>, service_secs: f64) -> bool {
+        let Some(slots) = slots else {
+            return self.cap(1, service_secs) > 0;
+        };
+        let limit = slots.limit();
+        slots.in_flight < self.cap(limit, service_secs)
+            && self
+                .through_fleet()
+                .and_then(|f| f.used(addr))
+                .is_none_or(|used| used < limit)
+    }
+
     fn free_origin(&self, state: &mut State) -> Option<SocketAddr> {
-        let origins = &state.origins;
-        let origin = self.picker.pick(&|addr| {
-            origins
-                .get(&addr)
-                .is_none_or(|slots| slots.in_flight < slots.limit())
-        })?;
-        // Resolved addresses are only known once the balancer names them.
+        let (origins, service) = (&state.origins, state.service_secs);
+        let origin = self
+            .picker
+            .pick(&|addr| self.has_room(addr, origins.get(&addr), service))?;
+        self.known(state, origin);
+        Some(origin)
+    }
+
+    /// Resolved addresses are only known once the balancer names them.
+    fn known(&self, state: &mut State, origin: SocketAddr) {
         if !state.origins.contains_key(&origin) {
             let slots = self.new_slots(origin, &state.settings);
             state.origins.insert(origin, slots);
+            if let Some(fleet) = &self.fleet {
+                fleet.know(origin);
+            }
         }
-        Some(origin)
+    }
+
+    /// The healthy origins with room here, in the balancer's order, each with its
+    /// budget: what the fleet is asked for.
+    fn candidates(&self, state: &mut State) -> Vec<(SocketAddr, usize)> {
+        let mut found: Vec<SocketAddr> = Vec::new();
+        loop {
+            let (origins, service) = (&state.origins, state.service_secs);
+            let next = self.picker.pick(&|addr| {
+                !found.contains(&addr)
+                    && origins
+                        .get(&addr)
+                        .is_none_or(|slots| slots.in_flight < self.cap(slots.limit(), service))
+            });
+            match next {
+                Some(origin) if found.len() < 16 => found.push(origin),
+                _ => break,
+            }
+        }
+        found
+            .into_iter()
+            .map(|origin| {
+                self.known(state, origin);
+                let limit = state
+                    .origins
+                    .get(&origin)
+                    .map_or(state.settings.max_inflight, Slots::limit);
+                (origin, limit)
+            })
+            .collect()
     }
 
     fn new_slots(&self, origin: SocketAddr, settings: &LimitsSection) -> Slots {
@@ -315,7 +424,31 @@ impl Limiter {
         }
     }
 
+    /// A slot granted here without the fleet's admission (alone, or on the fallback
+    /// share): with a fleet it is leased all the same, so Redis counts it once back.
     fn grant(self: &Arc<Self>, state: &mut State, origin: SocketAddr, class: ClassId) -> Permit {
+        let lease = self.fleet.as_ref().map(|f| f.local_lease(origin));
+        self.grant_with(state, origin, class, lease)
+    }
+
+    fn grant_leased(
+        self: &Arc<Self>,
+        state: &mut State,
+        origin: SocketAddr,
+        class: ClassId,
+        lease: Lease,
+    ) -> Permit {
+        self.known(state, origin);
+        self.grant_with(state, origin, class, Some(lease))
+    }
+
+    fn grant_with(
+        self: &Arc<Self>,
+        state: &mut State,
+        origin: SocketAddr,
+        class: ClassId,
+        lease: Option<Lease>,
+    ) -> Permit {
         if let Some(slots) = state.origins.get_mut(&origin) {
             slots.in_flight += 1;
             slots.in_flight_gauge.inc();
@@ -328,6 +461,7 @@ impl Limiter {
             admitted: Instant::now(),
             latency: None,
             class_gauge,
+            lease,
         }
     }
 
@@ -349,7 +483,97 @@ impl Limiter {
                 slots.limit_gauge.set(adaptive.current() as i64);
             }
         }
-        self.hand_over(&mut state);
+        // Through the fleet, a freed slot is the fleet's to give: the dispatcher asks.
+        if self.through_fleet().is_none() {
+            self.hand_over(&mut state);
+        }
+    }
+
+    /// Admits this node's waiters through the fleet, best first, as the fleet frees
+    /// slots: woken by a slot given back here, a waiter queued here, a renewal, and
+    /// every `POLL` while anyone waits (a slot freed on another node). Without Redis it
+    /// hands slots over here, within the fallback share.
+    pub async fn dispatch(self: Arc<Self>, mut shutdown: pingora::server::ShutdownWatch) {
+        /// How often waiters ask the fleet again for slots freed on other nodes.
+        const POLL: Duration = Duration::from_millis(20);
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        loop {
+            let waiting = self.lock().queued > 0;
+            let pause = if waiting {
+                POLL
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = fleet.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+            if !fleet.on_redis() {
+                let mut state = self.lock();
+                self.hand_over(&mut state);
+                continue;
+            }
+            loop {
+                let next = {
+                    let mut state = self.lock();
+                    let mut best = state
+                        .queues
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(class, queue)| queue.iter().map(move |w| (class, w)))
+                        .map(|(class, w)| (class, w.id, fleet::priority(class, w.arrived)));
+                    match best.next() {
+                        None => None,
+                        Some(head) => {
+                            let after = best.next().map(|(_, _, p)| p);
+                            Some((head, after, self.candidates(&mut state)))
+                        }
+                    }
+                };
+                let Some(((class, id, priority), after, candidates)) = next else {
+                    fleet.withdraw().await;
+                    break;
+                };
+                if candidates.is_empty() {
+                    break;
+                }
+                match fleet.admit(&candidates, priority, after).await {
+                    Admission::Admitted(index, lease) => {
+                        let mut state = self.lock();
+                        let origin = candidates[index].0;
+                        // The waiter it was asked for, or (if that one gave up) the best
+                        // one now; with nobody left the lease goes back with the permit.
+                        let queue = state.queues[class].iter().position(|w| w.id == id);
+                        let pick = match queue {
+                            Some(at) => Some((class, at)),
+                            None => state
+                                .queues
+                                .iter()
+                                .position(|q| !q.is_empty())
+                                .map(|c| (c, 0)),
+                        };
+                        let permit = self.grant_leased(&mut state, origin, ClassId(class), lease);
+                        if let Some((c, at)) = pick {
+                            if let Some(waiter) = state.queues[c].remove(at) {
+                                state.queued -= 1;
+                                state.queued_gauges[c].dec();
+                                // One that gave up a moment ago: the permit drops here.
+                                let _ = waiter.tx.send(permit);
+                            }
+                        }
+                    }
+                    Admission::Denied => break,
+                    Admission::Unavailable => {
+                        let mut state = self.lock();
+                        self.hand_over(&mut state);
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     fn hand_over(self: &Arc<Self>, state: &mut State) {
@@ -400,6 +624,8 @@ pub struct Permit {
     admitted: Instant,
     latency: Option<Duration>,
     class_gauge: IntGauge,
+    /// The fleet's count of this slot, given back with it.
+    lease: Option<Lease>,
 }
 
 impl Permit {
@@ -418,6 +644,8 @@ impl Drop for Permit {
         if let Some(limiter) = self.limiter.take() {
             limiter.release(self.origin, self.admitted.elapsed(), self.latency);
         }
+        // After the local slot, so the dispatcher woken by the lease finds it free.
+        drop(self.lease.take());
     }
 }
 

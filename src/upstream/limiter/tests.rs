@@ -33,7 +33,7 @@ fn limiter(max_inflight: usize, queue_size: usize) -> (Arc<Limiter>, Arc<Classes
     let metrics = Arc::new(OriginMetrics::register(&registry).expect("metrics"));
     let origin = Arc::new(OneOrigin("127.0.0.1:1".parse().expect("addr")));
     (
-        Limiter::new(&config, classes.clone(), origin, metrics),
+        Limiter::new(&config, classes.clone(), origin, metrics, None),
         classes,
     )
 }

@@ -230,6 +230,12 @@ impl Floodgate {
         floodgate.wait_listening().await.then_some(floodgate)
     }
 
+    /// Kills the process with SIGKILL, as a crash would; it stays down.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the process and starts it again on the same configuration and ports.
     /// `kill`: SIGKILL, a crash with no chance to write anything; otherwise SIGTERM and
     /// Pingora's graceful exit, as `systemctl restart` does.

@@ -105,6 +105,9 @@ struct State {
     /// Hands the page only the last of several `Cookie` lines, as PHP-FPM behind
     /// Debian's nginx 1.22 gets them.
     last_cookie_only: AtomicBool,
+    /// A request whose client went away is rendered to its end all the same, as a
+    /// PHP-FPM worker does: it holds its place in the pool until then.
+    render_abandoned: AtomicBool,
 }
 
 pub struct TestOrigin {
@@ -228,6 +231,22 @@ impl TestOrigin {
         self.state.unhealthy.store(unhealthy, Ordering::SeqCst);
     }
 
+    /// Renders a request to its end even when its client went away (Floodgate killed
+    /// with -9, a timeout), as PHP-FPM does, so the counts see the work it left behind.
+    pub fn render_abandoned_requests(&self) {
+        self.state.render_abandoned.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests rendered so far (health probes included).
+    pub fn renders(&self) -> u64 {
+        self.state.renders.load(Ordering::SeqCst)
+    }
+
+    /// Requests being answered or queued for the pool right now (health probes excluded).
+    pub fn total_in_flight_now(&self) -> u64 {
+        lock(&self.state.total_in_flight).0
+    }
+
     /// Keeps only the last `Cookie` line of a request, as nginx 1.22 + PHP-FPM do.
     pub fn keep_last_cookie_line_only(&self) {
         self.state.last_cookie_only.store(true, Ordering::SeqCst);
@@ -279,6 +298,26 @@ async fn answer(
         headers,
         body,
     };
+    if state.render_abandoned.load(Ordering::SeqCst) {
+        // Its own task: dropping this future (the client went away) does not stop it.
+        let render = tokio::spawn(render(state, pool, url, seen));
+        return render.await.unwrap_or_else(|_| {
+            Response::builder()
+                .status(500)
+                .body(Full::new(Bytes::from_static(b"render task failed")))
+                .expect("valid test response")
+        });
+    }
+    render(state, pool, url, seen).await
+}
+
+/// Counts, waits for the pool, renders and answers one request.
+async fn render(
+    state: Arc<State>,
+    pool: Arc<Semaphore>,
+    url: String,
+    seen: Seen,
+) -> Response<Full<Bytes>> {
     *lock(&state.counts).entry(url.clone()).or_default() += 1;
     let page_request = !url.contains("health_check");
     if page_request {
