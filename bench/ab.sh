@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The hit path at two commits, in one run: did a change make hits slower?
 #
-#   bench/ab.sh BASE_REV [duration_secs]
+#   bench/ab.sh BASE_REV [duration_secs]      (BASE_BIN=path: that binary is the base's)
 #
 # Builds BASE_REV (in a temporary worktree, sharing this checkout's target directory)
 # and the working tree, starts both on the same origin and the same server core, fills
@@ -17,9 +17,14 @@ root=$(pwd)
 tree=$(mktemp -d /tmp/floodgate-ab.XXXXXX)
 git worktree add --detach -f "$tree" "$BASE" >/dev/null
 base_bin="$tree/floodgate-base"
-# The base built as the `production` profile is, whatever its own Cargo.toml says.
-(cd "$tree" && CARGO_TARGET_DIR="$root/target" CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-  cargo build --release --quiet && cp "$root/target/release/floodgate" "$base_bin")
+if [ -n "${BASE_BIN:-}" ]; then
+  # BASE_BIN: the base built already (kept from an earlier run: about 16 minutes saved).
+  cp "$BASE_BIN" "$base_bin"
+else
+  # The base built as the `production` profile is, whatever its own Cargo.toml says.
+  (cd "$tree" && CARGO_TARGET_DIR="$root/target" CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+    cargo build --release --quiet && cp "$root/target/release/floodgate" "$base_bin")
+fi
 source bench/lib.sh # builds the working tree (profile production)
 trap 'cleanup; git worktree remove --force "$tree" >/dev/null 2>&1 || true' EXIT
 

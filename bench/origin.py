@@ -15,6 +15,7 @@ tags, Cache-Control, Set-Cookie), counts requests per URL, and can be slow on pu
   GET /old-N.html            cacheable page with s-maxage=1 (expires at once)
   GET /health_check.php      200
   GET /__count?url=/path     requests seen for that URL (not counted itself)
+  GET /__sum?first=A&last=B  requests seen for /product-A.html .. /product-B.html
 
 With --gzip, a client that accepts gzip gets the page gzipped (Content-Encoding: gzip,
 Vary: Accept-Encoding), as Magento's nginx with `gzip on` sends it (for bench/tls.sh,
@@ -111,6 +112,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with LOCK:
                 body = json.dumps({"count": COUNTS.get(url, 0)}).encode()
             return self.reply(200, body, {"Cache-Control": "no-store"})
+        if parsed.path == "/__sum":
+            query = urllib.parse.parse_qs(parsed.query)
+            first, last = int(query["first"][0]), int(query["last"][0])
+            with LOCK:
+                total = sum(COUNTS.get(f"/product-{n}.html", 0) for n in range(first, last + 1))
+            return self.reply(200, json.dumps({"count": total}).encode(), {"Cache-Control": "no-store"})
         if parsed.path == "/__delay":
             DELAY[0] = int(urllib.parse.parse_qs(parsed.query).get("ms", ["0"])[0]) / 1000
             return self.reply(200, b"ok", {"Cache-Control": "no-store"})

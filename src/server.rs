@@ -37,6 +37,7 @@ use crate::tls::metrics::TlsMetrics;
 use crate::tls::{CertResolver, HandshakeCounter};
 use crate::upstream::fleet::Fleet;
 use crate::upstream::{ClientSlots, Origins};
+use crate::warm::claims::WarmClaims;
 use crate::warm::metrics::WarmMetrics;
 use crate::warm::{WarmQueue, Warmer};
 use pingora::listeners::tls::TlsSettings;
@@ -185,6 +186,15 @@ pub fn build(
         } else {
             None
         };
+        if config.warm.enabled {
+            // One node of the fleet re-warms each purged hot page.
+            purger.attach_claims(Arc::new(WarmClaims::new(
+                client.clone(),
+                &config.redis.key_prefix,
+                Duration::from_millis(config.redis.timeout_ms),
+                format!("{}", std::process::id()),
+            )));
+        }
         let bus = PurgeBus::new(&config.redis, client, purger.clone(), &metrics)?;
         purger.attach_bus(bus.clone());
         server.add_service(background_service(

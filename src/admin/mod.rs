@@ -136,6 +136,11 @@ impl Admin {
         let mut report = self.insights.report();
         report.now.origin_healthy = self.origins.any_healthy();
         report.now.maintenance = self.origins.in_maintenance();
+        report.now.fleet = self
+            .origins
+            .limiter()
+            .fleet()
+            .map(|fleet| fleet.view(self.runtime.load().config.limits.max_inflight));
         report
     }
 

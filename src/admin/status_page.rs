@@ -209,6 +209,37 @@ fn table(title: &str, head: &[&str], rows: Vec<Vec<String>>) -> String {
     html
 }
 
+/// The fleet this node shares its origin budget with: its live nodes, this node's share
+/// (red while it runs on its fallback share), the fleet's in-flight count per origin.
+fn fleet_tile(fleet: Option<&crate::insights::FleetNow>) -> String {
+    let Some(fleet) = fleet else {
+        return String::new();
+    };
+    let warn = if fleet.mode == "fleet" {
+        ""
+    } else {
+        " style=\"border-color:#c00;color:#c00\""
+    };
+    let origins: Vec<String> = fleet
+        .in_flight
+        .iter()
+        .map(|(origin, n)| format!("{} {n}/{}", escape(origin), fleet.budget))
+        .collect();
+    format!(
+        "<div class=\"tile\"{warn}>fleet: {} ({})<b>{} nodes</b>share {} of {}; in flight {}</div>\n",
+        escape(&fleet.node),
+        escape(fleet.mode),
+        fleet.nodes,
+        fleet.share,
+        fleet.budget,
+        if origins.is_empty() {
+            "–".to_string()
+        } else {
+            origins.join(", ")
+        }
+    )
+}
+
 pub fn render(report: &Report, history: &[Sample], gauges: &Gauges, seconds: usize) -> String {
     let now = &report.now;
     let ratio = now
@@ -237,7 +268,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border-bottom:1px solid 
 <div class="tile">shed/s<b>{:.1}</b></div>
 <div class="tile">purges/s<b>{:.2}</b></div>
 <div class="tile">origin<b>{}</b></div>
-</div>
+{}</div>
 <p>History: the last {} s, one point per {} s. Top lists: the last {} s.</p>"##,
         now.requests_per_sec,
         gauges.origin_in_flight,
@@ -252,6 +283,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border-bottom:1px solid 
         } else {
             "down"
         },
+        fleet_tile(now.fleet.as_ref()),
         seconds,
         seconds.div_ceil(history.len().max(1)),
         report.window_secs,

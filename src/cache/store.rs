@@ -237,7 +237,11 @@ impl MemoryStore {
     }
 
     /// Removes (hard) or expires (soft) `keys`; returns the objects as they were.
-    pub async fn invalidate(&self, keys: &[HashBinary], soft: bool) -> Vec<Arc<StoredObject>> {
+    pub async fn invalidate(
+        &self,
+        keys: &[HashBinary],
+        soft: bool,
+    ) -> Vec<(HashBinary, Arc<StoredObject>)> {
         let mut invalidated = Vec::with_capacity(keys.len());
         let keep = self.keep_purged_secs.load(Ordering::Relaxed);
         for key in keys {
@@ -246,7 +250,7 @@ impl MemoryStore {
                 if let Some(object) = self.objects.get(key) {
                     if !object.is_purged_copy() {
                         self.put(*key, object.purged(keep)).await;
-                        invalidated.push(object);
+                        invalidated.push((*key, object));
                     }
                 }
             } else if soft {
@@ -254,10 +258,10 @@ impl MemoryStore {
                     if object.is_fresh() {
                         self.put(*key, object.expired()).await;
                     }
-                    invalidated.push(object);
+                    invalidated.push((*key, object));
                 }
             } else if let Some(object) = self.objects.remove(key) {
-                invalidated.push(object);
+                invalidated.push((*key, object));
             }
         }
         invalidated

@@ -241,10 +241,33 @@ fn origin(frame: &mut Frame, area: Rect, now: &Value) {
             .label(format!("in flight {in_flight:.0} / limit {limit:.0}")),
         rows[0],
     );
-    let queue: Vec<Line> = pairs(&now["queued"])
-        .into_iter()
-        .map(|(class, n)| Line::from(format!("queued {class:<14}{n:>6.0}")))
-        .collect();
+    let mut queue: Vec<Line> = Vec::new();
+    let fleet = &now["fleet"];
+    if fleet.is_object() {
+        let mode = text(&fleet["mode"]);
+        let line = format!(
+            "fleet {} nodes, {mode}: share {:.0} of {:.0}",
+            number(&fleet["nodes"]),
+            number(&fleet["share"]),
+            number(&fleet["budget"]),
+        );
+        queue.push(Line::from(Span::styled(
+            line,
+            Style::default().fg(if mode == "fleet" {
+                Color::Green
+            } else {
+                Color::Red
+            }),
+        )));
+        for (origin, n) in pairs(&fleet["in_flight"]) {
+            queue.push(Line::from(format!("fleet in flight {origin} {n:.0}")));
+        }
+    }
+    queue.extend(
+        pairs(&now["queued"])
+            .into_iter()
+            .map(|(class, n)| Line::from(format!("queued {class:<14}{n:>6.0}"))),
+    );
     frame.render_widget(Paragraph::new(queue), rows[1]);
 }
 

@@ -187,8 +187,8 @@ impl Default for RedisSection {
             outbox_size: 10_000,
             shared_cache: true,
             shared_max_object_bytes: 1 << 20,
-            coalesce: false,
-            coalesce_wait_ms: 2000,
+            coalesce: true,
+            coalesce_wait_ms: 10000,
             shared_limit: true,
         }
     }
@@ -236,6 +236,9 @@ pub struct PurgeSection {
     /// alternative is Floodgate's own 503 (the origin is down, failing, or the limiter
     /// sheds the request), never while the origin can answer. 0: removed at once.
     pub keep_purged_secs: u32,
+    /// A visitor whose page has a kept copy waits at most this long for a slot at the
+    /// origin, then gets the copy while the fresh page is re-warmed for the next ones.
+    pub keep_purged_wait_ms: u64,
 }
 
 impl Default for PurgeSection {
@@ -244,6 +247,7 @@ impl Default for PurgeSection {
             allow: vec!["127.0.0.1".into(), "::1".into()],
             soft: false,
             keep_purged_secs: 0,
+            keep_purged_wait_ms: 500,
         }
     }
 }

@@ -559,6 +559,25 @@ pub struct Now {
     pub origin_healthy: bool,
     /// Seconds the figures cover (less than 60 just after a start).
     pub seconds: usize,
+    /// The fleet this node shares its origin budget with, when it has one.
+    pub fleet: Option<FleetNow>,
+}
+
+/// This node's part in the fleet's origin budget, as the admin API shows it.
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct FleetNow {
+    /// This node's name in the fleet.
+    pub node: String,
+    /// `fleet` (admitting on the fleet's budget), `fallback` (Redis unreachable: the
+    /// fallback share), `joining` or `rejoining`.
+    pub mode: &'static str,
+    /// Live nodes, this one included, at the last renewal.
+    pub nodes: usize,
+    /// Slots this node may hold on its own now: the budget, or its fallback share.
+    pub share: usize,
+    pub budget: usize,
+    /// Requests in flight at each origin server from the whole fleet, as Redis counted.
+    pub in_flight: Vec<(String, usize)>,
 }
 
 impl Now {
@@ -592,6 +611,7 @@ impl Now {
             maintenance: gauges.maintenance,
             origin_healthy: gauges.origin_healthy,
             seconds: samples.len(),
+            fleet: None,
         }
     }
 }

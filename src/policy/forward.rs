@@ -88,14 +88,20 @@ pub fn prepare(req: &mut impl EditHeaders) -> Result<(), Refused> {
     if req.headers().contains_key(header::CONNECTION) {
         apply_nominations(req)?;
     }
+    // Most requests (every hit) repeat no header: nothing more to look at.
+    let headers = req.headers();
+    if headers.len() == headers.keys_len() {
+        return Ok(());
+    }
     if let Some(joined) = joined_cookies(req.headers()) {
         req.set(header::COOKIE, joined);
     }
     for name in KEYED_SINGLE {
+        let name = HeaderName::from_static(name);
         let headers = req.headers();
-        if headers.get_all(name).iter().nth(1).is_some() {
-            if let Some(first) = headers.get(name).cloned() {
-                req.set(HeaderName::from_static(name), first);
+        if headers.get_all(&name).iter().nth(1).is_some() {
+            if let Some(first) = headers.get(&name).cloned() {
+                req.set(name, first);
             }
         }
     }

@@ -33,6 +33,55 @@ impl Floodgate {
         }
     }
 
+    /// A visitor whose page has a purged copy kept, while the origin has no slot for it:
+    /// waits up to `purge.keep_purged_wait_ms` for a slot or for the fresh page to land;
+    /// `true` when neither came, and the copy is to be served (the page is then queued
+    /// for re-warming, so the next visitors get it fresh).
+    pub(super) async fn kept_copy_after_wait(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        class: ClassId,
+    ) -> bool {
+        let Some(wait) = self.wait_with_kept_copy(ctx, class) else {
+            return false;
+        };
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if !self.origins.would_wait(class) {
+                return false;
+            }
+            let fresh = match ctx.key {
+                Some(key) => self
+                    .store
+                    .get(&key)
+                    .await
+                    .is_some_and(|o| o.is_fresh() && !o.is_purged_copy()),
+                None => false,
+            };
+            if fresh {
+                return false;
+            }
+            if std::time::Instant::now() >= deadline {
+                if let Some(identity) = self.identity(session, ctx) {
+                    self.purger.rewarm_now(identity);
+                }
+                return true;
+            }
+            // Polled: a slot and a fill have no one waker between them.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How long a request whose page has a purged copy kept waits for the origin
+    /// (`purge.keep_purged_wait_ms`); `None`: its class's wait.
+    /// Only a visitor's: the re-warm that fetches the page waits its own class's wait.
+    fn wait_with_kept_copy(&self, ctx: &RequestCtx, class: ClassId) -> Option<std::time::Duration> {
+        let ms = ctx.rt.config.purge.keep_purged_wait_ms;
+        (ctx.purged_copy && ms > 0 && class != ctx.rt.classes.warm())
+            .then(|| std::time::Duration::from_millis(ms))
+    }
+
     /// An origin slot for the request (its client's share first), or the reason it is
     /// shed, as an upstream error so a kept stale copy is served instead.
     pub(super) async fn admit(
@@ -51,9 +100,18 @@ impl Floodgate {
             Some(shed) => Err(shed),
             None => match self.client_share(ctx, class).await {
                 Err(shed) => Err(shed),
-                Ok(()) => self.origins.admit(class).await,
+                Ok(()) => {
+                    let wait = self.wait_with_kept_copy(ctx, class);
+                    self.origins.admit(class, wait).await
+                }
             },
         };
+        if admitted.is_err() && self.wait_with_kept_copy(ctx, class).is_some() {
+            // The visitor gets the kept copy; the fresh page is fetched for the next ones.
+            if let Some(identity) = self.identity(session, ctx) {
+                self.purger.rewarm_now(identity);
+            }
+        }
         match admitted {
             Ok((peer, permit)) => {
                 ctx.permit = Some(permit);

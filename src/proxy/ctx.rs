@@ -34,6 +34,8 @@ pub struct RequestCtx {
     pub marked: bool,
     /// The lookup found a copy too old to serve: a miss then is an expired one.
     pub found_expired: bool,
+    /// That copy is a purged page's kept copy (`purge.keep_purged_secs`).
+    pub purged_copy: bool,
     /// Why the page was not in memory when the lookup missed, if the store knows.
     pub removal: Option<Removal>,
     /// When the request left for the origin, for the upstream latency histogram.
@@ -99,6 +101,7 @@ impl RequestCtx {
             not_cached: None,
             marked: false,
             found_expired: false,
+            purged_copy: false,
             removal: None,
             upstream_sent: None,
             fetch_started: None,

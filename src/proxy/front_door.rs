@@ -140,23 +140,34 @@ enum Phase {
 struct BlankLine {
     /// Line ends seen in a row, `\r` skipped.
     newlines: u8,
+    /// A line with something on it has been read: empty lines before the request line
+    /// (which parsers skip) end nothing.
+    started: bool,
 }
 
 impl BlankLine {
     /// Whether `bytes` complete the blank line; `newlines` carries over to the next read.
+    /// Only the line ends are looked for (memchr), not every byte compared.
     fn ends_in(&mut self, bytes: &[u8]) -> bool {
-        for &b in bytes {
-            match b {
-                b'\n' => {
-                    self.newlines += 1;
-                    if self.newlines == 2 {
-                        self.newlines = 0;
-                        return true;
-                    }
-                }
-                b'\r' => {}
-                _ => self.newlines = 0,
+        let only_cr = |s: &[u8]| s.iter().all(|b| *b == b'\r');
+        let mut from = 0;
+        while let Some(at) = memchr::memchr(b'\n', &bytes[from..]).map(|i| from + i) {
+            // A line end after nothing but `\r` since the last one makes them consecutive.
+            if only_cr(&bytes[from..at]) {
+                self.newlines += 1;
+            } else {
+                self.newlines = 1;
+                self.started = true;
             }
+            if self.newlines >= 2 && self.started {
+                self.newlines = 0;
+                return true;
+            }
+            from = at + 1;
+        }
+        if !only_cr(&bytes[from..]) {
+            self.newlines = 0;
+            self.started = true;
         }
         false
     }
@@ -450,6 +461,11 @@ mod tests {
         assert!(bare.ends_in(b"GET / HTTP/1.1\nHost: a\n\n"));
         let mut none = BlankLine::default();
         assert!(!none.ends_in(b"GET / HTTP/1.1\r\nHost: a\r\nX: \r\r\n"));
+        // Empty lines before the request line end nothing: the header still has to come.
+        let mut leading = BlankLine::default();
+        assert!(!leading.ends_in(b"\r\n\r\n\n\n"));
+        assert!(!leading.ends_in(b"GET / HTTP/1.1\r\n"));
+        assert!(leading.ends_in(b"\r\n"));
         // One byte at a time, as a trickling client sends it.
         let mut trickle = BlankLine::default();
         let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";

@@ -216,13 +216,21 @@ impl ProxyHttp for Floodgate {
         }
         let class = self.class(session, ctx);
         // A purged page's kept copy is not served because the origin is busy, only when
-        // it cannot answer at all: a busy origin queues the request, and only if the
-        // limiter sheds it does the copy go out instead of the 503.
+        // it cannot answer at all, or when a visitor waited `purge.keep_purged_wait_ms`
+        // for a slot (`kept_copy_after_wait`); otherwise a busy origin queues the request,
+        // and only if the limiter sheds it does the copy go out instead of the 503.
         let purged_copy = meta.headers().contains_key(PURGED_COPY_HEADER);
+        ctx.purged_copy = purged_copy;
         ctx.stale_reason = self
             .origins
             .stale_reason(class)
             .filter(|reason| !purged_copy || *reason != StaleReason::Overloaded);
+        if ctx.stale_reason.is_none()
+            && purged_copy
+            && self.kept_copy_after_wait(session, ctx, class).await
+        {
+            ctx.stale_reason = Some(StaleReason::Overloaded);
+        }
         Ok(ctx.stale_reason.map(|_| ForcedFreshness::ForceFresh))
     }
 

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::disk::DiskError;
 use crate::cache::shared_tier::{SharedError, SharedTier};
-use crate::cache::MemoryStore;
+use crate::cache::{MemoryStore, RequestIdentity};
 use crate::insights::Insights;
+use crate::warm::claims::WarmClaims;
 use crate::warm::WarmQueue;
 use pingora::cache::key::HashBinary;
 
@@ -63,6 +64,14 @@ impl PurgeError {
     }
 }
 
+/// One purge as the fleet knows it: its id, and when it was made (on the node Magento
+/// sent it to), the same on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetPurge {
+    pub id: u64,
+    pub at: SystemTime,
+}
+
 /// What one purge did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeReport {
@@ -87,6 +96,8 @@ pub struct Purger {
     bus: OnceLock<Arc<PurgeBus>>,
     /// The shared tier in Redis, whose copies purges remove too.
     shared: OnceLock<Arc<SharedTier>>,
+    /// With a fleet: which node re-warms each purged page.
+    claims: OnceLock<Arc<WarmClaims>>,
     metrics: PurgeMetrics,
     /// Told which tags were purged and how many objects each selected.
     insights: Arc<Insights>,
@@ -106,6 +117,7 @@ impl Purger {
             hot_window,
             bus: OnceLock::new(),
             shared: OnceLock::new(),
+            claims: OnceLock::new(),
             metrics,
             insights,
         }
@@ -116,6 +128,11 @@ impl Purger {
         &self.metrics
     }
 
+    /// Purged hot pages are then re-warmed by one node of the fleet each.
+    pub fn attach_claims(&self, claims: Arc<WarmClaims>) {
+        let _ = self.claims.set(claims);
+    }
+
     /// Purges then also remove the shared tier's copies.
     pub fn attach_shared(&self, shared: Arc<SharedTier>) {
         let _ = self.shared.set(shared);
@@ -123,11 +140,13 @@ impl Purger {
 
     /// Removes the shared copies a purge selects. `Ok` without a shared tier. `wait`:
     /// wait for a connection to Redis (background work only).
+    /// Only copies fetched before `at` (when the purge was made) go.
     pub async fn purge_shared(
         &self,
         tags_pattern: Option<&str>,
         pool: Option<&str>,
         wait: bool,
+        at: SystemTime,
     ) -> Result<usize, PurgeError> {
         let Some(shared) = self.shared.get() else {
             return Ok(0);
@@ -135,7 +154,7 @@ impl Purger {
         let selector = tags_pattern.map(pattern::parse).transpose()?;
         let pool = pool.map(pattern::pool).transpose()?;
         shared
-            .purge(selector.as_ref(), pool.as_ref(), wait)
+            .purge(selector.as_ref(), pool.as_ref(), wait, at)
             .await
             .map_err(PurgeError::Shared)
     }
@@ -180,16 +199,62 @@ impl Purger {
         pool: Option<&str>,
         soft: bool,
     ) -> Result<PurgeReport, PurgeError> {
-        let report = self.apply(tags_pattern, pool, soft).await?;
+        // Every node applies it as this one purge: one of them re-warms each hot page,
+        // and what was fetched after it stays.
+        let fleet = FleetPurge {
+            id: purge_id(),
+            at: SystemTime::now(),
+        };
+        let report = self.apply(tags_pattern, pool, soft, Some(fleet)).await?;
         if let Some(bus) = self.bus.get() {
             bus.publish(PurgeMessage {
                 pattern: tags_pattern.map(str::to_string),
                 pool: pool.map(str::to_string),
                 soft,
                 everything: false,
+                fleet: Some(fleet),
             });
         }
         Ok(report)
+    }
+
+    /// Queues `hot` pages for re-warming: here, or (with a fleet and the purge's `id`)
+    /// those this node claims first, after a round trip that the purge's answer does not
+    /// wait for. The worker is woken by `settle` (or the claim), after the answer.
+    fn rewarm(&self, hot: Vec<(HashBinary, Arc<RequestIdentity>, u32)>, id: Option<u64>) {
+        let Some(warm) = self.warm.clone() else {
+            return;
+        };
+        let (Some(claims), Some(id)) = (self.claims.get().cloned(), id) else {
+            for (_, identity, heat) in hot {
+                warm.push_quietly(identity, heat);
+            }
+            return;
+        };
+        if hot.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let keys: Vec<HashBinary> = hot.iter().map(|(key, _, _)| *key).collect();
+            let won = claims.claim(id, &keys).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "re-warm claims failed: this node re-warms its own hot pages");
+                vec![true; keys.len()]
+            });
+            for ((_, identity, heat), mine) in hot.into_iter().zip(won) {
+                if mine {
+                    warm.push_quietly(identity, heat);
+                }
+            }
+            warm.wake();
+        });
+    }
+
+    /// Queues one page for re-warming now: a visitor was given its kept copy rather than
+    /// wait for the origin, and the next visitors should get it fresh.
+    pub fn rewarm_now(&self, identity: Arc<RequestIdentity>) {
+        if let Some(warm) = &self.warm {
+            warm.push(identity, u32::MAX);
+        }
     }
 
     /// Drops every object here, tagged or not, and on every other node: the true
@@ -203,6 +268,7 @@ impl Purger {
                 pool: None,
                 soft: false,
                 everything: true,
+                fleet: None,
             });
         }
         Ok(report)
@@ -237,17 +303,23 @@ impl Purger {
     /// Invalidates here what `tags_pattern` and `pool` select: removed, or with `soft`
     /// expired so the next visitor gets it stale while one refresh runs. Both are
     /// parsed before anything happens, so an invalid one purges nothing (`Err` says why).
+    /// `fleet` names the purge across the fleet: each of its hot pages is re-warmed by
+    /// the node that claims it first (without: by every node that had it), and it counts
+    /// from when it was made, not from when it reached this node.
     pub async fn apply(
         &self,
         tags_pattern: Option<&str>,
         pool: Option<&str>,
         soft: bool,
+        fleet: Option<FleetPurge>,
     ) -> Result<PurgeReport, PurgeError> {
         let started = Instant::now();
         let pool_pattern = pool;
         let selector = tags_pattern.map(pattern::parse).transpose()?;
         let pool = pool.map(pattern::pool).transpose()?;
-        let now = SystemTime::now();
+        // A fill that began after the purge was made fetched the new page: it stays,
+        // even where the purge arrives later.
+        let now = fleet.map_or_else(SystemTime::now, |f| f.at.min(SystemTime::now()));
         let recent = self.store.recent_purges();
         // Recorded before the objects are collected: a fetch that lands in between is
         // then refused by the store instead of slipping past both.
@@ -306,20 +378,16 @@ impl Purger {
             Some(disk) => disk.purge(selector.as_ref(), pool.as_ref(), soft).await?,
             None => 0,
         };
-        let mut queued = 0;
-        if let Some(warm) = &self.warm {
-            for object in &invalidated {
-                if let Some(identity) = object
-                    .identity
-                    .as_ref()
-                    .filter(|_| object.heat.recent(self.hot_window))
-                {
-                    // The worker is woken by `settle`, after the answer.
-                    warm.push_quietly(identity.clone(), object.heat.hits());
-                    queued += 1;
-                }
-            }
-        }
+        let hot: Vec<(HashBinary, Arc<RequestIdentity>, u32)> = invalidated
+            .iter()
+            .filter(|(_, object)| object.heat.recent(self.hot_window))
+            .filter_map(|(key, object)| {
+                let identity = object.identity.clone()?;
+                Some((*key, identity, object.heat.hits()))
+            })
+            .collect();
+        let queued = if self.warm.is_some() { hot.len() } else { 0 };
+        self.rewarm(hot, fleet.map(|f| f.id));
         let report = PurgeReport {
             // An object on disk only (not in memory) counts too.
             objects: invalidated.len().max(on_disk),
@@ -330,9 +398,25 @@ impl Purger {
         // Shared copies too, best effort: the publisher retries them with the purge when
         // Redis was away, and every other node removes them again when it applies it (a
         // fill in flight on another node may have landed after this removal).
-        if let Err(reason) = self.purge_shared(tags_pattern, pool_pattern, false).await {
+        if let Err(reason) = self
+            .purge_shared(tags_pattern, pool_pattern, false, now)
+            .await
+        {
             tracing::debug!(%reason, "shared copies not removed yet");
         }
         Ok(report)
     }
+}
+
+/// A purge's id across the fleet: random enough that two purges never share one.
+fn purge_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = crate::cache::FastHasher::default().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }

@@ -344,6 +344,35 @@ impl Fleet {
         }
     }
 
+    /// What the admin API shows of this node's part in the fleet, for a configured
+    /// `budget`.
+    pub fn view(&self, budget: usize) -> crate::insights::FleetNow {
+        let state = self.state();
+        let mode = match state.mode {
+            Mode::Fleet => "fleet",
+            Mode::Fallback { .. } => "fallback",
+            Mode::Joining => "joining",
+            Mode::Rejoining { .. } => "rejoining",
+        };
+        let mut in_flight: Vec<(String, usize)> = state
+            .used
+            .iter()
+            .map(|(origin, used)| (origin.to_string(), *used))
+            .collect();
+        in_flight.sort();
+        crate::insights::FleetNow {
+            node: self.node.clone(),
+            mode,
+            nodes: state.nodes,
+            share: match state.mode {
+                Mode::Fleet => budget,
+                _ => share(budget, state.nodes),
+            },
+            budget,
+            in_flight,
+        }
+    }
+
     /// Holders at `origin` fleet-wide when Redis last counted them.
     pub fn used(&self, origin: SocketAddr) -> Option<usize> {
         self.state().used.get(&origin).copied()
@@ -460,9 +489,15 @@ impl Fleet {
     }
 
     fn release(self: &Arc<Self>, origin: SocketAddr, member: &str) {
-        let removed = self.state().held.remove(member).is_some();
-        if !removed {
-            return;
+        {
+            let mut state = self.state();
+            if state.held.remove(member).is_none() {
+                return;
+            }
+            // Until the next count, one fewer at that origin.
+            if let Some(used) = state.used.get_mut(&origin) {
+                *used = used.saturating_sub(1);
+            }
         }
         self.wake.notify_one();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -132,12 +132,17 @@ impl Origins {
         &self.metrics
     }
 
-    /// Waits for a slot at a healthy origin; the permit must live until the origin is done.
-    pub async fn admit(&self, class: ClassId) -> Result<(HttpPeer, Permit), Shed> {
+    /// Waits for a slot at a healthy origin, at most `wait` when given (else the class's
+    /// longest wait); the permit must live until the origin is done.
+    pub async fn admit(
+        &self,
+        class: ClassId,
+        wait: Option<Duration>,
+    ) -> Result<(HttpPeer, Permit), Shed> {
         if self.in_maintenance() {
             return Err(Shed::Maintenance);
         }
-        let permit = self.limiter.acquire(class).await?;
+        let permit = self.limiter.acquire_within(class, wait).await?;
         let mut peer = HttpPeer::new(permit.origin, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.first_byte_timeout);
@@ -156,6 +161,11 @@ impl Origins {
         } else {
             None
         }
+    }
+
+    /// Whether a request of `class` would have to queue for a slot now.
+    pub fn would_wait(&self, class: ClassId) -> bool {
+        self.limiter.would_wait(class)
     }
 
     /// Whether at least one origin passes its health probe (Varnish's `std.healthy`).

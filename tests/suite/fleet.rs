@@ -359,3 +359,85 @@ async fn a_checkout_on_one_node_goes_before_crawlers_on_another() {
     }
     assert!(origin.max_total_in_flight() <= BUDGET);
 }
+
+fn warm_node_settings(redis: &RedisServer) -> Settings {
+    Settings::default()
+        .redis(&format!("url = \"{}\"", redis.url()))
+        .redis("key_prefix = \"fleet-warm:\"")
+        .warm("rate_per_sec = 100")
+        .limits(&format!("max_inflight = {BUDGET}"))
+}
+
+// 200 hot pages (served by every node) purged through one node: each is fetched again
+// once for the whole fleet, and then every node serves each of them without asking PHP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_hot_page_is_rewarmed_once_for_the_fleet() {
+    let redis = RedisServer::start().await;
+    let origin = TestOrigin::start().await;
+    const PAGES: usize = 200;
+    for i in 0..PAGES {
+        origin.set(
+            &format!("/hot-{i}.html"),
+            Page::cacheable(format!("<p>{i}</p>"))
+                .header("x-magento-tags", &format!("cat_p_{i},hot")),
+        );
+    }
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(fleet_node(origin.addr, warm_node_settings(&redis)).await);
+    }
+    // Hot on every node: each serves each page (the first from PHP, the others from
+    // the shared tier).
+    // One shop: every node is asked for the same Host, as behind a load balancer.
+    let shop = |node: &Floodgate, i: usize| {
+        client()
+            .get(node.url(&format!("/hot-{i}.html")))
+            .header("host", "shop.test")
+    };
+    for node in &nodes {
+        for i in 0..PAGES {
+            assert_eq!(send(shop(node, i)).await.status, 200);
+        }
+    }
+    let hot_hits = |origin: &TestOrigin| -> u64 {
+        (0..PAGES)
+            .map(|i| origin.hits(&format!("/hot-{i}.html")))
+            .sum()
+    };
+    assert_eq!(hot_hits(&origin), PAGES as u64, "filled once for the fleet");
+    let purged = send(purge_request(&nodes[0], &tags_pattern(&["hot"]))).await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    // Every page comes back once: wait on the origin's own count.
+    assert!(
+        eventually(Duration::from_secs(60), || (0..PAGES)
+            .all(|i| origin.answered(&format!("/hot-{i}.html")) >= 2))
+        .await,
+        "the purged pages were re-warmed: {} of {PAGES}",
+        (0..PAGES)
+            .filter(|i| origin.answered(&format!("/hot-{i}.html")) >= 2)
+            .count()
+    );
+    // The re-warmers and every other node settle: no node fetches them again.
+    let settled = hot_hits(&origin);
+    for node in &nodes {
+        assert!(
+            until(Duration::from_secs(30), || async {
+                node.metric_or_zero("floodgate_warm_queue_depth").await == 0.0
+            })
+            .await
+        );
+    }
+    let after_purge = hot_hits(&origin) - PAGES as u64;
+    assert!(
+        after_purge <= 210,
+        "{after_purge} origin requests for {PAGES} purged pages across 3 nodes"
+    );
+    for node in &nodes {
+        for i in 0..PAGES {
+            let got = send(shop(node, i)).await;
+            assert_eq!(got.status, 200);
+            assert_eq!(got.text(), format!("<p>{i}</p>"));
+        }
+    }
+    assert_eq!(hot_hits(&origin), settled, "no node asked PHP again");
+}

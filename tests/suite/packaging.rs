@@ -109,7 +109,13 @@ async fn the_dashboard_and_alerts_only_use_metrics_floodgate_exposes() {
         .collect();
 
     let origin = TestOrigin::start().await;
-    let fg = Floodgate::start(origin.addr).await;
+    // With Redis, so the fleet's and the purge bus's families are there too.
+    let redis = RedisServer::start().await;
+    let fg = Floodgate::start_with(
+        origin.addr,
+        Settings::default().redis(&format!("url = \"{}\"", redis.url())),
+    )
+    .await;
     // Labelled series appear once used: make one origin request.
     get(&fg.url("/a.html")).await;
     let exposed = fg.metrics().await;

@@ -494,3 +494,55 @@ async fn a_purged_copy_is_served_only_where_the_alternative_is_a_503() {
         again.text()
     );
 }
+
+/// The promotion hour: a visitor whose page was just purged, with a kept copy, waits at
+/// most `purge.keep_purged_wait_ms` for a busy origin (not its class's whole wait), gets
+/// the copy, and the page is fetched again for the visitors after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_with_a_kept_copy_waits_briefly_and_the_page_is_fetched_for_the_next() {
+    let origin = TestOrigin::start().await;
+    let fg = Floodgate::start_with(
+        origin.addr,
+        Settings::default()
+            .purge("keep_purged_secs = 600")
+            .purge("keep_purged_wait_ms = 300")
+            .limits("max_inflight = 1"),
+    )
+    .await;
+    let page = "/promo-5.html";
+    let version = |v: &str| Page::cacheable(v.to_string()).header("x-magento-tags", "cat_p_5");
+    origin.set(page, version("before"));
+    assert_eq!(get(&fg.url(page)).await.text(), "before");
+    origin.set(page, version("promotion"));
+    // The only slot is busy for 3 s, longer than the keep wait, shorter than the 5 s a
+    // page visitor would otherwise queue; the purge comes meanwhile (its re-warm waits).
+    origin.set(
+        "/busy-5.html",
+        Page::cacheable("busy").delay(Duration::from_secs(3)),
+    );
+    let busy_url = fg.url("/busy-5.html");
+    let busy = tokio::spawn(async move { get(&busy_url).await });
+    assert!(eventually(Duration::from_secs(5), || origin.hits("/busy-5.html") == 1).await);
+    let answer = send(purge_request(&fg, &tags_pattern(&["cat_p_5"]))).await;
+    assert_eq!(answer.status, 200);
+    let asked = std::time::Instant::now();
+    let kept = get(&fg.url(page)).await;
+    let waited = asked.elapsed();
+    assert_eq!(kept.status, 200);
+    assert_eq!(kept.text(), "before", "the kept copy");
+    assert_eq!(kept.header("x-floodgate-purged-copy"), Some("1"));
+    assert!(
+        waited < Duration::from_millis(2500),
+        "the visitor waited {waited:?} for a kept copy (keep_purged_wait_ms = 300)"
+    );
+    // Once the slot is free the page is fetched again (the re-warmer), for the next.
+    assert_eq!(busy.await.expect("busy page").status, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || origin.answered(page) >= 2).await,
+        "the page was fetched again"
+    );
+    fg.until_fresh(page).await;
+    let next = get(&fg.url(page)).await;
+    assert_eq!(next.text(), "promotion");
+    assert_eq!(next.cache_debug(), "HIT");
+}

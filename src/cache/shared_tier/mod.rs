@@ -1,8 +1,10 @@
 //! The second tier, shared by every node in Redis: a page one node fetched is a hit for
 //! the others, and a node that joins starts warm.
 //!
-//! Keys under the configured prefix: `obj:<key hash>` holds an encoded object (see
-//! `wire`) and expires with it (TTL + keep); `tag:<tag>` and `pool:<value>` are sets of
+//! Keys under the configured prefix: `obj:<key hash>` holds when its fetch began (unix
+//! milliseconds, 8 bytes big-endian), then the encoded object (see `wire`), and expires
+//! with it (TTL + keep); a purge removes only copies fetched before it, so a page
+//! another node re-warmed after the purge survives the purge's arrival elsewhere; `tag:<tag>` and `pool:<value>` are sets of
 //! object hashes, so a purge finds shared copies through the index, never by SCAN; `tags`
 //! and `pools` list the index's names, for `.*` and regex purges. Redis bounds its memory
 //! with its own `maxmemory` and an LRU policy (`allkeys-lru`); an index entry whose
@@ -30,6 +32,14 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Fills being written to Redis at once at most; more stay local.
 const MAX_WRITES: usize = 256;
+/// The fetch's start, before the encoded object in each shared copy.
+const STARTED_LEN: usize = 8;
+
+/// Unix milliseconds.
+pub(super) fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 pub struct SharedTier {
     client: Client,
@@ -248,7 +258,8 @@ impl SharedTier {
             .run(redis::cmd("GET").arg(format!("{}obj:{}", self.prefix, hex(key))))
             .await?;
         let object = value
-            .and_then(|v| wire::decode(Bytes::from(v)))
+            .filter(|v| v.len() > STARTED_LEN)
+            .and_then(|v| wire::decode(Bytes::from(v).slice(STARTED_LEN..)))
             .filter(|o| !self.flushed_before(o));
         match &object {
             Some(_) => self.metrics.hits.inc(),
@@ -284,8 +295,11 @@ impl SharedTier {
             Some(Some(_)) => {}
         }
         let deadline = Instant::now() + wait;
+        // Asked often at first (most fetches take a render), less as the wait grows.
+        let mut pause = Duration::from_millis(20);
         while Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(Duration::from_millis(200));
             if let Some(object) = self.get(key).await {
                 self.metrics.coalesced.inc();
                 return Some(object);
@@ -326,7 +340,9 @@ impl SharedTier {
             return;
         };
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        let value = wire::encode(object);
+        let mut value = Vec::with_capacity(object.body.len() + 512);
+        value.extend_from_slice(&unix_ms(started).to_be_bytes());
+        value.extend_from_slice(&wire::encode(object));
         let object_tags = object.tags.clone();
         let tags: Vec<String> = object.tags.iter().map(str::to_string).collect();
         let pool = object.pool.as_deref().map(str::to_string);
@@ -380,7 +396,7 @@ impl SharedTier {
             let object_commands = vec![
                 redis::cmd("SET")
                     .arg(format!("{p}obj:{name}"))
-                    .arg(value.as_ref())
+                    .arg(value.as_slice())
                     .arg("PX")
                     .arg(ttl_ms)
                     .to_owned(),

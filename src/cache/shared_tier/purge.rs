@@ -1,6 +1,8 @@
 //! Purging the shared tier: the copies a purge selects are found through the tag and
-//! pool sets kept beside them in Redis and deleted, with the sets, one key per command
-//! (the keys may live in different cluster slots).
+//! pool sets kept beside them in Redis and deleted, one key per command (the keys may
+//! live in different cluster slots), but only copies whose fetch began before the purge:
+//! every node applies a purge when it reaches it, and by then another node may have
+//! re-warmed the page (a copy fetched after the purge, which must stay).
 
 use regex::Regex;
 
@@ -8,16 +10,30 @@ use super::{SharedError, SharedTier};
 use crate::cache::TagSelector;
 use crate::cluster::{self};
 
+/// Deletes a shared copy whose fetch began before ARGV[1] (unix ms, the copy's first 8
+/// bytes, big-endian), or that is too short to say.
+const DELETE_IF_BEFORE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+if string.len(v) < 8 then return redis.call('DEL', KEYS[1]) end
+local started = 0
+for i = 1, 8 do started = started * 256 + string.byte(v, i) end
+if started < tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 impl SharedTier {
     /// Removes the shared copies a purge selects, by index; how many objects went.
     /// `Err` when Redis could not be asked: the caller keeps the purge to retry.
     /// With `wait`, waits for a connection (background work); without, a missing
     /// connection is an error at once (a PURGE request is being answered).
+    /// `at`: when the purge was made (on the node Magento sent it to).
     pub async fn purge(
         &self,
         selector: Option<&TagSelector>,
         pool: Option<&Regex>,
         wait: bool,
+        at: std::time::SystemTime,
     ) -> Result<usize, SharedError> {
         let p = &self.prefix;
         let mut sets: Vec<String> = Vec::new();
@@ -84,18 +100,21 @@ impl SharedTier {
             let names: Vec<String> = redis::from_redis_value(&reply)?;
             members.extend(names);
         }
-        // One key per command: the keys may live in different cluster slots.
-        let mut commands: Vec<redis::Cmd> = members
+        // One key per command: the keys may live in different cluster slots. The sets
+        // stay: a copy fetched after the purge is still listed in them (an entry whose
+        // object went costs a few bytes until the set expires).
+        let before = super::unix_ms(at);
+        let commands: Vec<redis::Cmd> = members
             .iter()
-            .map(|m| redis::cmd("DEL").arg(format!("{p}obj:{m}")).to_owned())
+            .map(|m| {
+                redis::cmd("EVAL")
+                    .arg(DELETE_IF_BEFORE)
+                    .arg(1)
+                    .arg(format!("{p}obj:{m}"))
+                    .arg(before)
+                    .to_owned()
+            })
             .collect();
-        commands.extend(sets.iter().map(|set| redis::cmd("DEL").arg(set).to_owned()));
-        commands.extend(names.iter().map(|(list, member)| {
-            redis::cmd("SREM")
-                .arg(format!("{p}{list}"))
-                .arg(member)
-                .to_owned()
-        }));
         cluster::each(&con, commands, limit)
             .await
             .inspect_err(|_| self.broken())

@@ -196,7 +196,12 @@ impl PurgeBus {
         }
         match self
             .purger
-            .apply(pattern.as_deref(), pool.as_deref(), soft)
+            .apply(
+                pattern.as_deref(),
+                pool.as_deref(),
+                soft,
+                fleet_purge(&field),
+            )
             .await
         {
             Ok(report) => {
@@ -241,4 +246,14 @@ impl PurgeBus {
 /// empty, which may have taken entries this node had not read yet).
 pub(super) fn missed(prev: u64, next: u64) -> bool {
     next != prev + 1
+}
+
+/// The purge's id and time from its entry, when the node that wrote it sent them.
+fn fleet_purge(field: &dyn Fn(&str) -> Option<String>) -> Option<crate::purge::FleetPurge> {
+    let id = field("id")?.parse().ok()?;
+    let at_ms: u64 = field("at")?.parse().ok()?;
+    Some(crate::purge::FleetPurge {
+        id,
+        at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms),
+    })
 }

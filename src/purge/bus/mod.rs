@@ -49,6 +49,10 @@ pub struct PurgeMessage {
     pub soft: bool,
     /// Drop every object, tagged or not (`floodgate purge --everything`).
     pub everything: bool,
+    /// The purge's id and time, the same on every node: one node re-warms each hot page
+    /// (`warm::claims`), and copies fetched after it stay. Absent from a node that does
+    /// not send them (then it counts from when it arrives).
+    pub fleet: Option<super::FleetPurge>,
 }
 
 /// A stream entry ID (`milliseconds-sequence`), ordered as Redis orders them.
@@ -210,6 +214,7 @@ impl PurgeBus {
                 pool: None,
                 soft: false,
                 everything: true,
+                fleet: None,
             });
             self.own.dropped.inc_by(dropped);
             tracing::warn!(
@@ -278,8 +283,16 @@ impl PurgeBus {
                 let shared = if message.everything {
                     self.purger.flush_shared().await
                 } else {
+                    let at = message
+                        .fleet
+                        .map_or_else(std::time::SystemTime::now, |f| f.at);
                     self.purger
-                        .purge_shared(message.pattern.as_deref(), message.pool.as_deref(), true)
+                        .purge_shared(
+                            message.pattern.as_deref(),
+                            message.pool.as_deref(),
+                            true,
+                            at,
+                        )
                         .await
                         .map(|_| ())
                 };
@@ -309,6 +322,17 @@ impl PurgeBus {
                 }
                 if let Some(pool) = &message.pool {
                     append.arg("pool").arg(pool);
+                }
+                if let Some(fleet) = message.fleet {
+                    let at = fleet
+                        .at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    append
+                        .arg("id")
+                        .arg(fleet.id.to_string())
+                        .arg("at")
+                        .arg(at.to_string());
                 }
                 match tokio::time::timeout(self.timeout, append.invoke_async::<String>(con)).await {
                     Ok(Ok(_)) => {

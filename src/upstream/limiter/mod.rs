@@ -211,6 +211,15 @@ impl Limiter {
 
     /// Waits for a slot at an origin, behind every waiter of this class or a higher one.
     pub async fn acquire(self: &Arc<Self>, class: ClassId) -> Result<Permit, Shed> {
+        self.acquire_within(class, None).await
+    }
+
+    /// `acquire`, waiting at most `wait` when that is shorter than the class's wait.
+    pub async fn acquire_within(
+        self: &Arc<Self>,
+        class: ClassId,
+        wait: Option<Duration>,
+    ) -> Result<Permit, Shed> {
         if !self.picker.any_ready() {
             return Err(Shed::Unhealthy);
         }
@@ -247,7 +256,7 @@ impl Limiter {
                     return Ok(self.grant(&mut state, origin, class));
                 }
             }
-            let max_wait = classes.max_wait(class);
+            let max_wait = wait.map_or(classes.max_wait(class), |w| w.min(classes.max_wait(class)));
             if self.expected_wait(&state, ahead) > max_wait {
                 return Err(Shed::WouldTimeOut);
             }
