@@ -7,7 +7,9 @@
 //! arrived. Once a request's header is in, nothing here limits it: its body has
 //! `limits.request_body_timeout_secs`, its response `server.send_timeout_secs`, an idle
 //! keep-alive connection Pingora's keep-alive timeout, an idle HTTP/2 connection
-//! `server.h2_idle_timeout_secs`.
+//! `server.h2_idle_timeout_secs`. A write that makes no progress for
+//! `server.send_timeout_secs` fails (a client that stopped reading); the timer is only
+//! armed while a write waits, so a response that goes straight out costs none.
 //!
 //! Why a wrapper around the connection: Pingora's HTTP/1 header read times out each read
 //! on its own (a byte every 30 s held a connection for ever), and it bounds neither the
@@ -47,6 +49,7 @@ const H2_PREFACE_LEN: usize = 24;
 pub struct DoorMetrics {
     header_timeout: IntCounter,
     handshake_timeout: IntCounter,
+    send_timeout: IntCounter,
 }
 
 impl DoorMetrics {
@@ -54,12 +57,13 @@ impl DoorMetrics {
         let closed = crate::metrics::counter_vec(
             registry,
             "floodgate_connections_closed_total",
-            "Client connections Floodgate closed before a request was read: header_timeout (an HTTP/1 header block not complete within server.header_timeout_secs), handshake_timeout (no ClientHello or HTTP/2 preface within server.handshake_timeout_secs)",
+            "Client connections Floodgate closed at a deadline: header_timeout (an HTTP/1 header block not complete within server.header_timeout_secs), handshake_timeout (no ClientHello or HTTP/2 preface within server.handshake_timeout_secs), send_timeout (an HTTP/1 client that took no byte within server.send_timeout_secs)",
             &["reason"],
         )?;
         Ok(Arc::new(Self {
             header_timeout: closed.with_label_values(&["header_timeout"]),
             handshake_timeout: closed.with_label_values(&["handshake_timeout"]),
+            send_timeout: closed.with_label_values(&["send_timeout"]),
         }))
     }
 }
@@ -105,6 +109,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for FrontDoor<A> {
             blank: BlankLine::default(),
             timer: None,
             header_timeout: Duration::from_secs(server.header_timeout_secs),
+            send_timeout: Duration::from_secs(server.send_timeout_secs),
+            stalled: None,
             metrics: self.metrics.clone(),
         };
         // Pingora's HTTP app runs the connection's requests to its end and gives nothing
@@ -180,6 +186,9 @@ pub struct Guarded {
     blank: BlankLine,
     timer: Option<Pin<Box<Sleep>>>,
     header_timeout: Duration,
+    send_timeout: Duration,
+    /// Armed when a write had to wait, disarmed by the next one that goes out.
+    stalled: Option<Pin<Box<Sleep>>>,
     metrics: Arc<DoorMetrics>,
 }
 
@@ -238,6 +247,31 @@ impl Guarded {
         {
             self.phase = Phase::Answered;
         }
+    }
+
+    /// What a write's poll means for the send deadline: progress disarms it; a write that
+    /// waits arms it, and one still waiting when it passes fails.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if !poll.is_pending() {
+            self.stalled = None;
+            return poll;
+        }
+        let send_timeout = self.send_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.metrics.send_timeout.inc();
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no byte within server.send_timeout_secs",
+            )));
+        }
+        Poll::Pending
     }
 
     /// A read is waiting: fails it once the deadline has passed, else makes sure the
@@ -309,7 +343,7 @@ impl AsyncWrite for Guarded {
         if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
             this.wrote(buf);
         }
-        written
+        this.written(cx, written)
     }
 
     fn poll_write_vectored(
@@ -324,7 +358,7 @@ impl AsyncWrite for Guarded {
                 this.wrote(first);
             }
         }
-        written
+        this.written(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -332,7 +366,9 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        this.written(cx, flushed)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

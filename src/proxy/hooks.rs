@@ -62,9 +62,11 @@ impl ProxyHttp for Floodgate {
                 ctx.client = role.client();
             }
             ctx.background = ctx.esi_role.is_none() && head_fill.is_none();
-        } else {
-            // A client that takes no byte of its response for this long is dropped, and
-            // what its response held with it.
+        } else if session.as_mut().is_http2() {
+            // An HTTP/2 stream that takes no byte of its response for this long is
+            // dropped, and what its response held with it (a stream waits on its own flow
+            // control, which the connection's writes do not see). HTTP/1 connections get
+            // the same from `front_door`, without a timer per write.
             let send = Duration::from_secs(ctx.rt.config.server.send_timeout_secs);
             session.as_mut().set_write_timeout(Some(send));
         }

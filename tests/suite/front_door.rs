@@ -851,3 +851,63 @@ async fn a_flood_of_pattern_purges_holds_bounded_memory() {
     // And what a pattern selected is still refused if its fetch began before it.
     assert_eq!(get(&fg.url("/p-1.html")).await.status, 200);
 }
+
+// 4c. An HTTP/1 client that stops reading is dropped after `server.send_timeout_secs`
+//     without a byte taken, and what its response held goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout() {
+    let origin = TestOrigin::start().await;
+    // Larger than the kernel's socket buffers can take for a reader that stops.
+    let mut page = String::with_capacity(9 << 20);
+    let mut i: u64 = 0;
+    while page.len() < 8 << 20 {
+        page.push_str(&format!(
+            "<li>item {i} {}</li>\n",
+            i * 2_654_435_761 % 1_000_003
+        ));
+        i += 1;
+    }
+    origin.set("/huge.html", Page::cacheable(page));
+    let fg = Floodgate::start_with(
+        origin.addr,
+        Settings::default()
+            .server("send_timeout_secs = 2")
+            .cache("max_object_bytes = 16777216"),
+    )
+    .await;
+    let stored = send(
+        client()
+            .get(fg.url("/huge.html"))
+            .header("accept-encoding", "gzip"),
+    )
+    .await;
+    assert_eq!(stored.status, 200);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(16 * 1024)
+        .expect("small receive buffer");
+    let mut conn = socket.connect(fg.addr).await.expect("connect");
+    conn.write_all(b"GET /huge.html HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = [0u8; 12];
+    conn.read_exact(&mut first)
+        .await
+        .expect("the response starts");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // It reads nothing more: Floodgate's writes stall, and after 2 s it gives up.
+    assert!(
+        until_metric(
+            &fg,
+            "floodgate_connections_closed_total{reason=\"send_timeout\"}",
+            1.0,
+            Duration::from_secs(20)
+        )
+        .await
+        .is_some(),
+        "the stalled reader was dropped"
+    );
+    assert_eq!(fg.metric("floodgate_response_buffer_bytes").await, 0.0);
+    // Everybody else is served as before.
+    assert_eq!(get(&fg.url("/huge.html")).await.status, 200);
+}
