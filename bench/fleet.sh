@@ -50,7 +50,7 @@ balance() {
   done
   cat > "$work/haproxy.cfg" <<CFG
 global
-  maxconn 40000
+  maxconn 8000
 defaults
   mode http
   timeout connect 5s
