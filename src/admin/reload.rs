@@ -107,6 +107,8 @@ impl Reloader {
         };
         let config = config::load(Some(path), &self.overrides)?;
         let runtime = Runtime::compile(config.clone())?;
+        // The origins first: a list that cannot be used refuses the whole reload.
+        self.origins.reconfigure_origin(&config.origin)?;
         self.origins
             .reconfigure(&config.limits, runtime.classes.clone());
         self.store

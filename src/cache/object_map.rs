@@ -238,7 +238,11 @@ impl ObjectMap {
             (self.on_leave)(key, old, Cause::Replaced);
         }
         self.evict_to_budget();
-        if self.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
+        if self
+            .inserts
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
             let shard = self.sweep_next.fetch_add(1, Ordering::Relaxed) % SHARDS;
             self.sweep_shard(shard, SystemTime::now());
         }

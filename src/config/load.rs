@@ -6,7 +6,7 @@ use std::path::Path;
 /// The least `limits.response_buffer_bytes`: one inflating response's share.
 pub const MIN_RESPONSE_BUFFER_BYTES: usize = 64 * 1024;
 
-use super::Config;
+use super::{Config, OriginEntry};
 
 /// What can be wrong with a configuration. Every message names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +155,13 @@ impl Config {
             return Err(invalid("origin.addresses", "at least one origin is needed"));
         }
         for addr in &self.origin.addresses {
-            check_socket_addr("origin.addresses", addr)?;
+            OriginEntry::parse(addr.trim()).map_err(|e| invalid("origin.addresses", e))?;
+        }
+        if !(1..=3600).contains(&self.origin.resolve_secs) {
+            return Err(invalid(
+                "origin.resolve_secs",
+                "must be between 1 and 3600 seconds",
+            ));
         }
         for (key, value) in [
             (

@@ -7,6 +7,7 @@
 //! against both at a glance; split, a key's default would sit away from its section.
 
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -51,8 +52,13 @@ impl Config {
         if old.tls.http2 != new.tls.http2 {
             changed.push("tls.http2");
         }
-        if old.origin != new.origin {
-            changed.push("origin");
+        // The rest of `origin` reloads (the list, probe, timeouts); the probe's schedule
+        // is the load balancer's, fixed when it starts.
+        if old.origin.health_check_interval_secs != new.origin.health_check_interval_secs {
+            changed.push("origin.health_check_interval_secs");
+        }
+        if old.origin.dns_servers != new.origin.dns_servers {
+            changed.push("origin.dns_servers");
         }
         if old.warm != new.warm {
             changed.push("warm");
@@ -382,11 +388,53 @@ pub struct CertificateFiles {
     pub key_file: String,
 }
 
+/// One entry of `origin.addresses`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginEntry {
+    /// An address, used as it is.
+    Address(SocketAddr),
+    /// A DNS name and the port its addresses serve on.
+    Name(String, u16),
+}
+
+impl OriginEntry {
+    /// Reads `host:port` (`[v6]:port` for an IPv6 address).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(OriginEntry::Address(addr));
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{text}` is not host:port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{text}`: `{port}` is not a port"))?;
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .split('.')
+                .all(|label| !label.is_empty() && label.len() <= 63)
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !valid {
+            return Err(format!("`{host}` is neither an IP address nor a DNS name"));
+        }
+        Ok(OriginEntry::Name(host.to_ascii_lowercase(), port))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OriginSection {
-    /// Magento web servers (nginx or Apache in front of PHP-FPM), round-robin.
+    /// Magento web servers (nginx or Apache in front of PHP-FPM), round-robin: each
+    /// `ip:port`, or `name:port` for every address the name resolves to (re-resolved).
     pub addresses: Vec<String>,
+    /// Names in `addresses` are resolved again this often, seconds (sooner when their
+    /// records' TTL is shorter).
+    pub resolve_secs: u64,
+    /// DNS servers to resolve them with (`ip` or `ip:port`); empty: `/etc/resolv.conf`.
+    pub dns_servers: Vec<String>,
     /// Connect timeout towards the origin, seconds.
     pub connect_timeout_secs: u64,
     /// Time to wait for the origin's first byte, seconds (Magento's VCL: 600 s).
@@ -411,6 +459,8 @@ impl Default for OriginSection {
     fn default() -> Self {
         Self {
             addresses: vec!["127.0.0.1:8080".into()],
+            resolve_secs: 10,
+            dns_servers: Vec::new(),
             connect_timeout_secs: 5,
             first_byte_timeout_secs: 600,
             health_check_url: "/health_check.php".into(),
@@ -695,6 +745,37 @@ impl Default for LimitsSection {
                     ..PriorityClass::default()
                 },
             ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod origin_entry_tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_addresses_or_names() {
+        assert_eq!(
+            OriginEntry::parse("127.0.0.1:8080"),
+            Ok(OriginEntry::Address("127.0.0.1:8080".parse().unwrap()))
+        );
+        assert_eq!(
+            OriginEntry::parse("[::1]:80"),
+            Ok(OriginEntry::Address("[::1]:80".parse().unwrap()))
+        );
+        assert_eq!(
+            OriginEntry::parse("App.Internal:8080"),
+            Ok(OriginEntry::Name("app.internal".into(), 8080))
+        );
+        for bad in [
+            "app.internal",
+            "app:http",
+            ":80",
+            "a..b:80",
+            "a b:80",
+            "ex_ample:80",
+        ] {
+            assert!(OriginEntry::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -29,7 +29,7 @@ fn count_of(list: &[(&'static str, u64)], label: &str) -> u64 {
 }
 
 fn minutes(secs: u64) -> String {
-    if secs % 60 == 0 {
+    if secs.is_multiple_of(60) {
         format!("{} min", secs / 60)
     } else {
         format!("{secs} s")

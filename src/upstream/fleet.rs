@@ -386,6 +386,18 @@ impl Fleet {
         }
     }
 
+    /// `origin` is gone: no longer counted or shown.
+    pub fn forget(&self, origin: SocketAddr) {
+        let mut state = self.state();
+        state.origins.retain(|o| *o != origin);
+        state.used.remove(&origin);
+        drop(state);
+        let _ = self
+            .metrics
+            .in_flight
+            .remove_label_values(&[&origin.to_string()]);
+    }
+
     fn member(&self) -> String {
         format!(
             "{}/{}",

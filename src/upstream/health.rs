@@ -29,10 +29,16 @@ struct Window {
 }
 
 pub struct WindowedHealthCheck {
+    /// The probe and its window, replaced by a reload.
+    settings: arc_swap::ArcSwap<Settings>,
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+/// What a reload can change.
+pub struct Settings {
     probe: HttpHealthCheck,
     size: u32,
     threshold: u32,
-    windows: Mutex<HashMap<String, Window>>,
     /// Time between scheduled probes.
     interval: Duration,
 }
@@ -42,6 +48,19 @@ const SICK_PROBE_EVERY: Duration = Duration::from_millis(500);
 
 impl WindowedHealthCheck {
     pub fn new(config: &OriginSection) -> Result<Self, ConfigError> {
+        Ok(Self {
+            settings: arc_swap::ArcSwap::from_pointee(Self::probe_for(config)?),
+            windows: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A reloaded `origin` section's probe (from `probe_for`); windows are kept.
+    pub fn reconfigure(&self, _config: &OriginSection, settings: Settings) {
+        self.settings.store(std::sync::Arc::new(settings));
+    }
+
+    /// The probe `config` describes; `Err` names the bad key.
+    pub fn probe_for(config: &OriginSection) -> Result<Settings, ConfigError> {
         let mut probe = HttpHealthCheck::new("localhost", false);
         let bad_url = |e: Box<pingora::Error>| invalid("origin.health_check_url", e.to_string());
         let mut req = RequestHeader::build("GET", config.health_check_url.as_bytes(), None)
@@ -54,17 +73,18 @@ impl WindowedHealthCheck {
         probe.peer_template.options.connection_timeout = Some(timeout);
         probe.peer_template.options.read_timeout = Some(timeout);
         probe.peer_template.options.total_connection_timeout = Some(timeout);
-        Ok(Self {
+        Ok(Settings {
             probe,
             size: config.health_window,
             threshold: config.health_threshold,
-            windows: Mutex::new(HashMap::new()),
             interval: Duration::from_secs(config.health_check_interval_secs),
         })
     }
 
     /// Records one probe and says whether the origin now counts as healthy.
     fn record(&self, origin: &str, success: bool) -> bool {
+        let settings = self.settings.load();
+        let (size, threshold) = (settings.size, settings.threshold);
         let mut windows = self
             .windows
             .lock()
@@ -72,16 +92,16 @@ impl WindowedHealthCheck {
         // A new origin starts with a full window of successes, as Varnish's `.initial`.
         let window = windows.entry(origin.to_string()).or_insert(Window {
             bits: u64::MAX,
-            seen: self.size,
+            seen: size,
         });
-        let mask = if self.size >= 64 {
+        let mask = if size >= 64 {
             u64::MAX
         } else {
-            (1u64 << self.size) - 1
+            (1u64 << size) - 1
         };
         window.bits = ((window.bits << 1) | u64::from(success)) & mask;
-        window.seen = (window.seen + 1).min(self.size);
-        window.bits.count_ones() >= self.threshold
+        window.seen = (window.seen + 1).min(size);
+        window.bits.count_ones() >= threshold
     }
 }
 
@@ -90,14 +110,15 @@ impl HealthCheck for WindowedHealthCheck {
     async fn check(&self, target: &Backend) -> Result<()> {
         let origin = target.addr.to_string();
         let started = Instant::now();
+        let settings = self.settings.load_full();
         loop {
-            let probe = self.probe.check(target).await;
+            let probe = settings.probe.check(target).await;
             if self.record(&origin, probe.is_ok()) {
                 return Ok(());
             }
             // Sick: probe again soon, up to the next scheduled probe; the verdict is
             // returned (and the origin used again) as soon as the window says healthy.
-            if started.elapsed() + SICK_PROBE_EVERY < self.interval {
+            if started.elapsed() + SICK_PROBE_EVERY < settings.interval {
                 tokio::time::sleep(SICK_PROBE_EVERY).await;
                 continue;
             }
@@ -106,8 +127,8 @@ impl HealthCheck for WindowedHealthCheck {
                 ErrorType::ConnectError,
                 format!(
                     "origin {origin} failed more than {} of its last {} health probes (last: {cause})",
-                    self.size - self.threshold,
-                    self.size
+                    settings.size - settings.threshold,
+                    settings.size
                 ),
             );
         }
@@ -115,6 +136,20 @@ impl HealthCheck for WindowedHealthCheck {
 
     fn health_threshold(&self, _success: bool) -> usize {
         1
+    }
+}
+
+/// The probe as the load balancer holds it, shared with the reload.
+pub struct SharedHealthCheck(pub std::sync::Arc<WindowedHealthCheck>);
+
+#[async_trait]
+impl HealthCheck for SharedHealthCheck {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        self.0.check(target).await
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.0.health_threshold(success)
     }
 }
 

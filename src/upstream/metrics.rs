@@ -114,6 +114,13 @@ impl OriginMetrics {
         )
     }
 
+    /// An origin server that is gone (no longer discovered, its requests done): its
+    /// series go with it.
+    pub fn forget_origin(&self, origin: &str) {
+        let _ = self.inflight.remove_label_values(&[origin]);
+        let _ = self.limit.remove_label_values(&[origin]);
+    }
+
     /// A request of `class` got an origin slot after waiting `waited`.
     pub fn waited(&self, class: &str, waited: Duration) {
         self.wait

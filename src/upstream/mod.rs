@@ -3,6 +3,7 @@
 
 pub mod adaptive;
 pub mod classes;
+pub mod discovery;
 pub mod fleet;
 pub mod health;
 pub mod limiter;

@@ -12,12 +12,15 @@ use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
 
 use super::classes::{ClassId, Classes};
+use super::discovery::{DiscoveryMetrics, OriginDiscovery};
 use super::fleet::Fleet;
+use super::health::SharedHealthCheck;
 use super::health::WindowedHealthCheck;
 use super::limiter::{Limiter, Permit, Pick, Shed};
 use super::metrics::OriginMetrics;
-use crate::config::{invalid, Config, ConfigError, LimitsSection};
+use crate::config::{invalid, Config, ConfigError, LimitsSection, OriginSection};
 use crate::metrics::Metrics;
+use pingora::lb::Backends;
 
 /// Why a stale copy is served without asking the origin (the `Grace` header says it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +62,33 @@ impl Pick for Balancer {
 pub struct Origins {
     balancer: Arc<Balancer>,
     limiter: Arc<Limiter>,
+    discovery: Arc<OriginDiscovery>,
+    health: Arc<WindowedHealthCheck>,
     maintenance: AtomicBool,
     metrics: Arc<OriginMetrics>,
-    connect_timeout: Duration,
-    first_byte_timeout: Duration,
+    /// (connect, first byte), replaced by a reload.
+    timeouts: arc_swap::ArcSwap<(Duration, Duration)>,
 }
+
+/// Pingora's service discovery over the shared `OriginDiscovery` (the load balancer owns
+/// its discovery; the reload needs to reach it too).
+struct Discover(Arc<OriginDiscovery>);
+
+#[async_trait::async_trait]
+impl pingora::lb::discovery::ServiceDiscovery for Discover {
+    async fn discover(
+        &self,
+    ) -> pingora::Result<(
+        std::collections::BTreeSet<pingora::lb::Backend>,
+        std::collections::HashMap<u64, bool>,
+    )> {
+        self.0.discover().await
+    }
+}
+
+/// How often the balancer asks discovery: each name is resolved again only when due
+/// (`origin.resolve_secs`, or its TTL), so this bounds how late a change is seen.
+const DISCOVERY_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the origins could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -83,14 +108,30 @@ impl Origins {
         metrics: &Metrics,
         fleet: Option<Arc<Fleet>>,
     ) -> Result<(Self, GenBackgroundService<LoadBalancer<RoundRobin>>), OriginsError> {
+        let discovery = Arc::new(OriginDiscovery::new(
+            &config.origin,
+            DiscoveryMetrics::register(metrics.registry())?,
+        )?);
         let metrics = Arc::new(OriginMetrics::register(metrics.registry())?);
         let origin = &config.origin;
-        let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(origin.addresses.iter())
-            .map_err(|e| invalid("origin.addresses", e.to_string()))?;
-        balancer.set_health_check(Box::new(WindowedHealthCheck::new(origin)?));
+        let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(
+            Discover(discovery.clone()),
+        )));
+        let health = Arc::new(WindowedHealthCheck::new(origin)?);
+        balancer.set_health_check(Box::new(SharedHealthCheck(health.clone())));
         balancer.health_check_frequency =
             Some(Duration::from_secs(origin.health_check_interval_secs));
         balancer.parallel_health_check = true;
+        balancer.update_frequency = Some(DISCOVERY_EVERY);
+        // The first set now, before the server starts: requests at start find origins.
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| invalid("origin.addresses", format!("cannot resolve at start: {e}")))?
+            .block_on(balancer.update());
+        if let Err(e) = first {
+            tracing::warn!(error = %e, "origins: the first discovery failed; retrying in the background");
+        }
         let service = background_service("origin health probe", balancer);
         let balancer = Arc::new(Balancer(service.task()));
         let limiter = Limiter::new(
@@ -100,14 +141,24 @@ impl Origins {
             metrics.clone(),
             fleet,
         );
+        let follower = Arc::downgrade(&limiter);
+        discovery.on_set(Box::new(move |set| {
+            if let Some(limiter) = follower.upgrade() {
+                limiter.retain(set);
+            }
+        }));
         Ok((
             Self {
                 balancer,
                 limiter,
+                discovery,
+                health,
                 maintenance: AtomicBool::new(false),
                 metrics,
-                connect_timeout: Duration::from_secs(origin.connect_timeout_secs),
-                first_byte_timeout: Duration::from_secs(origin.first_byte_timeout_secs),
+                timeouts: arc_swap::ArcSwap::from_pointee((
+                    Duration::from_secs(origin.connect_timeout_secs),
+                    Duration::from_secs(origin.first_byte_timeout_secs),
+                )),
             },
             service,
         ))
@@ -119,6 +170,21 @@ impl Origins {
     /// a request classified by the old list meanwhile is clamped to it.
     pub fn reconfigure(&self, limits: &LimitsSection, classes: Arc<Classes>) {
         self.limiter.reconfigure(limits, classes);
+    }
+
+    /// Applies a reloaded `origin` section: the list (discovery follows it within a
+    /// second; removed servers drain), the probe's URL, timeout and window, and the
+    /// timeouts. Only `health_check_interval_secs` waits for a restart. `Err` leaves
+    /// the section in force unchanged.
+    pub fn reconfigure_origin(&self, origin: &OriginSection) -> Result<(), ConfigError> {
+        let probe = WindowedHealthCheck::probe_for(origin)?;
+        self.discovery.reconfigure(origin)?;
+        self.health.reconfigure(origin, probe);
+        self.timeouts.store(Arc::new((
+            Duration::from_secs(origin.connect_timeout_secs),
+            Duration::from_secs(origin.first_byte_timeout_secs),
+        )));
+        Ok(())
     }
 
     /// The limiter: its fleet's dispatcher runs as a background service.
@@ -144,8 +210,9 @@ impl Origins {
         }
         let permit = self.limiter.acquire_within(class, wait).await?;
         let mut peer = HttpPeer::new(permit.origin, false, String::new());
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.first_byte_timeout);
+        let (connect, first_byte) = **self.timeouts.load();
+        peer.options.connection_timeout = Some(connect);
+        peer.options.read_timeout = Some(first_byte);
         Ok((peer, permit))
     }
 

@@ -414,7 +414,7 @@ async fn workload_round(fg: &Floodgate, round: usize) {
     get(&fg.url(&format!("/category.html?ref=r{round}"))).await;
     get(&fg.url("/checkout/cart")).await;
     get(&fg.url("/private.html")).await;
-    if round % 3 == 0 {
+    if round.is_multiple_of(3) {
         purge_request(fg, &tags_pattern(&[&format!("cat_p_{}", round % 20)]))
             .send()
             .await

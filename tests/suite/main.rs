@@ -21,6 +21,7 @@ mod hostile;
 mod insights;
 mod limits;
 mod metrics;
+mod origins;
 mod packaging;
 mod purge;
 mod reload;

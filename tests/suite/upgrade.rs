@@ -40,7 +40,7 @@ async fn no_request_fails_while_a_new_binary_takes_over() {
                 .expect("client");
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let path = if i % 2 == 0 {
+                let path = if i.is_multiple_of(2) {
                     "/hot.html".to_string()
                 } else {
                     format!("/page-{w}-{i}.html")

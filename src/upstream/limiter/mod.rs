@@ -82,6 +82,8 @@ pub trait Pick: Send + Sync {
 
 struct Slots {
     in_flight: usize,
+    /// No longer discovered: no new requests; dropped once `in_flight` is 0.
+    draining: bool,
     fixed: usize,
     adaptive: Option<AdaptiveLimit>,
     in_flight_gauge: IntGauge,
@@ -379,6 +381,34 @@ impl Limiter {
         Some(origin)
     }
 
+    /// The origin servers discovery found now (`discovery`): the others get no new
+    /// request (the balancer no longer names them) and are forgotten, with their metric
+    /// series, once their requests are done.
+    pub fn retain(&self, found: &std::collections::BTreeSet<SocketAddr>) {
+        let mut state = self.lock();
+        let mut gone = Vec::new();
+        state.origins.retain(|addr, slots| {
+            slots.draining = !found.contains(addr);
+            let keep = !slots.draining || slots.in_flight > 0;
+            if !keep {
+                gone.push(*addr);
+            }
+            keep
+        });
+        drop(state);
+        for addr in gone {
+            self.forget(addr);
+        }
+    }
+
+    fn forget(&self, origin: SocketAddr) {
+        self.metrics.forget_origin(&origin.to_string());
+        if let Some(fleet) = &self.fleet {
+            fleet.forget(origin);
+        }
+        tracing::info!(%origin, "origin server removed: it is no longer discovered and its requests are done");
+    }
+
     /// Resolved addresses are only known once the balancer names them.
     fn known(&self, state: &mut State, origin: SocketAddr) {
         if !state.origins.contains_key(&origin) {
@@ -426,6 +456,7 @@ impl Limiter {
         limit_gauge.set(settings.max_inflight as i64);
         Slots {
             in_flight: 0,
+            draining: false,
             fixed: settings.max_inflight,
             adaptive: adaptive_for(settings),
             in_flight_gauge,
@@ -483,6 +514,7 @@ impl Limiter {
         } else {
             state.service_secs * (1.0 - SERVICE_WEIGHT) + held * SERVICE_WEIGHT
         };
+        let mut gone = false;
         if let Some(slots) = state.origins.get_mut(&origin) {
             slots.in_flight = slots.in_flight.saturating_sub(1);
             slots.in_flight_gauge.dec();
@@ -491,6 +523,11 @@ impl Limiter {
                 adaptive.record(latency, in_flight, Instant::now());
                 slots.limit_gauge.set(adaptive.current() as i64);
             }
+            gone = slots.draining && in_flight == 0;
+        }
+        if gone {
+            state.origins.remove(&origin);
+            self.forget(origin);
         }
         // Through the fleet, a freed slot is the fleet's to give: the dispatcher asks.
         if self.through_fleet().is_none() {

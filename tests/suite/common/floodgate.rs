@@ -182,6 +182,12 @@ impl Floodgate {
     }
 
     pub async fn start_with_origins(origins: &[SocketAddr], settings: Settings) -> Self {
+        let entries: Vec<String> = origins.iter().map(|o| o.to_string()).collect();
+        Self::start_with_origin_entries(&entries, settings).await
+    }
+
+    /// `origin.addresses` as written: addresses, or `name:port` entries.
+    pub async fn start_with_origin_entries(origins: &[String], settings: Settings) -> Self {
         // A port picked free can be taken by another test before Floodgate binds it;
         // then Floodgate exits at once and gets fresh ports.
         for _ in 0..3 {
@@ -192,12 +198,8 @@ impl Floodgate {
         panic!("floodgate exited at start three times; see the logs above");
     }
 
-    async fn try_start(origins: &[SocketAddr], settings: &Settings) -> Option<Self> {
-        let origins = origins
-            .iter()
-            .map(|o| format!("\"{o}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+    async fn try_start(origins: &[String], settings: &Settings) -> Option<Self> {
+        let origins = quoted(origins);
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -411,6 +413,13 @@ impl Floodgate {
         std::fs::write(self.dir.join("floodgate.toml"), text).expect("rewrite config");
     }
 
+    /// Rewrites the config file with other `origin.addresses` (and `settings`); the
+    /// running process sees it at its next reload.
+    pub fn rewrite_config_with_origins(&self, origins: &[String], settings: &Settings) {
+        let text = config_text(self.addr, self.admin, &quoted(origins), &self.dir, settings);
+        std::fs::write(self.dir.join("floodgate.toml"), text).expect("rewrite config");
+    }
+
     /// Writes `text` as the config file, valid or not.
     pub fn write_config_raw(&self, text: &str) {
         std::fs::write(self.dir.join("floodgate.toml"), text).expect("write config");
@@ -501,4 +510,13 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `["a", "b"]` as the TOML list's inside: `"a", "b"`.
+fn quoted(entries: &[String]) -> String {
+    entries
+        .iter()
+        .map(|o| format!("\"{o}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

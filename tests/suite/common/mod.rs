@@ -3,6 +3,7 @@
 
 pub mod broken;
 pub mod certs;
+pub mod dns;
 pub mod floodgate;
 pub mod origin;
 pub mod redis;

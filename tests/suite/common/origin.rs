@@ -131,6 +131,12 @@ impl TestOrigin {
         Self::serve(listener, pool)
     }
 
+    /// Starts on a given address (another 127.0.0.x with a shared port, say).
+    pub async fn start_at(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind test origin");
+        Self::serve(listener, usize::MAX >> 4)
+    }
+
     /// Starts again on a known address (after `stop`).
     pub async fn restart_on(addr: SocketAddr) -> Self {
         let listener = TcpListener::bind(addr).await.expect("rebind test origin");
