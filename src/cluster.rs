@@ -1,5 +1,16 @@
-//! The Redis the nodes share (purge bus and shared tier): one way to reach it, standalone
-//! or Redis Cluster, so TLS and credentials are configured once.
+//! The Redis the nodes share (purge bus and shared tier): one way to reach it, standalone,
+//! Redis Cluster or a primary watched by Redis Sentinel, so TLS and credentials are
+//! configured once.
+//!
+//! With Sentinel, every connection is made to the primary the sentinels name at that
+//! moment (checked with `ROLE`): after a failover, the next connection after an error
+//! goes to the new primary. A managed endpoint whose DNS name moves is a standalone URL:
+//! each new connection resolves the name again.
+//!
+//! Why our own Sentinel lookup (one `SENTINEL get-master-addr-by-name` and a `ROLE`)
+//! rather than redis-rs's `SentinelClient`: that one cannot take a private CA for the
+//! data nodes (`redis.tls_ca_file`), and the primary's connection must be made exactly
+//! like a standalone one (ACL user, TLS) so the rest of Floodgate does not tell them apart.
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
@@ -12,6 +23,76 @@ use crate::config::{invalid, ConfigError, RedisSection};
 pub enum Client {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
+    /// A primary named by sentinels.
+    Sentinel(std::sync::Arc<Sentinels>),
+}
+
+/// The sentinels and how to reach the primary they name.
+pub struct Sentinels {
+    /// Each sentinel, `host:port`, asked in turn (the last one that answered first).
+    addresses: Vec<String>,
+    master_name: String,
+    /// `redis://` or `rediss://`, with `user:password@` when set.
+    scheme_and_user: String,
+    db: Option<u32>,
+    certs: Option<TlsCertificates>,
+    /// The sentinel that answered last.
+    last: std::sync::atomic::AtomicUsize,
+}
+
+impl Sentinels {
+    /// The primary now: asked of the sentinels in turn, connected, and checked.
+    async fn connect_primary(&self) -> RedisResult<MultiplexedConnection> {
+        let first = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last_error = None;
+        for i in 0..self.addresses.len() {
+            let at = (first + i) % self.addresses.len();
+            match self.ask(&self.addresses[at]).await {
+                Ok(con) => {
+                    self.last.store(at, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(con);
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::IoError, "no sentinel configured"))
+        }))
+    }
+
+    async fn ask(&self, sentinel: &str) -> RedisResult<MultiplexedConnection> {
+        let mut asked = redis::Client::open(format!("redis://{sentinel}"))?
+            .get_multiplexed_async_connection()
+            .await?;
+        let (host, port): (String, u16) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master_name)
+            .query_async(&mut asked)
+            .await?;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let db = self.db.map_or_else(String::new, |db| format!("/{db}"));
+        let url = format!("{}{host}:{port}{db}", self.scheme_and_user);
+        let client = match &self.certs {
+            None => redis::Client::open(url)?,
+            Some(certs) => redis::Client::build_with_tls(url, certs.clone())?,
+        };
+        let mut con = client.get_multiplexed_async_connection().await?;
+        // A sentinel that has not seen the failover yet names the old primary, which may
+        // be a replica by now: only a primary is used.
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut con).await?;
+        match role.first() {
+            Some(Value::BulkString(r)) if r.as_slice() == b"master" => Ok(con),
+            Some(Value::SimpleString(r)) if r == "master" => Ok(con),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::ReadOnly,
+                "the server the sentinel named is not a primary (a failover in progress)",
+            ))),
+        }
+    }
 }
 
 /// A multiplexed connection to either: cheap to clone, concurrent commands share it.
@@ -29,13 +110,16 @@ impl Client {
                 .await
                 .map(Connection::Single),
             Client::Cluster(client) => client.get_async_connection().await.map(Connection::Cluster),
+            Client::Sentinel(sentinels) => {
+                sentinels.connect_primary().await.map(Connection::Single)
+            }
         }
     }
 
     /// Keys that one script touches must share a cluster slot: `{…}` pins them.
     pub fn slot_tag(&self, key: &str) -> String {
         match self {
-            Client::Single(_) => key.to_string(),
+            Client::Single(_) | Client::Sentinel(_) => key.to_string(),
             Client::Cluster(_) => format!("{{{key}}}"),
         }
     }
@@ -88,6 +172,9 @@ pub fn client(config: &RedisSection) -> Result<Client, ConfigError> {
             root_cert: Some(root_cert),
         })
     };
+    if let Some(sentinels) = sentinels(&config.url, certs.clone())? {
+        return Ok(Client::Sentinel(std::sync::Arc::new(sentinels)));
+    }
     let urls: Vec<&str> = config.url.split(',').map(str::trim).collect();
     if urls.len() == 1 {
         let client = match certs {
@@ -106,6 +193,64 @@ pub fn client(config: &RedisSection) -> Result<Client, ConfigError> {
         .build()
         .map(Client::Cluster)
         .map_err(|e| invalid("redis.url", format!("cluster seeds: {e}")))
+}
+
+/// `redis+sentinel://[user:password@]host:port[,host:port…]/master_name[/db]` (and
+/// `rediss+sentinel://`, TLS to the primary); `None` for any other URL.
+fn sentinels(url: &str, certs: Option<TlsCertificates>) -> Result<Option<Sentinels>, ConfigError> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
+        (true, rest)
+    } else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        invalid(
+            "redis.url",
+            format!(
+                "{why}: redis+sentinel://[user:password@]host:port[,host:port…]/master_name[/db]"
+            ),
+        )
+    };
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((user, rest)) => (Some(user), rest),
+        None => (None, rest),
+    };
+    let (hosts, path) = rest.split_once('/').ok_or_else(|| bad("no master name"))?;
+    let addresses: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect();
+    if addresses.is_empty() {
+        return Err(bad("no sentinel address"));
+    }
+    let mut parts = path.split('/');
+    let master_name = parts
+        .next()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| bad("no master name"))?;
+    let db = match parts.next().filter(|d| !d.is_empty()) {
+        Some(db) => Some(
+            db.parse::<u32>()
+                .map_err(|_| bad("the db is not a number"))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls { "rediss://" } else { "redis://" };
+    Ok(Some(Sentinels {
+        addresses,
+        master_name: master_name.to_string(),
+        scheme_and_user: match user {
+            Some(user) => format!("{scheme}{user}@"),
+            None => scheme.to_string(),
+        },
+        db,
+        certs,
+        last: std::sync::atomic::AtomicUsize::new(0),
+    }))
 }
 
 /// Why a batch of commands (`each`) did not complete.

@@ -329,12 +329,10 @@ async fn with_redis_gone_requests_never_fail_and_purges_reach_everyone_when_it_r
     );
     // From the origin or from B's fresh copy in the new Redis, never A's old one.
     assert_eq!(shop(&a, "/p1.html").await.text(), "p1 v2");
-    assert_eq!(
-        shop(&a, "/p2.html").await.cache_debug(),
-        "HIT",
-        "Redis restarted empty, but A had read every purge up to then: it kept its cache"
-    );
-    assert_eq!(a.metric("floodgate_purge_bus_flushes_total").await, 0.0);
+    // Redis came back without its data (a new epoch): a purge written just before it
+    // died may never have reached A, so A dropped its memory rather than guess.
+    assert_eq!(a.metric("floodgate_purge_bus_flushes_total").await, 1.0);
+    assert_eq!(shop(&a, "/p2.html").await.text(), "p2");
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.expect("load");

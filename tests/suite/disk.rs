@@ -534,3 +534,97 @@ async fn pool_all_tagged_and_everything_purges_reach_pages_only_on_disk() {
     assert_eq!(get(&fg.url(untagged)).await.cache_debug(), "MISS");
     assert_eq!(origin.hits(untagged), 2);
 }
+
+// A node with a disk tier on a purge bus, stopped while 100 purges go by on the other
+// node, then started: it replays the purges it missed from the stream, keeps its other
+// disk pages (hits, no origin request) and serves none of the purged ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_from_downtime_replays_the_purges_it_missed_and_keeps_the_rest() {
+    let redis = RedisServer::start().await;
+    let origin = TestOrigin::start().await;
+    let dir = DiskDir::new();
+    let on_bus = |settings: Settings| {
+        settings
+            .redis(&format!("url = \"{}\"", redis.url()))
+            .redis("key_prefix = \"catch-up:\"")
+            .redis("shared_cache = false")
+    };
+    const PAGES: usize = 200;
+    let version = |i: usize, v: u32| {
+        Page::cacheable(format!("page {i} v{v}")).header("x-magento-tags", &format!("cat_p_{i}"))
+    };
+    for i in 0..PAGES {
+        origin.set(&format!("/c-{i}.html"), version(i, 1));
+    }
+    let mut a = Floodgate::start_with(origin.addr, on_bus(with_disk(&dir))).await;
+    let b = Floodgate::start_with(
+        origin.addr,
+        on_bus(Settings::default().warm("enabled = false")),
+    )
+    .await;
+    for node in [&a, &b] {
+        assert!(until_metric(
+            node,
+            "floodgate_purge_bus_following",
+            1.0,
+            Duration::from_secs(10)
+        )
+        .await
+        .is_some());
+    }
+    until_open(&a).await;
+    for i in 0..PAGES {
+        assert_eq!(
+            get(&a.url(&format!("/c-{i}.html"))).await.text(),
+            format!("page {i} v1")
+        );
+    }
+    until_on_disk(&a, PAGES as f64).await;
+    until_durable(&a).await;
+    a.stop(false).await;
+
+    // While A is down: 100 of its pages change and are purged, through B.
+    for i in 0..100 {
+        origin.set(&format!("/c-{i}.html"), version(i, 2));
+        let answer = send(purge_request(&b, &tags_pattern(&[&format!("cat_p_{i}")]))).await;
+        assert_eq!(answer.status, 200);
+    }
+    a.start_again().await;
+    assert!(
+        until_metric(
+            &a,
+            "floodgate_purge_bus_following",
+            1.0,
+            Duration::from_secs(20)
+        )
+        .await
+        .is_some(),
+        "{}",
+        a.log()
+    );
+    assert_eq!(
+        a.metric_or_zero("floodgate_purge_bus_flushes_total").await,
+        0.0,
+        "the disk tier was dropped instead of caught up:\n{}",
+        a.log()
+    );
+    let before = origin.total_hits();
+    for i in 100..PAGES {
+        let got = get(&a.url(&format!("/c-{i}.html"))).await;
+        assert_eq!(got.text(), format!("page {i} v1"));
+    }
+    assert_eq!(
+        origin.total_hits(),
+        before,
+        "the unpurged pages came from the disk"
+    );
+    for i in 0..100 {
+        let got = get(&a.url(&format!("/c-{i}.html"))).await;
+        assert_eq!(
+            got.text(),
+            format!("page {i} v2"),
+            "a purged page served from the disk"
+        );
+    }
+    assert_eq!(origin.total_hits(), before + 100);
+}

@@ -14,6 +14,7 @@ mod compression;
 mod delivery;
 mod disk;
 mod esi;
+mod failover;
 mod faults;
 mod fleet;
 mod front_door;

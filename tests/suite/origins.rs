@@ -142,25 +142,25 @@ async fn an_origin_name_is_followed_as_it_changes() {
 
     // 127.0.0.2 goes while a slow request is on it: that request finishes, no new one
     // arrives, and its series go once it is done.
-    // Slow pages on every address, one request each way round the balancer: one of
-    // them is sure to be on 127.0.0.2.
+    // Slow pages on every address, a dozen requests round the balancer: some land on
+    // 127.0.0.2.
     let slow_url = |k: usize| format!("/slow-{k}.html");
     for origin in &origins {
-        for k in 0..4 {
+        for k in 0..12 {
             origin.set(
                 &slow_url(k),
                 Page::cacheable("slow").delay(Duration::from_secs(2)),
             );
         }
     }
-    let slow: Vec<_> = (0..4)
+    let slow: Vec<_> = (0..12)
         .map(|k| {
             let url = fg.url(&slow_url(k));
             tokio::spawn(async move { get(&url).await.status })
         })
         .collect();
     assert!(
-        eventually(Duration::from_secs(10), || (0..4)
+        eventually(Duration::from_secs(10), || (0..12)
             .any(|k| origins[1].hits(&slow_url(k)) == 1))
         .await,
         "a slow request reached 127.0.0.2"

@@ -52,6 +52,38 @@ use record::Summary;
 
 const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 const SUMMARIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("summaries");
+/// The purge bus position the pages are valid at (`BUS_POSITION`).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const BUS_POSITION: &str = "bus-position";
+
+/// Where on the purge bus the pages on disk are valid: every purge up to this entry is
+/// applied to them. A restarted node replays the purges after it instead of dropping its
+/// pages, when the stream still holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusPosition {
+    /// The data set the stream belongs to (`purge::bus`'s epoch).
+    pub epoch: String,
+    /// The sequence number of the last entry applied.
+    pub seq: u64,
+    /// That entry's stream id.
+    pub id: String,
+}
+
+impl BusPosition {
+    fn encode(&self) -> Vec<u8> {
+        format!("{}\n{}\n{}", self.epoch, self.seq, self.id).into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.split('\n');
+        Some(Self {
+            epoch: parts.next()?.to_string(),
+            seq: parts.next()?.parse().ok()?,
+            id: parts.next()?.to_string(),
+        })
+    }
+}
 const FILE: &str = "cache.redb";
 
 /// Fills waiting to be written at most, and their bytes; more are dropped (counted),
@@ -139,9 +171,15 @@ enum Pending {
 pub struct DiskTier {
     dir: PathBuf,
     max_bytes: u64,
-    /// Drop what the file holds at start-up (a node on a purge bus cannot know which
-    /// purges it missed while it was down).
-    distrust_previous: bool,
+    /// With a purge bus: what the file held at start-up is not served until the bus has
+    /// replayed the purges since its position (`trust`), or dropped it (`clear`).
+    held_for_bus: bool,
+    /// Serving is held (see `held_for_bus`).
+    held: std::sync::atomic::AtomicBool,
+    /// The position the file's pages were valid at when it was opened.
+    opened_at: Mutex<Option<BusPosition>>,
+    /// The position to make durable with the next sync.
+    position: Mutex<Option<BusPosition>>,
     state: ArcSwap<State>,
     /// Counts the times the file was opened: a failure is recovered from once, not
     /// once per caller that saw it.
@@ -169,14 +207,17 @@ impl DiskTier {
     pub fn new(
         dir: impl Into<PathBuf>,
         max_bytes: u64,
-        distrust_previous: bool,
+        held_for_bus: bool,
         metrics: DiskMetrics,
     ) -> Arc<Self> {
         let (queue, receiver) = mpsc::channel(QUEUE);
         Arc::new(Self {
             dir: dir.into(),
             max_bytes,
-            distrust_previous,
+            held_for_bus,
+            held: std::sync::atomic::AtomicBool::new(held_for_bus),
+            opened_at: Mutex::new(None),
+            position: Mutex::new(None),
             state: ArcSwap::from_pointee(State::Opening),
             epoch: std::sync::atomic::AtomicU64::new(0),
             changed: Notify::new(),
@@ -240,6 +281,40 @@ impl DiskTier {
         self.metrics.bytes.set(index.bytes() as i64);
     }
 
+    /// The purge bus position the file's pages were valid at when it was opened (waits
+    /// for the tier to open); `None` when it has none, is off, or takes too long.
+    pub async fn bus_position(&self) -> Option<BusPosition> {
+        let deadline = tokio::time::Instant::now() + PURGE_WAITS_FOR_OPEN;
+        loop {
+            let changed = self.changed.notified();
+            match &**self.state.load() {
+                State::Open(_) => return lock(&self.opened_at).clone(),
+                State::Off { .. } => return None,
+                State::Opening => {}
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// The bus has replayed every purge since the file's position: its pages are served.
+    pub fn trust(&self) {
+        if self.held.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            tracing::info!(
+                objects = self.usage().0,
+                "disk tier: the purges missed while down are applied; its pages are served"
+            );
+        }
+    }
+
+    /// Every purge up to `position` is applied here: made durable with the next sync.
+    pub fn record_bus_position(&self, position: BusPosition) {
+        if self.held_for_bus {
+            *lock(&self.position) = Some(position);
+        }
+    }
+
     /// `(objects, bytes)` on disk now.
     pub fn usage(&self) -> (usize, u64) {
         let index = self.index();
@@ -295,6 +370,9 @@ impl DiskTier {
     /// The object stored on disk under `key`, if any and whole, and whether it has
     /// earned a place in memory again (its second read: see `DiskIndex::touch`).
     pub async fn get(&self, key: HashBinary) -> Option<(StoredObject, bool)> {
+        if self.held.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         let db = self.database()?;
         let promote = {
             let mut index = self.index();
@@ -488,6 +566,9 @@ impl DiskTier {
             self.metrics.errors.with_label_values(&["purge"]).inc();
             self.give_up(e);
         }
+        // Nothing from before is left to hold back.
+        *lock(&self.opened_at) = None;
+        self.held.store(false, std::sync::atomic::Ordering::Release);
         cleared
     }
 
@@ -657,6 +738,14 @@ impl DiskTier {
         let covered = self.metrics.writes.get();
         let mut txn = db.begin_write().map_err(store_error("begin a sync"))?;
         txn.set_quick_repair(true);
+        // The purges up to it were applied (committed) before it was recorded.
+        if let Some(position) = lock(&self.position).take() {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(store_error("open the meta table"))?;
+            meta.insert(BUS_POSITION, &position.encode()[..])
+                .map_err(store_error("write the bus position"))?;
+        }
         txn.commit().map_err(store_error("commit a sync"))?;
         self.metrics.syncs.inc();
         self.metrics
@@ -723,6 +812,16 @@ impl DiskTier {
         {
             let txn = db.begin_write().map_err(store_error("begin the load"))?;
             {
+                let meta = txn
+                    .open_table(META)
+                    .map_err(store_error("open the meta table"))?;
+                let position = meta
+                    .get(BUS_POSITION)
+                    .map_err(store_error("read the bus position"))?
+                    .and_then(|v| BusPosition::decode(v.value()));
+                *lock(&self.opened_at) = position;
+            }
+            {
                 txn.open_table(OBJECTS)
                     .map_err(store_error("open the objects"))?;
                 let summaries = txn
@@ -736,9 +835,7 @@ impl DiskTier {
                     let key_bytes = key.value();
                     let summary = Summary::decode(value.value());
                     match (HashBinary::try_from(key_bytes), summary) {
-                        (Ok(key), Some(summary))
-                            if summary.usable_until > now && !self.distrust_previous =>
-                        {
+                        (Ok(key), Some(summary)) if summary.usable_until > now => {
                             index.insert(key, summary)
                         }
                         _ => drop_keys.push(key_bytes.to_vec()),
@@ -836,7 +933,7 @@ impl DiskTier {
                     batch
                 }
                 _ = sync.tick() => {
-                    if unsynced {
+                    if unsynced || lock(&self.position).is_some() {
                         unsynced = false;
                         if !self.work(|tier, db| tier.sync_blocking(db)).await {
                             paused_until = Some(tokio::time::Instant::now() + WRITE_BACKOFF);

@@ -11,6 +11,8 @@ impl PurgeBus {
     pub(super) async fn consumer(&self, mut shutdown: ShutdownWatch) {
         let mut last: Option<EntryId> = None;
         let mut last_seq: Option<u64> = None;
+        // The data set this node read from (`<stream>:epoch`).
+        let mut epoch: Option<String> = None;
         let mut connection: Option<Connection> = None;
         loop {
             if *shutdown.borrow() {
@@ -27,12 +29,40 @@ impl PurgeBus {
                 }
                 continue;
             };
+            // The data set: a Redis that lost its data (restarted empty) has a new epoch.
+            let now_epoch = match self.epoch(con).await {
+                Ok(now) => now,
+                Err(why) => {
+                    self.disconnected(&why.to_string());
+                    connection = None;
+                    continue;
+                }
+            };
+            let same_data = epoch.as_ref().is_none_or(|e| *e == now_epoch);
             // A Redis that came back without the sequence this node had read up to lost
-            // entries: whatever it did not read yet is gone, so nothing old can be
-            // trusted.
+            // entries. With its data set (a replica promoted by a failover) it lost only
+            // what the old primary had not replicated, which its publishers send again:
+            // reading goes on from the new primary's end. Without it, whatever this node
+            // did not read yet is gone, so nothing old can be trusted.
             if let Some(seen) = last_seq {
                 match self.sequence_now(con).await {
-                    Ok(now) if now.unwrap_or(0) < seen => {
+                    Ok(now) if now.unwrap_or(0) < seen && same_data => {
+                        tracing::warn!(
+                            read_up_to = seen,
+                            primary_has = ?now,
+                            "the purge stream's primary changed (a failover): its unreplicated purges are sent again; reading on from its end"
+                        );
+                        match self.newest(con).await {
+                            Ok(id) => last = Some(id),
+                            Err(why) => {
+                                self.disconnected(&why.to_string());
+                                connection = None;
+                                continue;
+                            }
+                        }
+                        last_seq = Some(now.unwrap_or(0));
+                    }
+                    Ok(now) if now.unwrap_or(0) < seen || !same_data => {
                         self.lost_history(seen, now).await;
                         last_seq = Some(now.unwrap_or(0));
                     }
@@ -44,20 +74,41 @@ impl PurgeBus {
                     }
                 }
             }
+            epoch = Some(now_epoch);
             let from = match last {
                 Some(id) => id,
-                // Start at the stream's end: this node's memory is empty, so older purges
-                // concern nothing it holds.
+                // A disk tier that knows where its pages were valid catches up from there;
+                // anything else starts at the stream's end (this node's memory is empty,
+                // so older purges concern nothing it holds).
                 None => match self.newest(con).await {
                     Ok(id) => {
-                        last = Some(id);
-                        self.started_following().await;
-                        // Where the numbers stand, so a Redis that loses them later is
-                        // noticed even if this node never read an entry.
-                        if let Ok(now) = self.sequence_now(con).await {
-                            last_seq = Some(now.unwrap_or(0));
+                        match self
+                            .catch_up(con, epoch.as_deref().unwrap_or_default())
+                            .await
+                        {
+                            Ok(Some((at, seq))) => {
+                                last = Some(at);
+                                last_seq = Some(seq);
+                                self.set_connected(true);
+                                self.own.following.set(1);
+                            }
+                            Ok(None) => {
+                                last = Some(id);
+                                self.started_following().await;
+                                // Where the numbers stand, so a Redis that loses them
+                                // later is noticed even if this node never read an entry.
+                                if let Ok(now) = self.sequence_now(con).await {
+                                    last_seq = Some(now.unwrap_or(0));
+                                }
+                            }
+                            Err(why) => {
+                                self.disconnected(&why.to_string());
+                                connection = None;
+                                continue;
+                            }
                         }
-                        id
+                        self.record_position(epoch.as_deref(), last_seq, last);
+                        last.unwrap_or(id)
                     }
                     Err(why) => {
                         self.disconnected(&why.to_string());
@@ -87,6 +138,7 @@ impl PurgeBus {
                         .flat_map(|r| r.keys)
                         .flat_map(|k| k.ids)
                         .collect();
+                    let mut rewound = None;
                     for entry in &entries {
                         if let Some(id) = EntryId::parse(&entry.id) {
                             last = Some(id);
@@ -95,7 +147,10 @@ impl PurgeBus {
                             .get::<String>("seq")
                             .and_then(|s| s.parse::<u64>().ok());
                         if let (Some(prev), Some(seq)) = (last_seq, seq) {
-                            if missed(prev, seq) {
+                            if seq <= prev {
+                                // The numbers went back: a failover (decided below).
+                                rewound.get_or_insert((prev, seq));
+                            } else if missed(prev, seq) {
                                 self.lost_history(prev, Some(seq)).await;
                             }
                         }
@@ -103,6 +158,27 @@ impl PurgeBus {
                             last_seq = seq;
                         }
                         self.apply(entry).await;
+                    }
+                    self.record_position(epoch.as_deref(), last_seq, last);
+                    // Numbers that went back under a connection that stayed up (a primary
+                    // demoted and resynced from the new one): the same data set means a
+                    // failover, whose lost tail is being sent again; another means a
+                    // Redis that lost its data.
+                    if let Some((prev, seq)) = rewound {
+                        match self.epoch(con).await {
+                            Ok(now) if epoch.as_ref() == Some(&now) => {
+                                tracing::warn!(
+                                    read_up_to = prev,
+                                    next = seq,
+                                    "the purge stream's primary changed (a failover): its unreplicated purges are sent again"
+                                );
+                            }
+                            Ok(_) => self.lost_history(prev, Some(seq)).await,
+                            Err(why) => {
+                                self.disconnected(&why.to_string());
+                                connection = None;
+                            }
+                        }
                     }
                 }
                 Ok(Err(e)) => {
@@ -115,6 +191,107 @@ impl PurgeBus {
                 }
             }
         }
+    }
+
+    /// Tells the disk tier that every purge up to here is applied to it.
+    fn record_position(&self, epoch: Option<&str>, seq: Option<u64>, at: Option<EntryId>) {
+        let (Some(disk), Some(epoch), Some(seq), Some(at)) =
+            (self.purger.store().disk(), epoch, seq, at)
+        else {
+            return;
+        };
+        disk.record_bus_position(crate::cache::disk::BusPosition {
+            epoch: epoch.to_string(),
+            seq,
+            id: at.to_string(),
+        });
+    }
+
+    /// A restarted disk tier's pages were valid at a position on this stream: the purges
+    /// since then are applied (to the disk and to memory), in order, and its pages served
+    /// again. `Ok(None)` when that cannot be: no disk or no position, another data set,
+    /// or entries since then trimmed away (the caller drops what it holds).
+    async fn catch_up(
+        &self,
+        con: &mut Connection,
+        epoch: &str,
+    ) -> Result<Option<(EntryId, u64)>, BusError> {
+        let Some(disk) = self.purger.store().disk() else {
+            return Ok(None);
+        };
+        let Some(position) = disk.bus_position().await else {
+            return Ok(None);
+        };
+        if position.epoch != epoch {
+            tracing::warn!("the disk tier's pages belong to another purge history (Redis lost its data): dropping them");
+            return Ok(None);
+        }
+        let Some(mut from) = EntryId::parse(&position.id) else {
+            return Ok(None);
+        };
+        let mut seq = position.seq;
+        let mut replayed = 0u64;
+        loop {
+            let range = redis::cmd("XRANGE")
+                .arg(&self.stream)
+                .arg(format!("({from}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(READ_BATCH)
+                .to_owned();
+            let reply = match tokio::time::timeout(
+                self.timeout * 4,
+                range.query_async::<StreamRangeReply>(con),
+            )
+            .await
+            {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(source)) => {
+                    return Err(BusError::Redis {
+                        command: "XRANGE of the purges missed",
+                        source,
+                    })
+                }
+                Err(_) => return Err(BusError::TimedOut("XRANGE of the purges missed")),
+            };
+            if reply.ids.is_empty() {
+                break;
+            }
+            for entry in &reply.ids {
+                let next = entry
+                    .get::<String>("seq")
+                    .and_then(|s| s.parse::<u64>().ok());
+                // A jump forward: entries after the position were trimmed away. (A step
+                // back is a failover's re-sent tail, on the same data set.)
+                if next.is_some_and(|n| n > seq + 1) {
+                    tracing::warn!(
+                        at = seq,
+                        next = ?next,
+                        "purges since the disk tier's position are gone from the stream: dropping its pages"
+                    );
+                    return Ok(None);
+                }
+                if let Some(id) = EntryId::parse(&entry.id) {
+                    from = id;
+                }
+                if let Some(n) = next {
+                    seq = n;
+                }
+                self.apply(entry).await;
+                replayed += 1;
+            }
+        }
+        // Numbers past the last entry read with nothing to read: trimmed, or lost.
+        if self.sequence_now(con).await?.unwrap_or(0) > seq {
+            return Ok(None);
+        }
+        self.purger.settle();
+        disk.trust();
+        tracing::info!(
+            replayed,
+            "disk tier caught up with the purges sent while this node was down"
+        );
+        Ok(Some((from, seq)))
     }
 
     /// Entries after `seen` may never reach this node (trimmed, or lost with a Redis
@@ -159,6 +336,48 @@ impl PurgeBus {
         self.own.following.set(1);
     }
 
+    /// The data set's epoch: written once (a random value) by the first node to ask, so
+    /// a Redis that lost its data answers a new one.
+    async fn epoch(&self, con: &mut Connection) -> Result<String, BusError> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = crate::cache::FastHasher::default().build_hasher();
+        hasher.write(self.node.as_bytes());
+        // The moment too: this node writing it again after Redis lost it gives another.
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let fresh = format!("{:016x}", hasher.finish());
+        let set = redis::cmd("SET")
+            .arg(&self.epoch)
+            .arg(fresh)
+            .arg("NX")
+            .arg("GET")
+            .to_owned();
+        match tokio::time::timeout(self.timeout, set.query_async::<Option<String>>(con)).await {
+            Ok(Ok(Some(kept))) => Ok(kept),
+            Ok(Ok(None)) => {
+                let get = redis::cmd("GET").arg(&self.epoch).to_owned();
+                match tokio::time::timeout(self.timeout, get.query_async::<Option<String>>(con))
+                    .await
+                {
+                    Ok(Ok(value)) => Ok(value.unwrap_or_default()),
+                    Ok(Err(source)) => Err(BusError::Redis {
+                        command: "GET of the purge epoch",
+                        source,
+                    }),
+                    Err(_) => Err(BusError::TimedOut("GET of the purge epoch")),
+                }
+            }
+            Ok(Err(source)) => Err(BusError::Redis {
+                command: "SET of the purge epoch",
+                source,
+            }),
+            Err(_) => Err(BusError::TimedOut("SET of the purge epoch")),
+        }
+    }
+
     /// The stream's sequence counter now (`None`: Redis has none, it restarted empty).
     async fn sequence_now(&self, con: &mut Connection) -> Result<Option<u64>, BusError> {
         let get = redis::cmd("GET").arg(&self.sequence).to_owned();
@@ -176,6 +395,12 @@ impl PurgeBus {
         let field = |name: &str| entry.get::<String>(name);
         if field("node").as_deref() == Some(self.node.as_str()) {
             return; // applied when it was received
+        }
+        // Sent again after a failover that may have lost it: applied once.
+        if let Some(id) = field("id").and_then(|id| id.parse::<u64>().ok()) {
+            if !self.first_time(id) {
+                return;
+            }
         }
         let pattern = field("pattern");
         let pool = field("pool");

@@ -16,6 +16,16 @@
 //!
 //! Redis never holds a request: publishing only queues the purge in a bounded outbox,
 //! which a background task empties into the stream, and keeps while Redis is down.
+//!
+//! Through a failover (Sentinel, a managed Redis): replication is asynchronous, so the
+//! primary that dies may take the last entries with it. A purge leaves the outbox only
+//! once a replica has it (`WAIT`), or when the primary has no replica to lose it to; one
+//! not confirmed is sent again (a duplicate: every node skips a purge id it applied). A
+//! new primary that lacks the lost tail has a lower sequence number, but the same epoch
+//! (`<stream>:epoch`, written once, replicated like the rest): a reader then takes up at
+//! the new primary's end instead of dropping its memory, since what the old one lost is
+//! being sent again. Only a Redis that came back without its data (a new epoch) makes
+//! readers drop their memory tier.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +50,9 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 /// Pause before reconnecting to an unreachable Redis.
 const RETRY: Duration = Duration::from_millis(500);
 const READ_BATCH: usize = 256;
+/// How long a purge may stay appended but unconfirmed by a replica before the primary is
+/// suspected (demoted by a failover behind this connection's back) and it is sent again.
+const UNCONFIRMED_FOR: Duration = Duration::from_secs(2);
 
 /// One purge, as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +107,10 @@ pub struct PurgeBus {
     client: Client,
     stream: String,
     sequence: String,
+    /// Written once per data set: a Redis that lost its data has a new one.
+    epoch: String,
+    /// Purge ids applied here lately: a purge sent again after a failover is applied once.
+    applied_ids: Mutex<(VecDeque<u64>, std::collections::HashSet<u64>)>,
     append: redis::Script,
     /// Tells this node's own entries apart from the others'.
     node: String,
@@ -116,6 +133,7 @@ struct BusMetrics {
     outbox: IntGauge,
     dropped: IntCounter,
     flushes: IntCounter,
+    unconfirmed: IntCounter,
 }
 
 impl BusMetrics {
@@ -156,6 +174,11 @@ impl BusMetrics {
                 "floodgate_purge_bus_flushes_total",
                 "Times this node dropped its memory tier because it may have missed purges",
             )?,
+            unconfirmed: counter(
+                registry,
+                "floodgate_purge_bus_unconfirmed_total",
+                "Purges appended whose replication a replica did not confirm in time: kept and sent again, so a failover cannot lose them",
+            )?,
         })
     }
 }
@@ -172,6 +195,7 @@ impl PurgeBus {
         // The append script touches both keys: in a cluster they must share a slot.
         let stream = client.slot_tag(&format!("{}purges", config.key_prefix));
         let sequence = format!("{stream}:seq");
+        let epoch = format!("{stream}:epoch");
         let node = format!(
             "{}-{}",
             std::process::id(),
@@ -183,6 +207,8 @@ impl PurgeBus {
             client,
             stream,
             sequence,
+            epoch,
+            applied_ids: Mutex::new(Default::default()),
             append: redis::Script::new(APPEND),
             node,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -263,14 +289,35 @@ impl PurgeBus {
         self.own.connected.set(0);
     }
 
-    /// Empties the outbox into the stream, oldest first, keeping what Redis refused.
+    /// Empties the outbox into the stream, oldest first, keeping what Redis refused; a
+    /// purge appended but not yet on a replica is kept aside and sent again on the next
+    /// connection (after a failover) unless a replica confirms it first.
     async fn publisher(&self, mut shutdown: ShutdownWatch) {
-        let mut connection = None;
+        let mut connection: Option<Connection> = None;
+        // Appended on `connection`, not yet on a replica, and since when.
+        let mut unconfirmed: Vec<PurgeMessage> = Vec::new();
+        let mut since = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = self.ready.notified() => {}
                 _ = tokio::time::sleep(RETRY) => {}
                 _ = shutdown.changed() => return,
+            }
+            if !unconfirmed.is_empty() {
+                let confirmed = match connection.as_mut() {
+                    Some(con) => self.replicated(con).await,
+                    None => Err(BusError::TimedOut("the connection")),
+                };
+                match confirmed {
+                    Ok(true) => unconfirmed.clear(),
+                    // Still no replica has it: give the primary a while, then suspect it
+                    // (a primary demoted behind this connection's back) and send again.
+                    Ok(false) if since.elapsed() < UNCONFIRMED_FOR => {}
+                    _ => {
+                        connection = None;
+                        self.resend(&mut unconfirmed);
+                    }
+                }
             }
             loop {
                 let next = {
@@ -301,7 +348,13 @@ impl PurgeBus {
                     break;
                 }
                 if connection.is_none() {
+                    // A new connection (maybe to a new primary): what the last one did not
+                    // get confirmed goes again first.
+                    self.resend(&mut unconfirmed);
                     connection = self.connect().await;
+                    if connection.is_some() {
+                        continue;
+                    }
                 }
                 let Some(con) = connection.as_mut() else {
                     break;
@@ -337,12 +390,33 @@ impl PurgeBus {
                 match tokio::time::timeout(self.timeout, append.invoke_async::<String>(con)).await {
                     Ok(Ok(_)) => {
                         self.set_connected(true);
-                        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-                        if outbox.front() == Some(&message) {
-                            outbox.pop_front();
+                        let confirmed = self.replicated(con).await;
+                        {
+                            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+                            if outbox.front() == Some(&message) {
+                                outbox.pop_front();
+                            }
+                            self.own.outbox.set(outbox.len() as i64);
                         }
-                        self.own.outbox.set(outbox.len() as i64);
                         self.own.published.inc();
+                        match confirmed {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                // In the stream (the other nodes read it now), but kept
+                                // until a replica has it.
+                                self.own.unconfirmed.inc();
+                                if unconfirmed.is_empty() {
+                                    since = std::time::Instant::now();
+                                }
+                                unconfirmed.push(message);
+                            }
+                            Err(why) => {
+                                unconfirmed.push(message);
+                                self.disconnected(&why.to_string());
+                                connection = None;
+                                break;
+                            }
+                        }
                     }
                     Ok(Err(e)) => {
                         self.disconnected(&e.to_string());
@@ -357,6 +431,98 @@ impl PurgeBus {
                 }
             }
         }
+    }
+
+    /// Puts `unconfirmed` back at the front of the outbox, in order, to be sent again.
+    fn resend(&self, unconfirmed: &mut Vec<PurgeMessage>) {
+        if unconfirmed.is_empty() {
+            return;
+        }
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        for message in unconfirmed.drain(..).rev() {
+            outbox.push_front(message);
+        }
+        self.own.outbox.set(outbox.len() as i64);
+    }
+}
+
+impl PurgeBus {
+    /// Whether what this connection wrote would survive a failover: a replica
+    /// acknowledged it, or (outside Sentinel) the primary has no replica, so there is
+    /// nothing to fail over to. Under Sentinel a primary without a replica may be one a
+    /// failover demoted behind this connection's back: nothing is confirmed there.
+    async fn replicated(&self, con: &mut Connection) -> Result<bool, BusError> {
+        // A cluster fails over per slot, on its own: the append counts, as before.
+        if matches!(self.client, Client::Cluster(_)) {
+            return Ok(true);
+        }
+        let role = redis::cmd("ROLE").to_owned();
+        let role: Vec<redis::Value> =
+            match tokio::time::timeout(self.timeout, role.query_async(con)).await {
+                Ok(Ok(role)) => role,
+                // A server without ROLE (or a cluster's routing of it) says nothing of
+                // replicas: as before, the append counts.
+                Ok(Err(e)) if !e.is_io_error() && !e.is_connection_dropped() => return Ok(true),
+                Ok(Err(source)) => {
+                    return Err(BusError::Redis {
+                        command: "ROLE",
+                        source,
+                    })
+                }
+                Err(_) => return Err(BusError::TimedOut("ROLE")),
+            };
+        let primary = match role.first() {
+            Some(redis::Value::BulkString(r)) => r.as_slice() == b"master",
+            Some(redis::Value::SimpleString(r)) => r == "master",
+            _ => false,
+        };
+        if !primary {
+            return Err(BusError::Redis {
+                command: "ROLE",
+                source: redis::RedisError::from((
+                    redis::ErrorKind::ReadOnly,
+                    "the server is no longer the primary",
+                )),
+            });
+        }
+        let replicas = match role.get(2) {
+            Some(redis::Value::Array(list)) => list.len(),
+            _ => 0,
+        };
+        if replicas == 0 {
+            return Ok(!matches!(self.client, Client::Sentinel(_)));
+        }
+        let wait = self.timeout.max(Duration::from_millis(500));
+        let acked = redis::cmd("WAIT")
+            .arg(1)
+            .arg(wait.as_millis() as u64)
+            .to_owned();
+        match tokio::time::timeout(wait + self.timeout, acked.query_async::<u64>(con)).await {
+            Ok(Ok(n)) => Ok(n >= 1),
+            Ok(Err(source)) => Err(BusError::Redis {
+                command: "WAIT",
+                source,
+            }),
+            Err(_) => Err(BusError::TimedOut("WAIT")),
+        }
+    }
+
+    /// Whether purge `id` is applied here now (`false`: it was already).
+    fn first_time(&self, id: u64) -> bool {
+        /// Purge ids remembered: far more than a failover re-sends.
+        const REMEMBERED: usize = 65_536;
+        let mut ids = self.applied_ids.lock().unwrap_or_else(|p| p.into_inner());
+        let (order, seen) = &mut *ids;
+        if !seen.insert(id) {
+            return false;
+        }
+        order.push_back(id);
+        if order.len() > REMEMBERED {
+            if let Some(oldest) = order.pop_front() {
+                seen.remove(&oldest);
+            }
+        }
+        true
     }
 }
 

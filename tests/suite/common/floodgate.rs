@@ -242,6 +242,13 @@ impl Floodgate {
     /// `kill`: SIGKILL, a crash with no chance to write anything; otherwise SIGTERM and
     /// Pingora's graceful exit, as `systemctl restart` does.
     pub async fn restart(&mut self, kill: bool) {
+        self.stop(kill).await;
+        self.start_again().await;
+    }
+
+    /// Stops the process (SIGKILL with `kill`, else SIGTERM) and waits for it to exit;
+    /// `start_again` brings it back on the same configuration and ports.
+    pub async fn stop(&mut self, kill: bool) {
         if kill {
             let _ = self.child.kill();
         } else {
@@ -257,6 +264,10 @@ impl Floodgate {
             "floodgate did not exit within 30 s:\n{}",
             self.log()
         );
+    }
+
+    /// Starts the stopped process again on the same configuration and ports.
+    pub async fn start_again(&mut self) {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self.log_path())

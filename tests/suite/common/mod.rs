@@ -7,6 +7,7 @@ pub mod dns;
 pub mod floodgate;
 pub mod origin;
 pub mod redis;
+pub mod sentinel;
 
 use std::net::SocketAddr;
 use std::time::Duration;
