@@ -163,7 +163,8 @@ async fn no_purge_is_lost_when_the_primary_is_killed_twice() {
     filled(&origin, &nodes).await;
     let (_set, versions) = purge_through_failovers(set, &origin, &nodes, 1000, false).await;
     every_node_serves_the_newest(&nodes, &versions).await;
-    // The nodes followed the sentinels to the new primary: the bus is connected there.
+    // The nodes followed the sentinels to the new primary: the bus is connected there,
+    // and the fleet's origin budget (on its fallback share meanwhile) is back.
     for node in &nodes {
         assert!(until_metric(
             node,
@@ -173,6 +174,13 @@ async fn no_purge_is_lost_when_the_primary_is_killed_twice() {
         )
         .await
         .is_some());
+        assert!(
+            until(Duration::from_secs(15), || async {
+                node.metric_or_zero("floodgate_fleet_fallback").await == 0.0
+            })
+            .await,
+            "the fleet's budget came back"
+        );
     }
 }
 
@@ -182,6 +190,6 @@ async fn no_purge_is_lost_when_the_primary_is_paused_past_the_timeouts() {
     let origin = TestOrigin::start().await;
     let nodes = nodes_on(&set, &origin).await;
     filled(&origin, &nodes).await;
-    let (_set, versions) = purge_through_failovers(set, &origin, &nodes, 600, true).await;
+    let (_set, versions) = purge_through_failovers(set, &origin, &nodes, 1000, true).await;
     every_node_serves_the_newest(&nodes, &versions).await;
 }
